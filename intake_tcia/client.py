@@ -1,0 +1,423 @@
+"""TCIAClient: the NBIA v4 endpoints as methods that return typed pandas DataFrames.
+
+Each public query builds its parameters (validated before any request), picks the host that holds
+the data (NLST has its own), asks through the one :class:`~intake_tcia._http.Transport`, and shapes
+the rows with the endpoint's fixed schema (:mod:`intake_tcia.schema`).
+
+Host routing: a query naming collection NLST goes to the NLST host. A query that names only a
+patient, study or series goes to the host already known to hold it, else to the main host and, when
+that one has nothing, to the NLST host; the answer is remembered. Other queries without a collection
+ask the main host, except :meth:`TCIAClient.collections` and :meth:`TCIAClient.updated_series`,
+which ask both.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pandas as pd
+
+from ._http import Transport
+from ._validate import format_query_date, validate_date, validate_uid
+from .config import Settings
+from .errors import TCIANotFoundError
+from .schema import SCHEMAS, frame_from_csv, frame_from_records
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = ["TCIAClient"]
+
+T = TypeVar("T")
+
+#: getSeriesMetadata takes at most this many UIDs a request (as the NBIA clients chunk).
+METADATA_CHUNK = 10_000
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, not {type(value).__name__}: {value!r}")
+    if not value.strip():
+        raise ValueError(f"{name} must not be empty")
+    return value.strip()
+
+
+# Python keyword -> (NBIA parameter, validator)
+_PARAMETERS: dict[str, tuple[str, Callable[[Any, str], str]]] = {
+    "collection": ("Collection", _text),
+    "patient_id": ("PatientID", _text),
+    "study_uid": ("StudyInstanceUID", validate_uid),
+    "series_uid": ("SeriesInstanceUID", validate_uid),
+    "modality": ("Modality", _text),
+    "body_part": ("BodyPartExamined", _text),
+    "manufacturer": ("Manufacturer", _text),
+    "manufacturer_model": ("ManufacturerModelName", _text),
+}
+
+
+def _params(**given: Any) -> dict[str, str]:
+    """NBIA parameters from Python keywords, validated; ``None`` values are left out."""
+    params = {}
+    for keyword, value in given.items():
+        if value is None:
+            continue
+        name, validate = _PARAMETERS[keyword]
+        params[name] = validate(value, keyword)
+    return params
+
+
+class TCIAClient:
+    """A client of the TCIA (NBIA v4) REST API.
+
+    Parameters
+    ----------
+    api_url, nlst_api_url : str, optional
+        Base URLs of the main and NLST hosts (default: ``INTAKE_TCIA_API_URL`` /
+        ``INTAKE_TCIA_NLST_API_URL``, else TCIA's).
+    cache_dir : str or Path, optional
+        The series cache (default ``INTAKE_TCIA_CACHE_DIR``, else the user cache dir).
+    timeout : float or (float, float), optional
+        Connect and read timeouts in seconds (one number sets both).
+    retries : int, optional
+        Retries on 429, 5xx, and lost connections, with exponential backoff.
+    workers : int, optional
+        Series downloaded at once.
+    session : requests.Session, optional
+        A session to send requests with (proxies, certificates).
+    settings : Settings, optional
+        Complete settings; keywords given too override them.
+    **options
+        Any other :class:`~intake_tcia.config.Settings` field (``backoff_factor``, ...).
+
+    Examples
+    --------
+    >>> c = TCIAClient()                                   # doctest: +SKIP
+    >>> c.series(collection="LIDC-IDRI", modality="CT")   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        api_url: str | None = None,
+        nlst_api_url: str | None = None,
+        cache_dir: str | Path | None = None,
+        timeout: float | tuple[float, float] | None = None,
+        retries: int | None = None,
+        workers: int | None = None,
+        session: requests.Session | None = None,
+        settings: Settings | None = None,
+        **options: Any,
+    ) -> None:
+        given = dict(options, api_url=api_url, nlst_api_url=nlst_api_url, cache_dir=cache_dir)
+        given.update(retries=retries, workers=workers)
+        if timeout is not None:
+            connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+            given.update(connect_timeout=connect, read_timeout=read)
+        if settings is None:
+            self.settings = Settings.from_env(**given)
+        else:
+            Settings.from_env(**given)  # rejects unknown keywords
+            self.settings = settings.replace(**{k: v for k, v in given.items() if v is not None})
+        self._transport = Transport(self.settings, session)
+        self._hosts: dict[str, str] = {}  # UID -> base URL that holds it
+        self._hosts_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TCIAClient(api_url={self.settings.api_url!r}, cache_dir={str(self.cache_dir)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _client_from_settings, (self.settings,)
+
+    def __enter__(self) -> TCIAClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._transport.close()
+
+    @property
+    def cache_dir(self) -> Path:
+        """Path: the series cache directory."""
+        return self.settings.cache_dir
+
+    # -- routing ---------------------------------------------------------------------------------
+
+    def _hosts_for(self, collection: str | None, uid: str | None = None) -> list[str]:
+        if collection is not None:
+            return [self.settings.host_for(collection)]
+        known = self._hosts.get(uid) if uid else None
+        if known:
+            return [known]
+        return list(self.settings.hosts) if uid else [self.settings.api_url]
+
+    def remember_host(self, uid: str, host: str) -> None:
+        """Note that ``host`` (a base URL) holds ``uid``, so later calls go straight there."""
+        with self._hosts_lock:
+            self._hosts[uid] = host
+
+    def on_series_host(
+        self, series_uid: str, call: Callable[[str], T], *, collection: str | None = None
+    ) -> T:
+        """``call(base_url)`` on the host that holds a series, found as the module doc says.
+
+        A host that answers :class:`TCIANotFoundError` is passed over for the next; the host
+        that answers is remembered.
+        """
+        hosts = self._hosts_for(collection, series_uid)
+        for i, host in enumerate(hosts):
+            try:
+                result = call(host)
+            except TCIANotFoundError:
+                if i + 1 == len(hosts):
+                    raise
+                continue
+            self.remember_host(series_uid, host)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- transport helpers ------------------------------------------------------------------------
+
+    def _get(self, host: str, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
+        rows = self._transport.get_json(host + endpoint, params=dict(params, format="json"))
+        return frame_from_records(rows, SCHEMAS[endpoint])
+
+    def _query(
+        self,
+        endpoint: str,
+        params: dict[str, str],
+        *,
+        collection: str | None = None,
+        uid: str | None = None,
+    ) -> pd.DataFrame:
+        """Ask each candidate host in turn until one has rows (see the module doc)."""
+        hosts = self._hosts_for(collection, uid)
+        frame = pd.DataFrame()
+        for host in hosts:
+            frame = self._get(host, endpoint, params)
+            if len(frame):
+                if uid is not None:
+                    self.remember_host(uid, host)
+                break
+        return frame
+
+    def _both_hosts(self, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
+        frames = [self._get(host, endpoint, params) for host in self.settings.hosts]
+        return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+
+    # -- the query endpoints ---------------------------------------------------------------------
+
+    def collections(self) -> pd.DataFrame:
+        """Every collection, NLST (from its own host) included.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One column, ``Collection``.
+        """
+        return self._both_hosts("getCollectionValues", {})
+
+    def modalities(
+        self, collection: str | None = None, body_part: str | None = None
+    ) -> pd.DataFrame:
+        """Modalities present, optionally within a collection and body part (``Modality``)."""
+        params = _params(collection=collection, body_part=body_part)
+        return self._query("getModalityValues", params, collection=collection)
+
+    def body_parts(
+        self, collection: str | None = None, modality: str | None = None
+    ) -> pd.DataFrame:
+        """Body parts examined (``BodyPartExamined``; a null body part is a missing value)."""
+        params = _params(collection=collection, modality=modality)
+        return self._query("getBodyPartValues", params, collection=collection)
+
+    def manufacturers(
+        self,
+        collection: str | None = None,
+        modality: str | None = None,
+        body_part: str | None = None,
+    ) -> pd.DataFrame:
+        """Equipment manufacturers (``Manufacturer``)."""
+        params = _params(collection=collection, modality=modality, body_part=body_part)
+        return self._query("getManufacturerValues", params, collection=collection)
+
+    def patients(self, collection: str | None = None) -> pd.DataFrame:
+        """Patients: PatientID (the server's ``PatientId``), PatientName, PatientSex, ..."""
+        return self._query("getPatient", _params(collection=collection), collection=collection)
+
+    def patients_by_modality(self, collection: str, modality: str) -> pd.DataFrame:
+        """Patients of ``collection`` with a series of ``modality`` (PatientID, Authorized)."""
+        params = _params(collection=collection, modality=modality)
+        return self._query("getPatientByCollectionAndModality", params, collection=collection)
+
+    def new_patients(self, collection: str, since: date | str) -> pd.DataFrame:
+        """Patients of ``collection`` added on or after ``since``."""
+        params = _params(collection=collection)
+        params["fromDate"] = format_query_date(validate_date(since, "since"))
+        return self._query("NewPatientsInCollection", params, collection=collection)
+
+    def studies(
+        self,
+        collection: str | None = None,
+        patient_id: str | None = None,
+        study_uid: str | None = None,
+    ) -> pd.DataFrame:
+        """Studies, with StudyDate as datetime64 and SeriesCount as an integer."""
+        params = _params(collection=collection, patient_id=patient_id, study_uid=study_uid)
+        uid = params.get("StudyInstanceUID") or params.get("PatientID")
+        return self._query("getPatientStudy", params, collection=collection, uid=uid)
+
+    def new_studies(
+        self, collection: str, since: date | str, patient_id: str | None = None
+    ) -> pd.DataFrame:
+        """Studies of ``collection`` (and patient) added on or after ``since``."""
+        params = _params(collection=collection, patient_id=patient_id)
+        params["fromDate"] = format_query_date(validate_date(since, "since"))
+        return self._query("NewStudiesInPatientCollection", params, collection=collection)
+
+    def series(
+        self,
+        collection: str | None = None,
+        patient_id: str | None = None,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        modality: str | None = None,
+        body_part: str | None = None,
+        manufacturer: str | None = None,
+        manufacturer_model: str | None = None,
+    ) -> pd.DataFrame:
+        """Series matching every filter given, in v4 getSeries columns.
+
+        Filters on names are case-insensitive; UIDs match exactly. Dates are datetime64,
+        ImageCount and FileSize (bytes) nullable integers.
+        """
+        params = _params(
+            collection=collection,
+            patient_id=patient_id,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            modality=modality,
+            body_part=body_part,
+            manufacturer=manufacturer,
+            manufacturer_model=manufacturer_model,
+        )
+        uid = (
+            params.get("SeriesInstanceUID")
+            or params.get("StudyInstanceUID")
+            or params.get("PatientID")
+        )
+        return self._query("getSeries", params, collection=collection, uid=uid)
+
+    def updated_series(self, since: date | str) -> pd.DataFrame:
+        """Series released after ``since`` (strictly), on every host."""
+        params = {"fromDate": format_query_date(validate_date(since, "since"))}
+        return self._both_hosts("getUpdatedSeries", params)
+
+    def series_metadata(self, series_uids: str | Iterable[str]) -> pd.DataFrame:
+        """Detailed metadata of series (getSeriesMetadata), pixel spacing and slice thickness too.
+
+        UIDs are sent 10,000 at a time, each batch to the host that holds it.
+        """
+        uids = [validate_uid(u, "series_uids") for u in _as_list(series_uids)]
+        frames = [frame_from_csv("", SCHEMAS["getSeriesMetadata"])]
+        for host in self.settings.hosts:
+            for start in range(0, len(uids), METADATA_CHUNK):
+                batch = ",".join(uids[start : start + METADATA_CHUNK])
+                body, _ = self._transport.fetch(
+                    "POST", host + "getSeriesMetadata", data={"list": batch, "format": "csv"}
+                )
+                frames.append(frame_from_csv(body.decode("utf-8"), SCHEMAS["getSeriesMetadata"]))
+            found = set(pd.concat(frames)["SeriesInstanceUID"].dropna())
+            uids = [u for u in uids if u not in found]
+            if not uids:
+                break
+        return pd.concat(frames, ignore_index=True)
+
+    def series_size(self, series_uid: str) -> dict[str, int]:
+        """``{"TotalSizeInBytes": int, "ObjectCount": int}`` of one series (uncompressed bytes)."""
+        uid = validate_uid(series_uid, "series_uid")
+        frame = self._query("getSeriesSize", {"SeriesInstanceUID": uid}, uid=uid)
+        if frame.empty or pd.isna(frame.loc[0, "ObjectCount"]):
+            raise TCIANotFoundError(404, f"no series {uid}", "getSeriesSize")
+        return {k: int(frame.loc[0, k]) for k in ("TotalSizeInBytes", "ObjectCount")}
+
+    def sop_instance_uids(self, series_uid: str) -> list[str]:
+        """The SOPInstanceUIDs of one series' instances."""
+        uid = validate_uid(series_uid, "series_uid")
+        frame = self._query("getSOPInstanceUIDs", {"SeriesInstanceUID": uid}, uid=uid)
+        return frame["SOPInstanceUID"].dropna().tolist()
+
+    def dicom_tags(self, series_uid: str) -> pd.DataFrame:
+        """The DICOM header of one instance of a series: element, name, data."""
+        uid = validate_uid(series_uid, "series_uid")
+        return self._query("getDicomTags", {"SeriesUID": uid}, uid=uid)
+
+    def value_counts(
+        self,
+        of: str,
+        *,
+        collection: str | None = None,
+        modality: str | None = None,
+        body_part: str | None = None,
+    ) -> pd.DataFrame:
+        """Counts per collection, modality, body part or manufacturer (the *ValuesAndCounts).
+
+        Parameters
+        ----------
+        of : {"collection", "modality", "body_part", "manufacturer"}
+            What to count.
+        """
+        endpoints = {
+            "collection": "getCollectionValuesAndCounts",
+            "modality": "getModalityValuesAndCounts",
+            "body_part": "getBodyPartValuesAndCounts",
+            "manufacturer": "getManufacturerValuesAndCounts",
+        }
+        if of not in endpoints:
+            raise ValueError(f"of must be one of {sorted(endpoints)}, not {of!r}")
+        params = _params(collection=collection, modality=modality, body_part=body_part)
+        return self._query(endpoints[of], params, collection=collection)
+
+    # -- images -----------------------------------------------------------------------------------
+
+    def single_image(
+        self, series_uid: str, sop_instance_uid: str, *, collection: str | None = None
+    ) -> bytes:
+        """The bytes of one DICOM instance (getSingleImage), with no use of the cache."""
+        params = {
+            "SeriesInstanceUID": validate_uid(series_uid, "series_uid"),
+            "SOPInstanceUID": validate_uid(sop_instance_uid, "sop_instance_uid"),
+        }
+
+        def fetch(host: str) -> bytes:
+            return self._transport.fetch("GET", host + "getSingleImage", params=params)[0]
+
+        return self.on_series_host(params["SeriesInstanceUID"], fetch, collection=collection)
+
+    def datacite(self, doi: str) -> dict[str, Any] | None:
+        """The DataCite attributes of a DOI (title, creators, year, ...), or None if unknown."""
+        doi = _text(doi, "doi")
+        try:
+            rows = self._transport.get_json(self.settings.datacite_url + "dois/" + doi)
+        except TCIANotFoundError:
+            return None
+        attributes = rows[0].get("data", {}).get("attributes") if rows else None
+        return attributes if isinstance(attributes, dict) else None
+
+
+def _client_from_settings(settings: Settings) -> TCIAClient:
+    return TCIAClient(settings=settings)
+
+
+def _as_list(values: str | Iterable[str]) -> list[str]:
+    if isinstance(values, str):
+        return [values]
+    if isinstance(values, pd.DataFrame):
+        return values["SeriesInstanceUID"].tolist()
+    return list(values)

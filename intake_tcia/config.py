@@ -1,0 +1,116 @@
+"""Settings: defaults, environment variables and host routing, read once when a client is made."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+__all__ = ["Settings", "DEFAULT_API_URL", "DEFAULT_NLST_API_URL", "NLST_COLLECTION", "is_nlst"]
+
+DEFAULT_API_URL = "https://nbia.cancerimagingarchive.net/nbia-api/services/v4/"
+DEFAULT_NLST_API_URL = "https://nlst.cancerimagingarchive.net/nbia-api/services/v4/"
+NLST_COLLECTION = "NLST"
+
+_ENVIRONMENT = {
+    "api_url": "INTAKE_TCIA_API_URL",
+    "nlst_api_url": "INTAKE_TCIA_NLST_API_URL",
+    "cache_dir": "INTAKE_TCIA_CACHE_DIR",
+    "datacite_url": "INTAKE_TCIA_DATACITE_URL",
+}
+
+
+def is_nlst(collection: str | None) -> bool:
+    """bool: True when ``collection`` is NLST, which lives on its own host (case-insensitive)."""
+    return collection is not None and collection.strip().upper() == NLST_COLLECTION
+
+
+def _default_cache_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("intake-tcia", appauthor=False))
+
+
+def _with_slash(url: str) -> str:
+    return url if url.endswith("/") else url + "/"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a client needs to know, from keywords, then environment, then defaults.
+
+    Parameters
+    ----------
+    api_url, nlst_api_url : str
+        Base URLs of the main NBIA v4 API and of the NLST host (ending in ``/``).
+    cache_dir : Path
+        Where verified series are kept.
+    connect_timeout, read_timeout : float
+        Seconds to wait for a connection, and between two bytes of an answer.
+    query_timeout : float
+        Seconds a whole metadata answer may take (an endless body is cut off after this).
+    retries : int
+        How many times a request is retried on 429, 5xx and connection errors.
+    backoff_factor, max_backoff : float
+        Exponential backoff between retries, ``backoff_factor * 2**n`` seconds, capped at
+        ``max_backoff`` (a server's Retry-After is honoured up to the same cap).
+    workers : int
+        How many series are downloaded at once.
+    datacite_url : str
+        Base URL of the DataCite REST API, for citations of collection DOIs.
+    """
+
+    api_url: str = DEFAULT_API_URL
+    nlst_api_url: str = DEFAULT_NLST_API_URL
+    cache_dir: Path = field(default_factory=_default_cache_dir)
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+    query_timeout: float = 600.0
+    retries: int = 5
+    backoff_factor: float = 0.5
+    max_backoff: float = 60.0
+    workers: int = 4
+    datacite_url: str = "https://api.datacite.org/"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "api_url", _with_slash(str(self.api_url)))
+        object.__setattr__(self, "nlst_api_url", _with_slash(str(self.nlst_api_url)))
+        object.__setattr__(self, "datacite_url", _with_slash(str(self.datacite_url)))
+        object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, not {self.retries}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, not {self.workers}")
+        for name in ("connect_timeout", "read_timeout", "query_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Settings from keywords, else ``INTAKE_TCIA_*`` environment variables, else defaults.
+
+        Keywords given as ``None`` count as not given. An unknown keyword raises ``TypeError``.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unexpected setting(s): {', '.join(unknown)}")
+        values = {k: v for k, v in overrides.items() if v is not None}
+        for name, variable in _ENVIRONMENT.items():
+            if name not in values and os.environ.get(variable):
+                values[name] = os.environ[variable]
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed."""
+        return replace(self, **changes)
+
+    def host_for(self, collection: str | None) -> str:
+        """str: the base URL that holds ``collection`` (NLST has its own host)."""
+        return self.nlst_api_url if is_nlst(collection) else self.api_url
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """tuple of str: every base URL, the main host first."""
+        return (self.api_url, self.nlst_api_url)

@@ -1,0 +1,113 @@
+"""The exceptions of intake-tcia.
+
+Every exception the package raises on purpose derives from :class:`TCIAError`::
+
+    TCIAError
+    ├── TCIAHTTPError (also OSError)        the server answered with an error status
+    │   ├── TCIANotFoundError (also FileNotFoundError)
+    │   │                                   the server does not know (or will not show) a UID
+    │   └── TCIAAuthError                   401 / 403
+    ├── TCIAConnectionError (also OSError)  no answer: refused, reset, timed out (after retries)
+    ├── TCIAResponseError (also ValueError) an answer that cannot be parsed (HTML, bad JSON, ...)
+    ├── TCIAIntegrityError                  a download that fails verification (MD5, truncated zip)
+    │   └── UnsafeArchiveError              a zip that tries to write outside its folder, or a bomb
+    ├── DownloadError                       one or more series of a download failed; ``.results``
+    └── MissingDependencyError (also ImportError)
+                                            an optional extra is not installed
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "TCIAError",
+    "TCIAHTTPError",
+    "TCIANotFoundError",
+    "TCIAAuthError",
+    "TCIAConnectionError",
+    "TCIAResponseError",
+    "TCIAIntegrityError",
+    "UnsafeArchiveError",
+    "DownloadError",
+    "MissingDependencyError",
+]
+
+
+class TCIAError(Exception):
+    """Base class of every error raised by intake-tcia."""
+
+
+class TCIAHTTPError(TCIAError, OSError):
+    """The server answered with an error status.
+
+    Attributes
+    ----------
+    status : int
+        The HTTP status code.
+    text : str
+        The server's own message (NBIA sends plain text, even when it claims JSON).
+    url : str
+        The URL that was asked for.
+    """
+
+    def __init__(self, status: int, text: str, url: str) -> None:
+        self.status = status
+        self.text = text
+        self.url = url
+        detail = " ".join(text.split())[:500] or "(empty body)"
+        super().__init__(f"HTTP {status} from {url}: {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.status, self.text, self.url)
+
+
+class TCIANotFoundError(TCIAHTTPError, FileNotFoundError):
+    """The server does not know the UID asked for, or will not show it to this user."""
+
+
+class TCIAAuthError(TCIAHTTPError):
+    """The server refused the credentials (401) or the access (403)."""
+
+
+class TCIAConnectionError(TCIAError, OSError):
+    """No usable answer: connection refused or reset, or a timeout, after every retry."""
+
+
+class TCIAResponseError(TCIAError, ValueError):
+    """The server answered 200 with a body that cannot be parsed as the endpoint's format."""
+
+
+class TCIAIntegrityError(TCIAError):
+    """Downloaded data failed verification (MD5 mismatch, truncated or corrupt zip)."""
+
+
+class UnsafeArchiveError(TCIAIntegrityError):
+    """A zip member would escape its folder, is a link, is duplicated, or inflates too much."""
+
+
+class DownloadError(TCIAError):
+    """One or more series of a download failed; the full status table is on ``.results``."""
+
+    def __init__(self, message: str, results: Any = None) -> None:
+        super().__init__(message)
+        self.results = results
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.args[0], self.results)
+
+
+class MissingDependencyError(TCIAError, ImportError):
+    """An optional dependency is missing; the message names the extra that provides it."""
+
+
+def import_optional(module: str, extra: str, feature: str) -> Any:
+    """Import ``module``, or raise :class:`MissingDependencyError` naming the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{feature} needs {module!r}: pip install 'intake-tcia[{extra}]'"
+        ) from exc

@@ -1,0 +1,241 @@
+"""The columns and dtypes of every endpoint, and turning server rows into typed DataFrames.
+
+NBIA drops null keys from each JSON row and answers an empty body for no rows, so the columns of an
+answer cannot be read off the answer. Each endpoint's columns are therefore fixed here, in v4 names
+and order; every DataFrame the client returns has exactly these columns (and, should a server send a
+field not listed here, that field after them), with these dtypes:
+
+``str``    UIDs, names, codes (pandas' string dtype)
+``int``    counts and sizes (nullable ``Int64``)
+``date``   dates (``datetime64[ns]``, from any of NBIA's three date styles)
+``bool``   flags (nullable ``boolean``)
+``float``  measurements (``Float64``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["EndpointSchema", "SCHEMAS", "frame_from_records", "frame_from_csv", "parse_dates"]
+
+STRING_DTYPE: Any = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
+_DTYPES: dict[str, Any] = {
+    "str": STRING_DTYPE,
+    "int": "Int64",
+    "date": "datetime64[ns]",
+    "bool": "boolean",
+    "float": "Float64",
+}
+
+# Date styles NBIA uses, tried in this order on the values the previous style did not parse.
+_DATE_FORMATS = (
+    "%m-%d-%Y",  # v4:              "05-27-2015"
+    "ISO8601",  # v1/v2 Timestamp: "2015-05-27 17:12:21.0", and ISO dates
+    "%a %b %d %H:%M:%S UTC %Y",  # v1/v2 java.util.Date: "Mon Nov 04 11:45:52 UTC 2013"
+    "%Y%m%d",  # DICOM DA:        "20160427"
+    "%d/%m/%Y",  # v1/v2 query style
+)
+
+
+@dataclass(frozen=True)
+class EndpointSchema:
+    """The fixed columns of one endpoint's answer.
+
+    Attributes
+    ----------
+    columns : dict of str to str
+        Column name to kind (``str``, ``int``, ``date``, ``bool``, ``float``), in output order.
+    renames : dict of str to str
+        Server key to column name, applied first (``PatientId`` -> ``PatientID``).
+    """
+
+    columns: dict[str, str]
+    renames: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        """list of str: the column names, in order."""
+        return list(self.columns)
+
+
+def _kinds(spec: str) -> dict[str, str]:
+    """Parse ``"Name:kind Name2"`` (kind defaults to str) into an ordered mapping."""
+    out = {}
+    for item in spec.split():
+        name, _, kind = item.partition(":")
+        out[name] = kind or "str"
+    return out
+
+
+_PATIENT = _kinds(
+    "PatientID PatientName PatientSex EthnicGroup Collection Phantom SpeciesCode "
+    "SpeciesDescription Authorized:int"
+)
+_STUDY = _kinds(
+    "StudyInstanceUID StudyDate:date StudyDescription AdmittingDiagnosesDescription StudyID "
+    "PatientAge PatientID PatientName PatientSex EthnicGroup Collection SeriesCount:int "
+    "LongitudinalTemporalEventType LongitudinalTemporalOffsetFromEvent Authorized:int"
+)
+_SERIES = _kinds(
+    "SeriesInstanceUID StudyInstanceUID Modality ProtocolName SeriesDate:date SeriesDescription "
+    "BodyPartExamined SeriesNumber:int AnnotationsFlag:bool Collection Site PatientID PatientSex "
+    "PatientAge AdmittingDiagnosisDescription Manufacturer ManufacturerModelName SoftwareVersions "
+    "ImageCount:int MaxSubmissionTimestamp:date LicenseName LicenseURI DataDescriptionURI "
+    "FileSize:int ReleasedStatus DateReleased:date StudyDesc StudyDate:date ThirdPartyAnalysis "
+    "Authorized:int"
+)
+_SERIES_METADATA = _kinds(
+    "PatientID PatientName PatientSex EthnicGroup Phantom SpeciesCode SpeciesDescription "
+    "StudyInstanceUID StudyDate:date StudyDesc AdmittingDiagnosisDescription StudyID PatientAge "
+    "LongitudinalTemporalEventType LongitudinalTemporalOffsetFromEvent SeriesInstanceUID "
+    "Collection Site Modality ProtocolName SeriesDate:date SeriesDescription BodyPartExamined "
+    "SeriesNumber:int AnnotationsFlag:bool Manufacturer ManufacturerModelName "
+    "PixelSpacing(mm)-Row:float SliceThickness(mm):float SoftwareVersions ImageCount:int "
+    "MaxSubmissionTimestamp:date LicenseName LicenseURI DataDescriptionURI FileSize:int "
+    "ReleasedStatus DateReleased:date ThirdPartyAnalysis Authorized:int"
+)
+
+
+def _counts(value: str, server_key: str) -> EndpointSchema:
+    # The *ValuesAndCounts endpoints name their keys in lower case ("bodyPart", "count").
+    return EndpointSchema(
+        _kinds(f"{value} Count:int Authorized:int"),
+        {server_key: value, "count": "Count", "criteria": value},
+    )
+
+
+_PATIENT_RENAMES = {"PatientId": "PatientID"}
+
+#: The schema of every endpoint, by NBIA endpoint name.
+SCHEMAS: dict[str, EndpointSchema] = {
+    "getCollectionValues": EndpointSchema(_kinds("Collection"), {"collection": "Collection"}),
+    "getModalityValues": EndpointSchema(_kinds("Modality")),
+    "getBodyPartValues": EndpointSchema(_kinds("BodyPartExamined")),
+    "getManufacturerValues": EndpointSchema(_kinds("Manufacturer")),
+    "getPatient": EndpointSchema(_PATIENT, _PATIENT_RENAMES),
+    "NewPatientsInCollection": EndpointSchema(_PATIENT, _PATIENT_RENAMES),
+    "getPatientByCollectionAndModality": EndpointSchema(
+        _kinds("PatientID Authorized:int"), _PATIENT_RENAMES
+    ),
+    "getPatientStudy": EndpointSchema(_STUDY, _PATIENT_RENAMES),
+    "NewStudiesInPatientCollection": EndpointSchema(_STUDY, _PATIENT_RENAMES),
+    "getSeries": EndpointSchema(_SERIES, _PATIENT_RENAMES),
+    "getUpdatedSeries": EndpointSchema(_SERIES, _PATIENT_RENAMES),
+    "getSeriesMetadata": EndpointSchema(_SERIES_METADATA, _PATIENT_RENAMES),
+    "getSeriesSize": EndpointSchema(_kinds("TotalSizeInBytes:int ObjectCount:int")),
+    "getSOPInstanceUIDs": EndpointSchema(_kinds("SOPInstanceUID")),
+    "getDicomTags": EndpointSchema(_kinds("element name data")),
+    "getCollectionDescriptions": EndpointSchema(
+        _kinds("collectionName description descriptionURI id:int")
+    ),
+    "getCollectionValuesAndCounts": _counts("Collection", "collection"),
+    "getModalityValuesAndCounts": _counts("Modality", "modality"),
+    "getBodyPartValuesAndCounts": _counts("BodyPartExamined", "bodyPart"),
+    "getManufacturerValuesAndCounts": _counts("Manufacturer", "manufacturer"),
+}
+
+
+def parse_dates(values: pd.Series) -> pd.Series:
+    """Parse NBIA date strings of any style into ``datetime64[ns]``; blanks become NaT.
+
+    Parameters
+    ----------
+    values : pandas.Series
+        Strings such as ``"05-27-2015"``, ``"2015-05-27 17:12:21.0"`` or
+        ``"Mon Nov 04 11:45:52 UTC 2013"``, or missing values.
+    """
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values.astype("datetime64[ns]")
+    text = values.astype(object).where(values.notna(), None)
+    text = text.map(lambda v: v.strip() if isinstance(v, str) else v).replace("", None)
+    parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+    todo = text.notna()
+    for fmt in _DATE_FORMATS:
+        if not todo.any():
+            break
+        attempt = pd.to_datetime(text[todo], format=fmt, errors="coerce")
+        if getattr(attempt.dt, "tz", None) is not None:
+            attempt = attempt.dt.tz_localize(None)
+        parsed.loc[attempt.index] = attempt.astype("datetime64[ns]")
+        todo &= parsed.isna()
+    return parsed
+
+
+def _to_int(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_integer_dtype(values):
+        return values.astype("Int64")
+    numbers = pd.to_numeric(values.replace("", None), errors="coerce")
+    return numbers.round().astype("Int64")
+
+
+def _to_bool(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype("boolean")
+    lookup = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    mapped = values.map(lambda v: lookup.get(str(v).strip().lower()) if pd.notna(v) else None)
+    return mapped.astype("boolean")
+
+
+def _to_str(values: pd.Series) -> pd.Series:
+    if values.dtype == STRING_DTYPE:
+        return values
+    cleaned = values.map(lambda v: v if v is None or isinstance(v, str) else _scalar_text(v))
+    return cleaned.astype(STRING_DTYPE)
+
+
+def _scalar_text(value: Any) -> Any:
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+_CONVERTERS = {
+    "str": _to_str,
+    "int": _to_int,
+    "date": parse_dates,
+    "bool": _to_bool,
+    "float": lambda v: pd.to_numeric(v.replace("", None), errors="coerce").astype("Float64"),
+}
+
+
+def _typed(frame: pd.DataFrame, schema: EndpointSchema) -> pd.DataFrame:
+    frame = frame.rename(columns=schema.renames)
+    frame = frame.loc[:, ~frame.columns.duplicated()]
+    extras = [c for c in frame.columns if c not in schema.columns]
+    columns = {}
+    for name, kind in schema.columns.items():
+        if name in frame.columns:
+            columns[name] = _CONVERTERS[kind](frame[name])
+        else:
+            columns[name] = pd.Series(pd.NA, index=frame.index).astype(_DTYPES[kind])
+    for name in extras:
+        columns[name] = _to_str(frame[name])
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(frame)))
+
+
+def frame_from_records(
+    records: Iterable[Mapping[str, Any] | str], schema: EndpointSchema
+) -> pd.DataFrame:
+    """A typed DataFrame from JSON rows (dicts with dropped null keys, or bare values).
+
+    A bare value (some endpoints answer ``["CT", "MR"]``) fills the first column.
+    """
+    rows = [r if isinstance(r, Mapping) else {schema.names[0]: r} for r in records]
+    return _typed(pd.DataFrame.from_records(rows) if rows else pd.DataFrame(), schema)
+
+
+def frame_from_csv(text: str, schema: EndpointSchema) -> pd.DataFrame:
+    """A typed DataFrame from NBIA CSV (quoted or not); an empty text gives the empty frame."""
+    import io
+
+    if not text.strip():
+        return _typed(pd.DataFrame(), schema)
+    raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    return _typed(raw.replace("", None), schema)
