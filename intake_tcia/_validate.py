@@ -1,0 +1,104 @@
+"""Checks of user-supplied values, made before any request is sent."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+__all__ = ["validate_uid", "validate_date", "format_query_date"]
+
+# A DICOM UID (PS3.5 section 9.1): numeric components separated by ".", no leading zeros
+# except a lone "0", at most 64 characters. [0-9], not \d, which also matches other scripts.
+_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
+_UID_MAX_LENGTH = 64
+_ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+_US_DATE = re.compile(r"([0-9]{2})-([0-9]{2})-([0-9]{4})")
+
+
+def validate_uid(value: Any, name: str = "SeriesInstanceUID") -> str:
+    """Check that ``value`` is a DICOM UID and return it without surrounding whitespace.
+
+    Parameters
+    ----------
+    value : str
+        The candidate UID, such as ``"1.3.6.1.4.1.14519.5.2.1.7695.4001.3060"``.
+    name : str
+        The name of the parameter, used in error messages.
+
+    Returns
+    -------
+    str
+        The stripped UID.
+
+    Raises
+    ------
+    TypeError
+        If ``value`` is not a string.
+    ValueError
+        If ``value`` is not digits and dots, has an empty component or a component with a
+        leading zero, or is longer than 64 characters.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}: {value!r}")
+    uid = value.strip()
+    if len(uid) > _UID_MAX_LENGTH:
+        raise ValueError(
+            f"{name} {value!r} is not a DICOM UID: {len(uid)} characters, at most "
+            f"{_UID_MAX_LENGTH} are allowed"
+        )
+    if not _UID.fullmatch(uid):
+        raise ValueError(
+            f"{name} {value!r} is not a DICOM UID: expected numbers separated by dots, "
+            "without leading zeros (e.g. '1.3.6.1.4.1.14519.5.2.1.7695.4001.3060')"
+        )
+    return uid
+
+
+def validate_date(value: Any, name: str) -> dt.date:
+    """Turn a date given in any usual form into a :class:`datetime.date`.
+
+    Parameters
+    ----------
+    value : datetime.date, datetime.datetime, pandas.Timestamp or str
+        Strings are ISO ``"YYYY-MM-DD"`` or NBIA's ``"MM-DD-YYYY"``. A datetime keeps only
+        its calendar date (in its own time zone).
+    name : str
+        The name of the parameter, used in error messages.
+
+    Returns
+    -------
+    datetime.date
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is of another type, is a missing value (``NaT``), or is not a valid date.
+    """
+    if isinstance(value, dt.datetime):  # pandas.Timestamp is a datetime subclass
+        if value != value:  # NaT never equals itself
+            raise ValueError(f"{name} is missing (NaT); give a date such as '2024-05-31'")
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if match := _ISO_DATE.fullmatch(text):
+            year, month, day = match.groups()
+        elif match := _US_DATE.fullmatch(text):
+            month, day, year = match.groups()
+        else:
+            raise ValueError(f"{name} {value!r} is not a date: use 'YYYY-MM-DD' or 'MM-DD-YYYY'")
+        try:
+            return dt.date(int(year), int(month), int(day))
+        except ValueError as exc:
+            raise ValueError(f"{name} {value!r} is not a valid date: {exc}") from None
+    raise ValueError(
+        f"{name} must be a date, datetime or 'YYYY-MM-DD' string, not "
+        f"{type(value).__name__}: {value!r}"
+    )
+
+
+def format_query_date(d: dt.date) -> str:
+    """str: ``d`` as NBIA v4 expects it in queries, ``"MM-DD-YYYY"``."""
+    return f"{d.month:02d}-{d.day:02d}-{d.year:04d}"
