@@ -1,0 +1,354 @@
+"""The ``intake-tcia`` command line: query the archive, download, write manifests, cite, demo.
+
+Every subcommand goes through one :class:`~intake_tcia.client.TCIAClient`, configured by
+``--api-url``, ``--nlst-api-url`` and ``--cache-dir`` (before or after the subcommand) or the
+``INTAKE_TCIA_*`` environment variables. Errors print one line to stderr: exit status 2 for a
+usage error, 1 for anything else (a failed request, a malformed UID, a failed download).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from ._validate import validate_uid
+from .errors import TCIAError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .client import TCIAClient
+
+__all__ = ["main", "build_parser"]
+
+PROG = "intake-tcia"
+
+#: Query filters: option name -> help. Options ending in ``uid`` take a DICOM UID.
+FILTERS = {
+    "collection": "collection name, e.g. LIDC-IDRI",
+    "patient_id": "PatientID",
+    "study_uid": "StudyInstanceUID",
+    "series_uid": "SeriesInstanceUID",
+    "modality": "modality, e.g. CT",
+    "body_part": "BodyPartExamined, e.g. CHEST",
+    "manufacturer": "equipment manufacturer",
+    "manufacturer_model": "ManufacturerModelName",
+}
+SERIES_FILTERS = tuple(FILTERS)
+
+#: Query subcommands: name -> (help, filters, columns shown in a table by default).
+QUERIES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "collections": ("list the collections", (), ()),
+    "modalities": ("list the modalities", ("collection", "body_part"), ()),
+    "body-parts": ("list the body parts examined", ("collection", "modality"), ()),
+    "manufacturers": (
+        "list the equipment manufacturers",
+        ("collection", "modality", "body_part"),
+        (),
+    ),
+    "patients": (
+        "list patients",
+        ("collection",),
+        ("Collection", "PatientID", "PatientSex", "EthnicGroup"),
+    ),
+    "studies": (
+        "list studies",
+        ("collection", "patient_id", "study_uid"),
+        ("Collection", "PatientID", "StudyDate", "StudyDescription", "SeriesCount",
+         "StudyInstanceUID"),
+    ),
+    "series": (
+        "list series",
+        SERIES_FILTERS,
+        ("Collection", "PatientID", "Modality", "BodyPartExamined", "SeriesDescription",
+         "ImageCount", "FileSize", "SeriesInstanceUID"),
+    ),
+}
+
+
+class UsageError(Exception):
+    """The command line is inconsistent in a way argparse cannot see (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 1 on an error, 2 on a usage error.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return args.run(args)
+    except UsageError as exc:
+        print(f"{args.prog}: error: {exc} (see {args.prog} --help)", file=sys.stderr)
+        return 2
+    except (TCIAError, ValueError, OSError) as exc:
+        print(f"{args.prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{args.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """argparse.ArgumentParser: the ``intake-tcia`` parser with every subcommand."""
+    from . import __version__
+
+    connection = _connection_options()
+    parser = _Parser(
+        prog=PROG,
+        parents=[connection],
+        description="The Cancer Imaging Archive (TCIA) from the command line.",
+        epilog="Environment: INTAKE_TCIA_API_URL, INTAKE_TCIA_NLST_API_URL, "
+        "INTAKE_TCIA_CACHE_DIR set the defaults of the options above.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], help: str,
+                parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
+                                  parents=[connection, *parents])
+        sub.set_defaults(run=run, prog=sub.prog)
+        return sub
+
+    output = _output_options()
+    for name, (help, filters, columns) in QUERIES.items():
+        sub = command(name, _query, help, [output])
+        _add_filters(sub, filters)
+        sub.set_defaults(method=name.replace("-", "_"), filters=filters, table_columns=columns)
+
+    selection = _selection_options()
+    sub = command("download", _download, "download series into a folder", [selection])
+    sub.add_argument("-o", "--dest", type=Path, default=Path("."), metavar="DIR",
+                     help="the folder to download into (default: the current folder)")
+    sub.add_argument("--workers", type=_positive_int, metavar="N",
+                     help="series downloaded at once")
+    sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    sub = command("manifest", _manifest, "write a .tcia manifest of series", [selection])
+    sub.add_argument("-o", "--output", type=Path, default=Path("."), metavar="PATH",
+                     help="the .tcia file to write, or a folder to write it into (default: "
+                     "the current folder, named as NBIA names manifests)")
+
+    sub = command("cite", _cite, "DOIs and licences of series, formatted for a paper",
+                  [selection, output])
+
+    sub = command("demo", _demo, "a tour of intake-tcia against the built-in sample archive")
+    sub.add_argument("-o", "--output", type=Path, default=Path("intake-tcia-demo.png"),
+                     metavar="PNG", help="where to save the picture of the middle slice "
+                     "(default: %(default)s)")
+    return parser
+
+
+# -- option groups, defined once -------------------------------------------------------------------
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    # SUPPRESS: the options may come before or after the subcommand without either overriding
+    # the other with its default.
+    parent = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    group = parent.add_argument_group("archive")
+    group.add_argument("--api-url", metavar="URL", help="base URL of the NBIA v4 API")
+    group.add_argument("--nlst-api-url", metavar="URL", help="base URL of the NLST host")
+    group.add_argument("--cache-dir", type=Path, metavar="DIR", help="the series cache")
+    return parent
+
+
+def _output_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("output")
+    formats = group.add_mutually_exclusive_group()
+    formats.add_argument("--csv", action="store_const", const="csv", dest="format",
+                         help="CSV, every column")
+    formats.add_argument("--json", action="store_const", const="json", dest="format",
+                         help="JSON records, every column")
+    group.add_argument("--columns", type=_names, metavar="A,B,...",
+                       help="the columns to show (default: a few for a table, all otherwise)")
+    return parent
+
+
+def _selection_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("series", nargs="*", type=_series_argument, metavar="UID|MANIFEST",
+                        help="SeriesInstanceUIDs or .tcia manifests (or give query filters)")
+    _add_filters(parent, SERIES_FILTERS, title="or the series a query finds")
+    return parent
+
+
+def _add_filters(parser: argparse.ArgumentParser, names: Sequence[str],
+                 title: str = "filters") -> None:
+    if not names:
+        return
+    group = parser.add_argument_group(title)
+    for name in names:
+        group.add_argument("--" + name.replace("_", "-"), help=FILTERS[name],
+                           type=_uid if name.endswith("uid") else str,
+                           metavar="UID" if name.endswith("uid") else "TEXT")
+
+
+def _uid(value: str) -> str:
+    try:
+        return validate_uid(value, "UID")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _series_argument(value: str) -> str:
+    return value if value.lower().endswith(".tcia") else _uid(value)
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {value!r}")
+    return int(value)
+
+
+def _names(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+# -- shared helpers --------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> TCIAClient:
+    """The client the options and environment describe."""
+    from .client import TCIAClient
+
+    return TCIAClient(**{key: getattr(args, key, None)
+                         for key in ("api_url", "nlst_api_url", "cache_dir")})
+
+
+def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, str]:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _print_frame(frame: pd.DataFrame, args: argparse.Namespace,
+                 table_columns: Sequence[str] = ()) -> None:
+    """Print ``frame`` as a table, CSV or JSON, as the output options ask."""
+    columns = args.columns or (table_columns if args.format is None else None)
+    if columns:
+        unknown = [c for c in columns if c not in frame.columns]
+        if unknown:
+            raise UsageError(f"no column(s) {', '.join(unknown)}; the columns are "
+                             f"{', '.join(frame.columns)}")
+        frame = frame[list(columns)]
+    if args.format == "csv":
+        frame.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        print(frame.to_json(orient="records", date_format="iso", indent=1))
+    elif frame.empty:
+        print("(nothing found)")
+    else:
+        print(frame.to_string(index=False))
+
+
+def _selection(client: TCIAClient, args: argparse.Namespace) -> pd.DataFrame | list[str]:
+    """The series the arguments name: UIDs and manifests (a list), or a query (a DataFrame)."""
+    from .manifest import as_series_uids
+
+    filters = _given(args, SERIES_FILTERS)
+    if args.series and filters:
+        raise UsageError("give series UIDs or manifests, or query filters, not both")
+    if not args.series and not filters:
+        raise UsageError("give series UIDs, a .tcia manifest, or query filters such as "
+                         "--collection")
+    if args.series:
+        return list(dict.fromkeys(uid for item in args.series for uid in as_series_uids(item)))
+    frame = client.series(**filters)
+    if frame.empty:
+        raise ValueError("no series match " + " ".join(f"--{k.replace('_', '-')} {v}"
+                                                        for k, v in filters.items()))
+    return frame
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split()) or type(message).__name__
+
+
+# -- the subcommands -------------------------------------------------------------------------------
+
+
+def _query(args: argparse.Namespace) -> int:
+    """collections, modalities, ..., series: one query, printed."""
+    with _client(args) as client:
+        frame = getattr(client, args.method)(**_given(args, args.filters))
+    _print_frame(frame, args, args.table_columns)
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    """Download series; a summary, and exit status 1 when any series failed."""
+    with _client(args) as client:
+        series = _selection(client, args)
+        results = client.download(series, args.dest, on_error="return", workers=args.workers,
+                                  progress=not args.quiet)
+    counts = results["status"].value_counts()
+    summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("downloaded", "cached", "failed"))
+    print(f"{len(results)} series into {args.dest}: {summary}")
+    failed = results[results["status"] == "failed"]
+    for uid, error in zip(failed["SeriesInstanceUID"], failed["error"], strict=True):
+        print(f"{args.prog}: failed: {uid}: {_one_line(error)}", file=sys.stderr)
+    return 1 if len(failed) else 0
+
+
+def _manifest(args: argparse.Namespace) -> int:
+    """Write a .tcia manifest."""
+    from .manifest import write_manifest
+
+    with _client(args) as client:
+        series = _selection(client, args)
+    path = write_manifest(series, args.output)
+    print(f"wrote {len(series)} series to {path}")
+    return 0
+
+
+def _cite(args: argparse.Namespace) -> int:
+    """Print the citations and licences of the series selected."""
+    from .citation import citations, format_citations
+
+    with _client(args) as client:
+        series = _selection(client, args)
+        if isinstance(series, list):
+            series = client.series_metadata(series)
+        table = citations(series, datacite=client.datacite)
+    if args.format is None and not args.columns:
+        print(format_citations(table))
+    else:
+        _print_frame(table, args)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Run the offline tour."""
+    from .demo import run_demo
+
+    run_demo(output=args.output, api_url=getattr(args, "api_url", None),
+             nlst_api_url=getattr(args, "nlst_api_url", None),
+             cache_dir=getattr(args, "cache_dir", None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
