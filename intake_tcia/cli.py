@@ -155,10 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("cite", _cite, "DOIs and licences of series, formatted for a paper",
                   [selection, output])
 
-    sub = command("demo", _demo, "a tour of intake-tcia against the built-in sample archive")
+    sub = command("demo", _demo, "a tour of intake-tcia against the built-in sample archive "
+                  "(offline; a temporary cache unless --cache-dir)")
     sub.add_argument("-o", "--output", type=Path, default=Path("intake-tcia-demo.png"),
                      metavar="PNG", help="where to save the picture of the middle slice "
                      "(default: %(default)s)")
+    sub.add_argument("--collection", metavar="TEXT",
+                     help="the collection to take a CT series from (needed with --api-url)")
     return parser
 
 
@@ -344,9 +347,11 @@ def _demo(args: argparse.Namespace) -> int:
     """Run the offline tour."""
     from .demo import run_demo
 
-    run_demo(output=args.output, api_url=getattr(args, "api_url", None),
-             nlst_api_url=getattr(args, "nlst_api_url", None),
-             cache_dir=getattr(args, "cache_dir", None))
+    if getattr(args, "api_url", None) and not args.collection:
+        raise UsageError("--api-url needs --collection: the tour takes a CT series from it")
+    # The environment is not read: the demo tours the sample archive unless told otherwise.
+    run_demo(output=args.output, collection=args.collection,
+             **{key: getattr(args, key, None) for key in ("api_url", "nlst_api_url", "cache_dir")})
     return 0
 
 
