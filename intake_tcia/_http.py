@@ -144,7 +144,7 @@ class Transport:
         *,
         params: Mapping[str, str] | None = None,
         data: Mapping[str, str] | None = None,
-    ) -> tuple[bytes, str]:
+    ) -> tuple[bytearray, str]:
         """The whole body and content type of an answer, retrying bodies cut off mid-way.
 
         The body must arrive within ``settings.query_timeout`` seconds in all.
@@ -164,7 +164,7 @@ class Transport:
                 response.close()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _read_all(self, response: requests.Response) -> bytes:
+    def _read_all(self, response: requests.Response) -> bytearray:
         deadline = time.monotonic() + self.settings.query_timeout
         body = bytearray()
         for chunk in self.iter_body(response):
@@ -174,7 +174,7 @@ class Transport:
                     f"{response.url} was still sending after {self.settings.query_timeout:g} s "
                     f"({len(body)} bytes); giving up"
                 )
-        return bytes(body)
+        return body
 
     def get_json(
         self,

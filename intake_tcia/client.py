@@ -396,7 +396,7 @@ class TCIAClient:
         }
 
         def fetch(host: str) -> bytes:
-            return self._transport.fetch("GET", host + "getSingleImage", params=params)[0]
+            return bytes(self._transport.fetch("GET", host + "getSingleImage", params=params)[0])
 
         return self.on_series_host(params["SeriesInstanceUID"], fetch, collection=collection)
 

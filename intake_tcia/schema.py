@@ -151,8 +151,8 @@ def parse_dates(values: pd.Series) -> pd.Series:
     """
     if pd.api.types.is_datetime64_any_dtype(values):
         return values.astype("datetime64[ns]")
-    text = values.astype(object).where(values.notna(), None)
-    text = text.map(lambda v: v.strip() if isinstance(v, str) else v).replace("", None)
+    text = values.astype("string").str.strip()
+    text = text.mask(text == "")
     parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
     todo = text.notna()
     for fmt in _DATE_FORMATS:
@@ -227,7 +227,7 @@ def frame_from_records(
 
     A bare value (some endpoints answer ``["CT", "MR"]``) fills the first column.
     """
-    rows = [r if isinstance(r, Mapping) else {schema.names[0]: r} for r in records]
+    rows = [r if isinstance(r, dict) else {schema.names[0]: r} for r in records]
     return _typed(pd.DataFrame.from_records(rows) if rows else pd.DataFrame(), schema)
 
 

@@ -1,0 +1,107 @@
+"""Metadata at real scale: getSeries of a 100,000+ series collection into a DataFrame.
+
+The sample archive is seeded with real TCIA metadata (the ``idc-index-data`` package: NLST's
+series), then ``getSeries(Collection=NLST)`` is read into a DataFrame by intake-tcia
+(``TCIAClient.series``, typed columns) and by tcia_utils (``nbia.getSeries(..., format="df")``,
+its base URL pointed at the same server), each in its own process, best of ``--repeat`` runs.
+
+    python benchmarks/metadata.py [--rows 150000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import current_rss_mb, peak_rss_mb, print_table, run_contender  # noqa: E402
+
+COLLECTION = "NLST"
+
+
+def measure_ours(api_url: str, repeat: int) -> dict:
+    from intake_tcia import TCIAClient
+
+    client = TCIAClient(api_url=api_url, nlst_api_url=api_url)
+    baseline = current_rss_mb()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        frame = client.series(collection=COLLECTION)
+        times.append(time.perf_counter() - start)
+        typed = frame["ImageCount"].dtype == "Int64" and str(frame["SeriesDate"].dtype).startswith(
+            "datetime64"
+        )
+        peak = peak_rss_mb() - baseline
+        del frame
+    return {"contender": "intake-tcia", "seconds": min(times), "peak_mb": peak, "typed": typed}
+
+
+def measure_tcia_utils(api_url: str, repeat: int) -> dict:
+    import logging
+
+    from tcia_utils import nbia
+
+    logging.getLogger().setLevel(logging.WARNING)
+    nbia.setApiUrl = lambda endpoint, api_url_=None: api_url  # point it at the same server
+    baseline = current_rss_mb()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        frame = nbia.getSeries(collection=COLLECTION, format="df")
+        times.append(time.perf_counter() - start)
+        typed = frame["ImageCount"].dtype == "Int64"
+        peak = peak_rss_mb() - baseline
+        rows = len(frame)
+        del frame
+    return {
+        "contender": "tcia_utils",
+        "seconds": min(times),
+        "peak_mb": peak,
+        "typed": typed,
+        "rows": rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=150_000, help="series to seed")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--contender", choices=["ours", "tcia_utils"], help=argparse.SUPPRESS)
+    parser.add_argument("--api-url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.contender:
+        import json
+
+        measure = measure_ours if args.contender == "ours" else measure_tcia_utils
+        print(json.dumps(measure(args.api_url, args.repeat)))
+        return
+
+    from intake_tcia.testing import ArchiveServer, SampleArchive, idc_series_table
+
+    table = idc_series_table(collection=COLLECTION, limit=args.rows)
+    archive = SampleArchive()
+    archive.seed_series_metadata(table)
+    with ArchiveServer(archive=archive) as server:
+        url = server.nlst_api_url
+        print(f"seeded {len(table):,} real {COLLECTION} series; getSeries via {url}")
+        results = [
+            run_contender(
+                __file__, ["--contender", name, "--api-url", url, "--repeat", str(args.repeat)]
+            )
+            for name in ("tcia_utils", "ours")
+        ]
+    peer, ours = results
+    ours["rows"] = peer["rows"]
+    print_table(results, ["contender", "rows", "seconds", "peak_mb", "typed"])
+    print(
+        f"\nintake-tcia / tcia_utils: time {ours['seconds'] / peer['seconds']:.2f}x, "
+        f"peak memory {ours['peak_mb'] / peer['peak_mb']:.2f}x (lower is better)"
+    )
+
+
+if __name__ == "__main__":
+    main()
