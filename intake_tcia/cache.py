@@ -1,0 +1,288 @@
+"""The on-disk series cache: a series is either absent or complete and verified, never half there.
+
+Layout under the cache root::
+
+    series/<SeriesInstanceUID>/           a published series: its DICOM files, LICENSE and
+        1-01.dcm ...                      .intake-tcia.json (the record: names, sizes, MD5s,
+        LICENSE                           SOPInstanceUIDs, metadata known when it was fetched)
+        .intake-tcia.json
+    staging/<SeriesInstanceUID>.<pid>.<random>/   work in progress (one per download attempt)
+    locks/<SeriesInstanceUID>.lock        one file lock per series, across threads and processes
+
+A series is built in its own staging folder, verified there, and published by renaming the
+folder into ``series/`` (the same file system, so the rename is atomic). Finding a cached series
+reads its record and stats its files: no request. Staging folders of dead processes are removed
+once nobody holds their series' lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from ._validate import validate_uid
+
+__all__ = ["CachedInstance", "CachedSeries", "SeriesCache", "RECORD_NAME", "LICENSE_NAME"]
+
+log = logging.getLogger("intake_tcia")
+
+#: The file, inside a series folder, that lists what the folder holds.
+RECORD_NAME = ".intake-tcia.json"
+#: The licence text of the series' collection, as the server sent it.
+LICENSE_NAME = "LICENSE"
+_RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CachedInstance:
+    """One verified DICOM file of a cached series.
+
+    Parameters
+    ----------
+    name : str
+        The file name inside the series folder, e.g. ``"1-01.dcm"``.
+    sop_instance_uid : str
+        Its (0008,0018) *SOP Instance UID*.
+    size : int
+        Its size in bytes.
+    md5 : str
+        Its MD5 digest (hex), as the server published and the download verified.
+    """
+
+    name: str
+    sop_instance_uid: str
+    size: int
+    md5: str
+
+
+@dataclass(frozen=True)
+class CachedSeries:
+    """A complete, verified series on disk.
+
+    Parameters
+    ----------
+    series_uid : str
+        The SeriesInstanceUID.
+    path : Path
+        The folder holding the series' DICOM files (and LICENSE).
+    instances : tuple of CachedInstance
+        The DICOM files, in the order of their names.
+    license_text : str or None
+        The LICENSE the server sent with the series, if any.
+    metadata : dict of str to str
+        Series metadata known when it was fetched (Collection, PatientID, ...), possibly empty.
+    """
+
+    series_uid: str
+    path: Path
+    instances: tuple[CachedInstance, ...]
+    license_text: str | None
+    metadata: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def files(self) -> list[Path]:
+        """list of Path: the DICOM files, in ``instances`` order."""
+        return [self.path / i.name for i in self.instances]
+
+    @property
+    def bytes(self) -> int:
+        """int: the total size of the DICOM files, in bytes."""
+        return sum(i.size for i in self.instances)
+
+    def instance_path(self, sop_instance_uid: str) -> Path:
+        """Path: the file of one instance; FileNotFoundError if the series does not hold it."""
+        for instance in self.instances:
+            if instance.sop_instance_uid == sop_instance_uid:
+                return self.path / instance.name
+        raise FileNotFoundError(
+            f"series {self.series_uid} has no instance with SOPInstanceUID {sop_instance_uid}"
+        )
+
+    def record(self) -> dict[str, Any]:
+        """dict: the JSON record that describes this series on disk."""
+        return {
+            "version": _RECORD_VERSION,
+            "series_uid": self.series_uid,
+            "instances": [
+                {"name": i.name, "sop_instance_uid": i.sop_instance_uid, "size": i.size,
+                 "md5": i.md5}
+                for i in self.instances
+            ],
+            "license": LICENSE_NAME if self.license_text is not None else None,
+            "metadata": dict(self.metadata),
+        }
+
+
+def read_series_folder(folder: Path, series_uid: str | None = None) -> CachedSeries | None:
+    """The series a folder holds according to its record, if every file is there at its size.
+
+    Parameters
+    ----------
+    folder : Path
+        A series folder (in the cache, or a download destination) holding ``RECORD_NAME``.
+    series_uid : str, optional
+        The series the folder must hold.
+
+    Returns
+    -------
+    CachedSeries or None
+        None when the record is missing, unreadable or for another series, or a file is
+        missing or has another size.
+    """
+    try:
+        record = json.loads((folder / RECORD_NAME).read_text(encoding="utf-8"))
+        if record.get("version") != _RECORD_VERSION:
+            return None
+        if series_uid is not None and record["series_uid"] != series_uid:
+            return None
+        instances = tuple(CachedInstance(**item) for item in record["instances"])
+        for instance in instances:
+            if (folder / instance.name).stat().st_size != instance.size:
+                return None
+        license_text = None
+        if record.get("license"):
+            license_text = (folder / LICENSE_NAME).read_text(encoding="utf-8", errors="replace")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return CachedSeries(
+        record["series_uid"], folder, instances, license_text, dict(record.get("metadata") or {})
+    )
+
+
+def write_record(folder: Path, series: CachedSeries) -> None:
+    """Write the record of ``series`` into ``folder`` (atomically, flushed to disk)."""
+    target = folder / RECORD_NAME
+    temporary = folder / f"{RECORD_NAME}.{secrets.token_hex(4)}.tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(series.record(), f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, target)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries to disk (where the platform allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class SeriesCache:
+    """The series cache under one root folder (see the module doc for the layout).
+
+    Parameters
+    ----------
+    root : str or Path
+        The cache directory; created when first written to.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+
+    def __repr__(self) -> str:
+        return f"SeriesCache({str(self.root)!r})"
+
+    def series_path(self, series_uid: str) -> Path:
+        """Path: where a series is (or would be) published; ValueError for a malformed UID."""
+        return self.root / "series" / validate_uid(series_uid, "series_uid")
+
+    def get(self, series_uid: str) -> CachedSeries | None:
+        """The series if it is cached, complete and verified, else None; sends no request."""
+        uid = validate_uid(series_uid, "series_uid")
+        return read_series_folder(self.series_path(uid), uid)
+
+    def __contains__(self, series_uid: object) -> bool:
+        return isinstance(series_uid, str) and self.get(series_uid) is not None
+
+    def lock(self, series_uid: str, *, timeout: float = -1) -> FileLock:
+        """FileLock: the lock of one series, shared by threads and processes (-1: wait forever)."""
+        locks = self.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(locks / f"{validate_uid(series_uid, 'series_uid')}.lock", timeout=timeout)
+
+    @contextlib.contextmanager
+    def staging(self, series_uid: str) -> Iterator[Path]:
+        """A fresh staging folder for ``series_uid``, removed on exit whatever happens.
+
+        Call it with the series' lock held; staging folders other processes left behind for
+        the same series are removed first.
+        """
+        uid = validate_uid(series_uid, "series_uid")
+        staging = self.root / "staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        for stale in staging.glob(f"{uid}.*"):
+            if _staged_uid(stale.name) == uid:  # not "<uid>.<more digits>"
+                shutil.rmtree(stale, ignore_errors=True)
+        folder = staging / f"{uid}.{os.getpid()}.{secrets.token_hex(4)}"
+        folder.mkdir()
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def publish(self, series: CachedSeries) -> CachedSeries:
+        """Record a verified series built in a staging folder and rename it into the cache.
+
+        Call it with the series' lock held, from inside :meth:`staging`. A damaged folder
+        already published for the series is replaced.
+
+        Returns
+        -------
+        CachedSeries
+            The same series, at its place in the cache.
+        """
+        write_record(series.path, series)
+        fsync_dir(series.path)
+        target = self.series_path(series.series_uid)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # damaged (else it would have been found): into the staging bin
+            os.rename(target, series.path.parent / "damaged")
+        os.rename(series.path, target)
+        fsync_dir(target.parent)
+        return CachedSeries(
+            series.series_uid, target, series.instances, series.license_text, series.metadata
+        )
+
+    def remove(self, series_uid: str) -> bool:
+        """Remove a series from the cache (under its lock); True if it was there."""
+        target = self.series_path(series_uid)
+        with self.lock(series_uid):
+            if not target.exists():
+                return False
+            with self.staging(series_uid) as folder:
+                os.rename(target, folder / "series")
+        return True
+
+    def clean_staging(self) -> int:
+        """Remove staging folders nobody works on (their series' lock is free); how many."""
+        staging = self.root / "staging"
+        if not staging.is_dir():
+            return 0
+        removed = 0
+        for folder in staging.iterdir():
+            try:
+                with self.lock(_staged_uid(folder.name), timeout=0):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed += 1
+            except (Timeout, ValueError):
+                continue
+        return removed
+
+
+
+def _staged_uid(name: str) -> str:
+    """The series UID of a staging folder named ``<uid>.<pid>.<random>``."""
+    return ".".join(name.split(".")[:-2])
