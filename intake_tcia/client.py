@@ -23,11 +23,13 @@ import pandas as pd
 
 from ._http import Transport
 from ._validate import format_query_date, validate_date, validate_uid
+from .cache import CachedSeries, SeriesCache
 from .config import Settings
 from .errors import TCIANotFoundError
 from .schema import SCHEMAS, frame_from_csv, frame_from_records
 
 if TYPE_CHECKING:
+    import pydicom
     import requests
 
 __all__ = ["TCIAClient"]
@@ -399,6 +401,83 @@ class TCIAClient:
             return bytes(self._transport.fetch("GET", host + "getSingleImage", params=params)[0])
 
         return self.on_series_host(params["SeriesInstanceUID"], fetch, collection=collection)
+
+    @property
+    def cache(self) -> SeriesCache:
+        """SeriesCache: the verified series under :attr:`cache_dir` (looked up with no request)."""
+        return SeriesCache(self.cache_dir)
+
+    def fetch_series(self, series_uid: str, *, collection: str | None = None) -> CachedSeries:
+        """One series from the cache, else downloaded, verified and cached (see
+        :func:`intake_tcia.download.fetch_series`)."""
+        from .download import fetch_series
+
+        return fetch_series(self, series_uid, collection=collection)
+
+    def download(
+        self,
+        series: Any,
+        dest: str | Path,
+        *,
+        on_error: str = "raise",
+        layout: str = "{Collection}/{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}",
+        workers: int | None = None,
+        progress: bool = True,
+    ) -> pd.DataFrame:
+        """Download series into a folder tree, verified, resuming what is already there.
+
+        Parameters
+        ----------
+        series : str, list of str, pandas.DataFrame or path
+            One SeriesInstanceUID, several, a DataFrame with a ``SeriesInstanceUID`` column
+            (its other metadata columns, ``Collection`` above all, spare lookups), or the path
+            of a ``.tcia`` manifest.
+        dest : str or Path
+            The folder to fill.
+        on_error : {"raise", "return"}
+            After every series has been tried: raise one :class:`DownloadError` listing the
+            failures (the table on its ``.results``), or return the table, failures included.
+        layout : str
+            Where each series goes under ``dest``, a template of series metadata fields
+            (``"{SeriesInstanceUID}"`` for a flat layout). Values are made safe as folder names.
+        workers : int, optional
+            Series downloaded at once (default ``settings.workers``).
+        progress : bool
+            Show a progress bar of bytes (tqdm).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per series: SeriesInstanceUID, status (``"downloaded"``, ``"cached"`` or
+            ``"failed"``), path (its folder), files, bytes (DICOM bytes), error.
+
+        Raises
+        ------
+        ValueError
+            Before any request, for malformed UIDs (all named), an unknown ``on_error`` or a
+            layout field that is not a series metadata column.
+        DownloadError
+            With ``on_error="raise"``, if any series failed.
+
+        Examples
+        --------
+        >>> c.download(c.series(collection="LIDC-IDRI", modality="CT"), "data")  # doctest: +SKIP
+        """
+        from .download import download
+
+        return download(
+            self, series, dest, on_error=on_error, layout=layout, workers=workers,
+            progress=progress,
+        )
+
+    def read_series(
+        self, series_uid: str, *, collection: str | None = None
+    ) -> list[pydicom.Dataset]:
+        """The pydicom datasets of one series, fetched once into the cache, sorted by position
+        along the slice normal (ascending)."""
+        from .download import read_series
+
+        return read_series(self, series_uid, collection=collection)
 
     def datacite(self, doi: str) -> dict[str, Any] | None:
         """The DataCite attributes of a DOI (title, creators, year, ...), or None if unknown."""
