@@ -205,7 +205,7 @@ class Volume:
         """
         _, dy, dx = self.spacing
         col_dir, row_dir = self.direction[:, 1], self.direction[:, 2]
-        nz, ny, nx = self.shape
+        _, ny, nx = self.shape
         return {
             "z": self.positions.copy(),
             "y": float(self.origin @ col_dir) + dy * np.arange(ny),
@@ -529,7 +529,7 @@ def _normal(orientation: Sequence[float]) -> np.ndarray:
 
 def _has_geometry(frames: Sequence[_Frame]) -> bool:
     """Whether every frame has position and orientation, all orientations equal."""
-    if any(f.position is None or f.orientation is None for f in frames):
+    if not frames or any(f.position is None or f.orientation is None for f in frames):
         return False
     cosines = np.array([f.orientation for f in frames])
     return bool(np.all(np.abs(cosines - cosines[0]) <= ORIENTATION_ATOL))
@@ -572,6 +572,8 @@ def _sortable(key: StackKey) -> tuple[Any, ...]:
 
 def _split(frames: Sequence[_Frame]) -> dict[StackKey, list[_Frame]]:
     """Frames grouped into stacks (see :func:`split_stacks`), each sorted."""
+    if not frames:
+        return {}
     ids = _position_ids(frames)
     groups: dict[StackKey, list[int]] = {(): list(range(len(frames)))}
 
