@@ -628,7 +628,8 @@ def _select(
     elif isinstance(stack, int) and not isinstance(stack, bool):
         key = keys[stack] if -len(keys) <= stack < len(keys) else None
     else:
-        key = tuple(stack) if tuple(stack) in stacks else None
+        wanted = tuple(tuple(pair) for pair in stack)
+        key = wanted if wanted in stacks else None
     if key is None:
         raise VolumeGeometryError(f"no stack {stack!r}; the stacks are {keys!r}")
     chosen = stacks[key]
