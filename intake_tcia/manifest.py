@@ -14,7 +14,7 @@ The Data Retriever loads the header with ``java.util.Properties``, so the header
 rules: ``#`` and ``!`` comment lines, blank lines, ``=``, ``:`` or blanks between key and value,
 backslash escapes (``\\uXXXX``) and line continuations; ``\\n``, ``\\r\\n`` and ``\\r`` all end a
 line. Every header key is optional except ``ListOfSeriesToDownload``, which ends the header.
-NBIA's server code ends every line with ``\n``; the portal's files end with one more blank
+NBIA's server code ends every line with ``\\n``; the portal's files end with one more blank
 line. A manifest read and written back keeps its header, line ending and final line endings
 byte for byte; comments and blank lines elsewhere are not kept.
 """
@@ -186,7 +186,7 @@ def write_manifest(
     series : Manifest, str, iterable of str or pandas.DataFrame
         What to list: a :class:`Manifest` (written as it is, apart from the options given
         here), one UID, UIDs, a DataFrame with a ``SeriesInstanceUID`` column, or the path of
-        another manifest. Duplicates are dropped, keeping the first.
+        another manifest. Apart from a Manifest's, duplicates are dropped, keeping the first.
     path : str or path-like
         The file to write; an existing directory gets a file named after ``databasketId``.
     download_server_url : str, optional
@@ -217,7 +217,7 @@ def write_manifest(
                             series.newline, series.ending)
     else:
         manifest = Manifest(as_series_uids(series), {
-            "downloadServerUrl": _server_for(series),
+            "downloadServerUrl": download_server_url or _server_for(series),
             "includeAnnotation": "true",
             "noOfrRetry": "4",
             "databasketId": _new_databasket_id(),

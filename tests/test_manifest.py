@@ -231,6 +231,8 @@ def test_nlst_dataframe_gets_the_nlst_server(tmp_path):
     with pytest.raises(ValueError, match="NLST"):
         write_manifest(mixed, tmp_path / "mixed.tcia")
     assert not (tmp_path / "mixed.tcia").exists()
+    chosen = write_manifest(mixed, tmp_path / "chosen.tcia", download_server_url="http://x/y")
+    assert read_manifest(chosen).download_server_url == "http://x/y"
 
 
 def test_write_into_directory_uses_databasket_id(tmp_path):
