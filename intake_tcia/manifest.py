@@ -138,7 +138,8 @@ def read_manifest(path_or_file: str | os.PathLike[str] | IO[Any]) -> Manifest:
     Parameters
     ----------
     path_or_file : str, path-like or file object
-        A manifest file, or an open file (binary or text) holding one.
+        A manifest file, or an open file holding one (binary; or text opened with
+        ``newline=""``, else Python turns ``\\r\\n`` into ``\\n`` before it is seen).
 
     Returns
     -------
