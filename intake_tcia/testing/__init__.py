@@ -1,0 +1,25 @@
+"""The offline sample archive: a real NBIA v4 server on loopback, serving pydicom's DICOM files.
+
+>>> from intake_tcia.testing import ArchiveServer
+>>> with ArchiveServer() as server:                    # doctest: +SKIP
+...     TCIAClient(api_url=server.api_url, nlst_api_url=server.nlst_api_url).collections()
+
+Run it by hand with ``python -m intake_tcia.testing --port 8080``.
+"""
+
+from .builder import COLLECTIONS, CollectionInfo, SampleArchive
+from .faults import KINDS, Fault, FaultPlan
+from .seeding import idc_series_table
+from .server import ArchiveServer, RequestRecord
+
+__all__ = [
+    "COLLECTIONS",
+    "KINDS",
+    "ArchiveServer",
+    "CollectionInfo",
+    "Fault",
+    "FaultPlan",
+    "RequestRecord",
+    "SampleArchive",
+    "idc_series_table",
+]

@@ -1,0 +1,532 @@
+"""A real NBIA v4 HTTP server on loopback, serving the sample archive.
+
+Two listeners stand for TCIA's two hosts: ``api_url`` (the public collections, plus a DataCite
+API under ``/datacite/``) and ``nlst_api_url`` (collection NLST). A UID of one host is unknown to
+the other (400 "not granted" from the image endpoints, empty answers from queries), as on TCIA.
+
+Behaviour follows reference/nbia-api.md and v4_formatting_rules.md: HTTP/1.1 with keep-alive;
+empty body for no rows; null keys dropped per row; plain-text 400s typed ``application/json``
+for unknown or missing parameters and unknown UIDs; 500 for an unknown ``format``;
+case-insensitive filters on Collection, PatientID, Modality, BodyPartExamined, Manufacturer and
+ManufacturerModelName; zips streamed chunked, without Content-Length.
+
+Endpoint spelling: CBIIT/NBIA-TCIA defines ``@Path("/v4/getSeriesMetadata")`` (POST, form field
+``list``; class V4_getSeriesMetadata) and, in older revisions, ``@Path("/v4/getSeriesMetaData")``
+(class V4_getSeriesMetaData, a GET taking SeriesInstanceUID with v1-style columns). This server
+answers the POST under both spellings. getPatient takes ``PatientID`` (reference) and also
+``PatientId`` (the server code's allowed set). getSeriesSize and getSOPInstanceUIDs answer an
+unknown UID with an empty body (no rows).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from . import _datacite
+from ._endpoints import ENDPOINTS, ApiError, Endpoint, HostView, check_params, not_granted
+from ._render import CONTENT_TYPES, FORMATS, render
+from ._zipstream import write_series_zip
+from .builder import SampleArchive
+from .faults import HOSTILE_KINDS, Fault, FaultPlan
+
+__all__ = ["ArchiveServer", "RequestRecord", "API_PATH"]
+
+API_PATH = "/nbia-api/services/v4/"
+DATACITE_PATH = "/datacite/"
+_CHUNK = 1 << 20
+_COMPRESSIONS = {"deflated": zipfile.ZIP_DEFLATED, "stored": zipfile.ZIP_STORED}
+_HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Service Unavailable</title></head><body>"
+              b"<h1>NBIA is down for scheduled maintenance</h1><p>Please try again later.</p>"
+              b"</body></html>")
+
+
+@dataclass
+class RequestRecord:
+    """One request the server received.
+
+    Attributes
+    ----------
+    host : str
+        ``"main"``, ``"nlst"`` or ``"datacite"``.
+    method : str
+        ``"GET"`` or ``"POST"``.
+    endpoint : str
+        The last path segment (``"getSeries"``), or the DataCite path (``"dois/10.7937/..."``).
+    params : dict of str to str
+        Query (and form) parameters; a repeated one is comma-joined.
+    status : int or None
+        The status sent (None if none was, e.g. a ``hang`` fault).
+    bytes_sent : int
+        Body bytes written so far.
+    """
+
+    host: str
+    method: str
+    endpoint: str
+    params: dict[str, str]
+    status: int | None = None
+    bytes_sent: int = 0
+
+
+class _Gone(Exception):
+    """The response is over (connection closed or reset on purpose)."""
+
+
+class _BodyWriter:
+    """Write a response body: chunked or raw, paced, optionally cut after some bytes.
+
+    ``write`` never raises: once the client is gone or the cut-off is reached, bytes are dropped
+    and :attr:`dead` is set, so a zip being written can stop early.
+    """
+
+    def __init__(self, handler: _Handler, record: RequestRecord, *, chunked: bool,
+                 bandwidth: float | None, cut_after: int | None) -> None:
+        self._send = handler.wfile.write
+        self._record = record
+        self._chunked = chunked
+        self._bandwidth = bandwidth
+        self._cut_after = cut_after
+        self._buffer = bytearray()
+        self._started = time.monotonic()
+        self.dead = False
+        self.cut = False
+
+    def write(self, data: bytes) -> int:
+        if not self.dead:
+            if not self._buffer and len(data) >= _CHUNK:
+                self._emit(data)
+            else:
+                self._buffer += data
+                if len(self._buffer) >= _CHUNK:
+                    self._emit(bytes(self._buffer))
+                    self._buffer.clear()
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing: bytes go out in large chunks."""
+
+    def finish(self, *, terminate: bool = True) -> None:
+        """Send what is buffered and, if ``terminate``, the final chunk."""
+        if self._buffer and not self.dead:
+            self._emit(bytes(self._buffer))
+        self._buffer.clear()
+        if terminate and self._chunked and not (self.dead and not self.cut):
+            self._raw(b"0\r\n\r\n")
+
+    def _emit(self, data: bytes) -> None:
+        if self._cut_after is not None:
+            room = self._cut_after - self._record.bytes_sent
+            if len(data) >= room:
+                data, self.cut = data[:max(room, 0)], True
+        step = max(1024, int(self._bandwidth / 50)) if self._bandwidth else len(data)
+        view = memoryview(data)
+        for start in range(0, len(data), max(step, 1)):
+            piece = view[start:start + step]
+            self._record.bytes_sent += len(piece)
+            if self._chunked:
+                self._raw(b"%x\r\n" % len(piece), piece, b"\r\n")
+            else:
+                self._raw(piece)
+            if self._bandwidth:
+                ahead = self._record.bytes_sent / self._bandwidth - (
+                    time.monotonic() - self._started)
+                if ahead > 0:
+                    time.sleep(ahead)
+            if self.dead:
+                return
+        if self.cut:
+            self.dead = True
+
+    def _raw(self, *parts: bytes | memoryview) -> None:
+        try:
+            for part in parts:
+                self._send(part)
+        except OSError:
+            self.dead = True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers one listener's requests (subclassed per listener with ``owner`` and ``host``)."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "Apache-Coyote/1.1"
+    owner: ArchiveServer
+    host: str
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base signature
+        if self.owner.verbose:
+            super().log_message(format, *args)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        self._handle("POST")
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def _handle(self, method: str) -> None:
+        url = urlsplit(self.path)
+        params = _params(url.query)
+        if method == "POST":
+            length = int(self.headers.get("Content-Length") or 0)
+            form = self.rfile.read(length).decode("utf-8", "replace") if length else ""
+            params.update(_params(form))
+        path = unquote(url.path)
+        if self.host == "main" and path.startswith(DATACITE_PATH):
+            record = self.owner._log(RequestRecord("datacite", method,
+                                                   path[len(DATACITE_PATH):], params))
+            status, payload = _datacite.lookup(self.owner.archive.collections,
+                                               path[len(DATACITE_PATH):])
+            self._send_bytes(record, status, json.dumps(payload).encode(),
+                             "application/vnd.api+json")
+            return
+        name = path[len(API_PATH):] if path.startswith(API_PATH) else path
+        record = self.owner._log(RequestRecord(self.host, method, name, params))
+        endpoint = ENDPOINTS.get(name)
+        if endpoint is None:
+            self._send_bytes(record, 404, b"Not Found", "text/plain")
+            return
+        if method != endpoint.method:
+            self._send_bytes(record, 405, b"Method Not Allowed", "text/plain")
+            return
+        series = params.get("SeriesInstanceUID") or params.get("SeriesUID")
+        fault = self.owner.faults.take(self.host, endpoint.name, series)
+        if self.owner.faults.latency:
+            time.sleep(self.owner.faults.latency)
+        try:
+            if fault is not None and self._early_fault(record, endpoint, fault):
+                return
+            self._answer(record, endpoint, params, fault)
+        except ApiError as error:
+            self._send_bytes(record, error.status, error.text.encode(), "application/json")
+        except _Gone:
+            self.close_connection = True
+
+    def _answer(self, record: RequestRecord, endpoint: Endpoint, params: dict[str, str],
+                fault: Fault | None) -> None:
+        fmt = "json"
+        if endpoint.formatted:
+            fmt = params.get("format", "json").lower()
+            if fmt not in FORMATS:
+                raise ApiError(500, "Server was not able to process your request")
+        check_params(endpoint, params)
+        view = self.owner._view(self.host)
+        if endpoint.query is None:
+            self._image(record, endpoint, params, view, fault)
+            return
+        frame = endpoint.query(view, params)
+        headers = {}
+        if endpoint.method == "POST":
+            fmt = "csv-download"
+            headers["Content-Disposition"] = 'attachment; filename="SeriesMetaData.csv"'
+        if frame.empty and fault is None:
+            self._send_bytes(record, 200, b"", "application/json")
+            return
+        self._stream(record, 200, render(frame, fmt), CONTENT_TYPES[fmt], headers, fault=fault)
+
+    def _image(self, record: RequestRecord, endpoint: Endpoint, params: dict[str, str],
+               view: HostView, fault: Fault | None) -> None:
+        uid = params["SeriesInstanceUID"]
+        archive = self.owner.archive
+        if uid not in view.uids:
+            raise not_granted(uid)
+        files = archive.instances(uid)
+        if endpoint.name == "getSingleImage":
+            paths = [path for sop, path in files if sop == params["SOPInstanceUID"]]
+            if not paths:
+                raise not_granted(uid)
+            size = paths[0].stat().st_size
+            self._stream(record, 200, _read_file(paths[0]), "application/dicom",
+                         {"Content-Length": str(size)}, fault=fault, chunked=False,
+                         default_cut=size // 2)
+            return
+        with_license = endpoint.name == "getImage"
+        if with_license and params.get("NewFileNames", "").lower() == "yes":
+            names = archive.new_file_names(uid)
+        else:
+            names = [f"{i:08d}.dcm" for i in range(1, len(files) + 1)]
+        info = archive.collection_of(uid)
+        kind = fault.kind if fault else None
+        fault_params = fault.params if fault else {}
+        total = sum(path.stat().st_size for _, path in files)
+        headers = {"Content-Disposition": f'attachment; filename="{uid}.zip"'}
+        writer = self._start(record, 200, "application/octet-stream", headers, fault=fault,
+                             default_cut=max(total // 2, 1))
+        write_series_zip(
+            writer,
+            [(name, path) for name, (_, path) in zip(names, files, strict=True)],
+            license_text=info.license_text if (with_license and info) else None,
+            include_md5=not with_license or params.get("IncludeMD5", "").lower() == "yes",
+            compression=self.owner.compression,
+            stopped=lambda: writer.dead,
+            wrong_md5=int(fault_params.get("file", 0)) if kind == "wrong_md5" else None,
+            hostile=kind if kind in HOSTILE_KINDS else None,
+            hostile_params=fault_params,
+        )
+        self._end(writer, fault)
+
+    # -- faults that replace the answer ------------------------------------------------------
+    def _early_fault(self, record: RequestRecord, endpoint: Endpoint, fault: Fault) -> bool:
+        params = fault.params
+        if fault.kind == "status":
+            code = int(params.get("code", 503))
+            headers = {}
+            if params.get("retry_after") is not None:
+                headers["Retry-After"] = str(params["retry_after"])
+            text = params.get("text") or f"HTTP {code}: injected by the sample archive"
+            self._send_bytes(record, code, text.encode(), "text/plain", headers)
+        elif fault.kind == "html":
+            self._send_bytes(record, 200, _HTML_PAGE, "text/html;charset=UTF-8")
+        elif fault.kind == "invalid_json":
+            self._send_bytes(record, 200, b'[{"Collection":"Pydicom-DICOMDIR"},{"Collection":',
+                             "application/json")
+        elif fault.kind == "hang":
+            self.owner._stopping.wait(float(params.get("seconds", 5)))
+            self.close_connection = True
+        elif fault.kind == "endless":
+            self._endless(record, endpoint, float(params.get("seconds", 5)))
+        else:
+            return False
+        return True
+
+    def _endless(self, record: RequestRecord, endpoint: Endpoint, seconds: float) -> None:
+        zipped = endpoint.name in ("getImage", "getImageWithMD5Hash")
+        writer = self._start(record, 200, "application/octet-stream" if zipped
+                             else "application/json", {}, fault=None)
+        filler = bytes(65536) if zipped else b'{"Collection":"Pydicom-DICOMDIR"},' * 1900
+        writer.write(b"" if zipped else b"[")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not writer.dead:
+            writer.write(filler)
+            writer.finish(terminate=False)
+            if self.owner._stopping.wait(0.01):
+                break
+        self.close_connection = True
+
+    # -- sending -----------------------------------------------------------------------------
+    def _send_bytes(self, record: RequestRecord, status: int, body: bytes, content_type: str,
+                    headers: dict[str, str] | None = None) -> None:
+        record.status = status
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        writer = _BodyWriter(self, record, chunked=False, bandwidth=self.owner.faults.bandwidth,
+                             cut_after=None)
+        writer.write(body)
+        writer.finish()
+
+    def _start(self, record: RequestRecord, status: int, content_type: str,
+               headers: dict[str, str], *, fault: Fault | None, chunked: bool = True,
+               default_cut: int | None = None) -> _BodyWriter:
+        """Send the status line and headers; return the body writer."""
+        record.status = status
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        cut_after = None
+        if fault is not None and fault.kind in ("reset", "truncate"):
+            cut_after = fault.params.get("after_bytes", default_cut)
+        return _BodyWriter(self, record, chunked=chunked, bandwidth=self.owner.faults.bandwidth,
+                           cut_after=None if cut_after is None else int(cut_after))
+
+    def _stream(self, record: RequestRecord, status: int, body: Iterable[bytes],
+                content_type: str, headers: dict[str, str], *, fault: Fault | None,
+                chunked: bool = True, default_cut: int | None = None) -> None:
+        writer = self._start(record, status, content_type, headers, fault=fault, chunked=chunked,
+                             default_cut=default_cut)
+        for piece in body:
+            writer.write(piece)
+            if writer.dead:
+                break
+        self._end(writer, fault)
+
+    def _end(self, writer: _BodyWriter, fault: Fault | None) -> None:
+        """Finish a body: normally, cleanly cut (truncate) or with a connection reset."""
+        if fault is not None and fault.kind == "reset":
+            writer.finish(terminate=False)
+            self._reset()
+        writer.finish()
+
+    def _reset(self) -> None:
+        """Abort the connection with a TCP reset."""
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            self.rfile.close()
+            self.connection.close()
+        except OSError:
+            pass
+        raise _Gone
+
+
+def _params(query: str) -> dict[str, str]:
+    return {key: ",".join(values)
+            for key, values in parse_qs(query, keep_blank_values=True).items()}
+
+
+def _read_file(path: Any) -> Iterable[bytes]:
+    with open(path, "rb") as src:
+        while block := src.read(_CHUNK):
+            yield block
+
+
+class _Listener(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Stay quiet about clients that went away; report anything else."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionError, _Gone)):
+            super().handle_error(request, client_address)
+
+
+class ArchiveServer:
+    """The sample archive as a real NBIA v4 server on loopback (two hosts and DataCite).
+
+    Parameters
+    ----------
+    archive : SampleArchive, optional
+        What to serve; :meth:`SampleArchive.default` (built once per process) when omitted.
+    host : str
+        Interface to listen on.
+    port, nlst_port : int
+        Ports of the main and NLST listeners (0: free ports).
+    compression : {"deflated", "stored"}
+        Zip compression of getImage answers (NBIA deflates; stored is faster).
+    verbose : bool
+        Log each request to stderr.
+
+    Examples
+    --------
+    >>> with ArchiveServer() as server:                       # doctest: +SKIP
+    ...     requests.get(server.api_url + "getCollectionValues").json()
+    [{'Collection': 'Pydicom-CT-Series'}, {'Collection': 'Pydicom-DICOMDIR'}]
+    """
+
+    def __init__(self, archive: SampleArchive | None = None, *, host: str = "127.0.0.1",
+                 port: int = 0, nlst_port: int = 0, compression: str = "deflated",
+                 verbose: bool = False) -> None:
+        if compression not in _COMPRESSIONS:
+            raise ValueError(f"compression must be one of {sorted(_COMPRESSIONS)}")
+        self.archive = archive if archive is not None else SampleArchive.default()
+        self.faults = FaultPlan()
+        self.compression = _COMPRESSIONS[compression]
+        self.verbose = verbose
+        self._address = (host, port, nlst_port)
+        self._listeners: dict[str, _Listener] = {}
+        self._threads: list[threading.Thread] = []
+        self._log_lock = threading.Lock()
+        self._log_records: list[RequestRecord] = []
+        self._views: dict[str, tuple[int, HostView]] = {}
+        self._stopping = threading.Event()
+
+    # -- life cycle --------------------------------------------------------------------------
+    def start(self) -> ArchiveServer:
+        """Start both listeners in daemon threads; returns self."""
+        if self._listeners:
+            return self
+        self._stopping.clear()
+        host, port, nlst_port = self._address
+        for name, number in (("main", port), ("nlst", nlst_port)):
+            handler = type(f"_{name.title()}Handler", (_Handler,), {"owner": self, "host": name})
+            listener = _Listener((host, number), handler)
+            thread = threading.Thread(target=listener.serve_forever, kwargs={"poll_interval": 0.05},
+                                      name=f"intake-tcia-{name}", daemon=True)
+            thread.start()
+            self._listeners[name] = listener
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        """Stop both listeners (hanging or endless answers are cut short)."""
+        self._stopping.set()
+        for listener in self._listeners.values():
+            listener.shutdown()
+            listener.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._listeners.clear()
+        self._threads.clear()
+
+    def __enter__(self) -> ArchiveServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- addresses ---------------------------------------------------------------------------
+    def _base(self, name: str) -> str:
+        if name not in self._listeners:
+            raise RuntimeError("the server is not running; call start() first")
+        host, port = self._listeners[name].server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def api_url(self) -> str:
+        """str: Base URL of the main host, ``http://127.0.0.1:PORT/nbia-api/services/v4/``."""
+        return self._base("main") + API_PATH
+
+    @property
+    def nlst_api_url(self) -> str:
+        """str: Base URL of the NLST host."""
+        return self._base("nlst") + API_PATH
+
+    @property
+    def datacite_url(self) -> str:
+        """str: Base URL of the DataCite API (``dois/{doi}`` is appended)."""
+        return self._base("main") + DATACITE_PATH
+
+    # -- request log -------------------------------------------------------------------------
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """list of RequestRecord: The requests received, oldest first (a copy)."""
+        with self._log_lock:
+            return list(self._log_records)
+
+    def count(self, endpoint: str | None = None, host: str | None = None) -> int:
+        """Number of requests received, optionally for one endpoint and/or host."""
+        return sum(1 for r in self.requests
+                   if endpoint in (None, r.endpoint) and host in (None, r.host))
+
+    def clear_log(self) -> None:
+        """Forget the requests received."""
+        with self._log_lock:
+            self._log_records.clear()
+
+    def reset(self) -> None:
+        """Clear the faults and the request log."""
+        self.faults.clear()
+        self.clear_log()
+
+    def _log(self, record: RequestRecord) -> RequestRecord:
+        with self._log_lock:
+            self._log_records.append(record)
+        return record
+
+    def _view(self, host: str) -> HostView:
+        version = self.archive.version
+        cached = self._views.get(host)
+        if cached is None or cached[0] != version:
+            cached = (version, HostView(self.archive, host))
+            self._views[host] = cached
+        return cached[1]

@@ -1,0 +1,33 @@
+"""Shared fixtures: the sample archive served over loopback HTTP (see intake_tcia.testing)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from intake_tcia.testing import ArchiveServer
+
+
+@pytest.fixture(scope="session")
+def archive_server() -> Iterator[ArchiveServer]:
+    """One sample-archive server (main + NLST hosts, DataCite) for the whole test run."""
+    with ArchiveServer() as server:
+        yield server
+
+
+@pytest.fixture
+def server(archive_server: ArchiveServer) -> Iterator[ArchiveServer]:
+    """The session's server with no faults and an empty request log."""
+    archive_server.reset()
+    yield archive_server
+    archive_server.reset()
+
+
+@pytest.fixture
+def tmp_cache(tmp_path: Path) -> Path:
+    """An empty cache directory for one test."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    return cache
