@@ -8,9 +8,11 @@ from typing import Any
 
 __all__ = ["validate_uid", "validate_date", "format_query_date"]
 
-# A DICOM UID (PS3.5 section 9.1): numeric components separated by ".", no leading zeros
-# except a lone "0", at most 64 characters. [0-9], not \d, which also matches other scripts.
-_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
+# A DICOM UID (PS3.5 section 9.1): numeric components separated by ".", at most 64 characters.
+# The standard also forbids leading zeros ("1.02"), but archives hold such UIDs from real
+# scanners, so they are accepted: refusing them would lock users out of real series.
+# [0-9], not \d, which also matches other scripts.
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _UID_MAX_LENGTH = 64
 _ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 _US_DATE = re.compile(r"([0-9]{2})-([0-9]{2})-([0-9]{4})")
@@ -36,8 +38,8 @@ def validate_uid(value: Any, name: str = "SeriesInstanceUID") -> str:
     TypeError
         If ``value`` is not a string.
     ValueError
-        If ``value`` is not digits and dots, has an empty component or a component with a
-        leading zero, or is longer than 64 characters.
+        If ``value`` is not digits and dots, has an empty component, or is longer than
+        64 characters.
     """
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}: {value!r}")
@@ -50,7 +52,7 @@ def validate_uid(value: Any, name: str = "SeriesInstanceUID") -> str:
     if not _UID.fullmatch(uid):
         raise ValueError(
             f"{name} {value!r} is not a DICOM UID: expected numbers separated by dots, "
-            "without leading zeros (e.g. '1.3.6.1.4.1.14519.5.2.1.7695.4001.3060')"
+            "(e.g. '1.3.6.1.4.1.14519.5.2.1.7695.4001.3060')"
         )
     return uid
 

@@ -187,7 +187,7 @@ class TCIAClient:
     # -- transport helpers ------------------------------------------------------------------------
 
     def _get(self, host: str, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
-        rows = self._transport.get_json(host + endpoint, params=dict(params, format="json"))
+        rows = self._transport.get_json(host + endpoint, params=params)
         return frame_from_records(rows, SCHEMAS[endpoint])
 
     def _query(
@@ -332,7 +332,7 @@ class TCIAClient:
             for start in range(0, len(uids), METADATA_CHUNK):
                 batch = ",".join(uids[start : start + METADATA_CHUNK])
                 body, _ = self._transport.fetch(
-                    "POST", host + "getSeriesMetadata", data={"list": batch, "format": "csv"}
+                    "POST", host + "getSeriesMetadata", data={"list": batch}
                 )
                 frames.append(frame_from_csv(body.decode("utf-8"), SCHEMAS["getSeriesMetadata"]))
             found = set(pd.concat(frames)["SeriesInstanceUID"].dropna())

@@ -105,7 +105,12 @@ def _counts(value: str, server_key: str) -> EndpointSchema:
     # The *ValuesAndCounts endpoints name their keys in lower case ("bodyPart", "count").
     return EndpointSchema(
         _kinds(f"{value} Count:int Authorized:int"),
-        {server_key: value, "count": "Count", "criteria": value},
+        {
+            server_key: value,
+            server_key[0].upper() + server_key[1:]: value,
+            "count": "Count",
+            "criteria": value,
+        },
     )
 
 
