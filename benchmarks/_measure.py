@@ -11,8 +11,16 @@ from typing import Any
 
 
 def peak_rss_mb() -> float:
-    """float: this process' peak resident memory so far, in MB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """float: this process' peak resident memory so far, in MB.
+
+    Read from ``VmHWM``, which belongs to the address space made by exec; ``ru_maxrss`` is
+    not used because Linux carries the parent's figure over fork and exec.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def current_rss_mb() -> float:

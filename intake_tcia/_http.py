@@ -185,7 +185,7 @@ class Transport:
     ) -> list[Any]:
         """The rows of a JSON answer: a list (``[]`` for NBIA's empty body)."""
         body, content_type = self.fetch("POST" if data else "GET", url, params=params, data=data)
-        if not body.strip():
+        if not body or body.isspace():  # NBIA's "no rows" (isspace stops early; strip copies)
             return []
         try:
             rows = json.loads(body)
