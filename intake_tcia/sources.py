@@ -36,9 +36,10 @@ from intake.catalog.local import LocalCatalogEntry
 from intake.source.base import DataSource, Schema
 
 from . import __version__
+from ._validate import validate_uid
 from .client import TCIAClient
 from .config import Settings
-from .errors import import_optional
+from .errors import TCIANotFoundError, import_optional
 
 __all__ = ["ENDPOINTS", "TCIACatalog", "TCIAQuerySource", "TCIASeriesSource"]
 
@@ -257,10 +258,15 @@ def _header_from_tags(tags: pd.DataFrame) -> Any:
     return header
 
 
-def _voxel_dtype(header: Any) -> np.dtype:
-    """The dtype :mod:`intake_tcia.volume` gives slices with this header (rescale included)."""
+def _voxel_dtype(header: Any) -> np.dtype | None:
+    """The dtype :mod:`intake_tcia.volume` gives slices with this header (rescale included).
+
+    None when the header cannot form a volume (no BitsAllocated, or colour samples).
+    """
     from . import volume
 
+    if "BitsAllocated" not in header or int(header.get("SamplesPerPixel") or 1) != 1:
+        return None
     stored, bits = volume._stored_dtype(header)
     return volume._output_dtype(stored, bits, [volume._frame_info(header, 0, None)])
 
@@ -279,7 +285,9 @@ class TCIASeriesSource(_ClientSource, DataSource):
     The container is ``"python"``: :meth:`read` gives a list of datasets and each partition is
     one instance, in slice order. :meth:`to_dask` and :meth:`to_xarray` give the voxels as a
     ``(z, y, x)`` array (rescaled; see :mod:`intake_tcia.volume`), whose ``shape`` and
-    ``dtype`` :meth:`discover` predicts from the header of one instance.
+    ``dtype`` :meth:`discover` predicts from the header of one instance: ``(ImageCount x
+    NumberOfFrames, Rows, Columns)``, and the dtype :mod:`intake_tcia.volume` gives that
+    header's rescale (None for colour images, which form no volume).
 
     Parameters
     ----------
@@ -297,8 +305,8 @@ class TCIASeriesSource(_ClientSource, DataSource):
     --------
     >>> uid = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
     >>> src = intake.open_tcia_series(uid)                  # doctest: +SKIP
-    >>> src.discover()["shape"]                             # doctest: +SKIP
-    (133, 512, 512)
+    >>> src.discover()["shape"]     # (ImageCount, Rows, Columns)  # doctest: +SKIP
+    >>> src.to_xarray().attrs["DOI"]                         # doctest: +SKIP
     """
 
     name = "tcia_series"
@@ -314,8 +322,6 @@ class TCIASeriesSource(_ClientSource, DataSource):
         metadata: dict[str, Any] | None = None,
         **client_options: Any,
     ) -> None:
-        from ._validate import validate_uid
-
         self.series_uid = validate_uid(series_uid, "series_uid")
         self.collection = collection or None
         self._set_client_options(client_options)
@@ -325,15 +331,13 @@ class TCIASeriesSource(_ClientSource, DataSource):
     # -- metadata -------------------------------------------------------------------------------
 
     def _listing(self) -> dict[str, Any]:
-        """The series' getSeries row: from the metadata given, else one query."""
-        if "ImageCount" in self.metadata:
-            return self.metadata
-        frame = self.client.series(series_uid=self.series_uid, collection=self.collection)
-        if frame.empty:
-            from .errors import TCIANotFoundError
-
-            raise TCIANotFoundError(404, f"no series {self.series_uid}", "getSeries")
-        return _plain(frame.iloc[0])
+        """The series' getSeries row: from the metadata given, else one query (kept after)."""
+        if "ImageCount" not in self.metadata:
+            frame = self.client.series(series_uid=self.series_uid, collection=self.collection)
+            if frame.empty:
+                raise TCIANotFoundError(404, f"no series {self.series_uid}", "getSeries")
+            self.metadata.update(_plain(frame.iloc[0]))
+        return self.metadata
 
     def _header(self) -> tuple[Any, int | None]:
         """Header of one instance, and the instance count when the series is cached."""
@@ -351,7 +355,7 @@ class TCIASeriesSource(_ClientSource, DataSource):
         count = cached_count if cached_count is not None else int(listing.get("ImageCount", 0))
         frames = int(header.get("NumberOfFrames") or 1)
         rows, columns = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
-        dtype = _voxel_dtype(header) if "BitsAllocated" in header else None
+        dtype = _voxel_dtype(header)
         return Schema(
             datashape=None,
             dtype=None if dtype is None else dtype.str,
@@ -448,7 +452,7 @@ class TCIASeriesSource(_ClientSource, DataSource):
 
 # -- tcia_cat -------------------------------------------------------------------------------------
 
-#: Per level: (the column naming each entry, the listing's description of an entry).
+#: What the entries of a TCIACatalog are, by how many of collection, patient_id, study_uid it has.
 _LEVELS = ("collection", "patient", "study", "series")
 
 
@@ -457,7 +461,8 @@ def _describe(level: str, meta: Mapping[str, Any]) -> str:
     if level == "collection":
         return f"TCIA collection {meta['Collection']}"
     if level == "patient":
-        return f"patient {meta['PatientID']} of {meta.get('Collection', '')}".strip()
+        sex = f", sex {meta['PatientSex']}" if "PatientSex" in meta else ""
+        return f"patient {meta['PatientID']}{sex}"
     if level == "study":
         parts = [meta.get("StudyDate", ""), meta.get("StudyDescription", "")]
         count = meta.get("SeriesCount")
