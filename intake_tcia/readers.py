@@ -24,12 +24,16 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from intake.readers.datatypes import BaseData
 from intake.readers.readers import BaseReader
 
-from .sources import ENDPOINTS, TCIAQuerySource, TCIASeriesSource
+if TYPE_CHECKING:
+    from .sources import TCIAQuerySource, TCIASeriesSource
+
+# intake imports this module while it starts (entry point ``intake.imports``), possibly from
+# within ``import intake_tcia.sources``: so sources is imported in the methods, not here.
 
 __all__ = [
     "TCIAQuery",
@@ -67,6 +71,8 @@ class TCIAQuery(BaseData):
         client_options: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
+        from .sources import ENDPOINTS
+
         if endpoint not in ENDPOINTS:
             raise ValueError(
                 f"unknown endpoint {endpoint!r}; choose one of {', '.join(sorted(ENDPOINTS))}"
@@ -78,6 +84,8 @@ class TCIAQuery(BaseData):
 
     def to_source(self) -> TCIAQuerySource:
         """The V1 source of this query."""
+        from .sources import TCIAQuerySource
+
         return TCIAQuerySource(self.endpoint, self.parameters, **self.client_options)
 
 
@@ -114,6 +122,8 @@ class TCIASeries(BaseData):
 
     def to_source(self) -> TCIASeriesSource:
         """The V1 source of this series."""
+        from .sources import TCIASeriesSource
+
         return TCIASeriesSource(
             self.series_uid,
             collection=self.collection,

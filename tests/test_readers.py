@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import intake
@@ -53,6 +55,16 @@ def test_readers_are_registered_for_their_datatypes():
     outputs = set(TCIASeries("1.2.3").possible_outputs.values())
     assert outputs == {"builtins:list", "numpy:ndarray", "dask.array:Array", "xarray:DataArray"}
     assert isinstance(query.to_reader("pandas"), TCIAQueryReader)
+
+
+def test_importing_sources_first_loads_the_readers_cleanly():
+    """intake loads intake_tcia.readers while intake_tcia.sources imports intake."""
+    code = "import intake_tcia.sources, intake; print(intake.readers.readers.recommend"
+    code += "(intake_tcia.readers.TCIAQuery('series'))['importable'])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stderr == ""
+    assert "TCIAQueryReader" in result.stdout
 
 
 def test_query_reader_reads_a_dataframe(env, client):
