@@ -205,7 +205,10 @@ class SeriesCache:
         return read_series_folder(self.series_path(uid), uid)
 
     def __contains__(self, series_uid: object) -> bool:
-        return isinstance(series_uid, str) and self.get(series_uid) is not None
+        try:
+            return isinstance(series_uid, str) and self.get(series_uid) is not None
+        except ValueError:  # not a UID, so not cached
+            return False
 
     def lock(self, series_uid: str, *, timeout: float = -1) -> FileLock:
         """FileLock: the lock of one series, shared by threads and processes (-1: wait forever)."""

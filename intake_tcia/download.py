@@ -501,8 +501,7 @@ def download(
                 raise
     finally:
         bar.close()
-    results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
-    results = results.astype({"files": "int64", "bytes": "int64"})
+    results = _results_table(rows)
     failed = results[results["status"] == "failed"]
     if len(failed) and on_error == "raise":
         lines = "\n".join(f"  {row.SeriesInstanceUID}: {row.error}" for row in failed.itertuples())
@@ -511,6 +510,16 @@ def download(
             results,
         )
     return results
+
+
+def _results_table(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+    """The status table; ``path`` and ``error`` hold None (not NaN) where there is nothing."""
+    columns = dict(zip(RESULT_COLUMNS, zip(*rows, strict=True), strict=True)) if rows else {}
+    kinds = {"SeriesInstanceUID": "str", "status": "str", "path": object, "files": "int64",
+             "bytes": "int64", "error": object}
+    return pd.DataFrame(
+        {name: pd.Series(list(columns.get(name, ())), dtype=kind) for name, kind in kinds.items()}
+    )
 
 
 def _download_one(client: TCIAClient, request: _Request, bar: _ProgressBar) -> tuple[Any, ...]:

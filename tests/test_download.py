@@ -1,0 +1,386 @@
+"""Tests of series retrieval against the sample archive: streaming, verification, faults, hostile
+zips, concurrency across processes, interruption, resumption and the download folder layout."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from intake_tcia.cache import LICENSE_NAME, RECORD_NAME
+from intake_tcia.client import TCIAClient
+from intake_tcia.download import extract_series, fetch_series
+from intake_tcia.errors import (
+    DownloadError,
+    TCIAConnectionError,
+    TCIAHTTPError,
+    TCIAIntegrityError,
+    UnsafeArchiveError,
+)
+from intake_tcia.manifest import write_manifest
+from intake_tcia.testing import ArchiveServer
+
+CT_COLLECTION = "Pydicom-CT-Series"
+
+
+def _client(server: ArchiveServer, cache: Path, **options: object) -> TCIAClient:
+    options = {"retries": 2, "backoff_factor": 0.01, **options}
+    return TCIAClient(
+        api_url=server.api_url, nlst_api_url=server.nlst_api_url, cache_dir=cache, **options
+    )
+
+
+@pytest.fixture
+def client(server: ArchiveServer, tmp_cache: Path) -> TCIAClient:
+    with _client(server, tmp_cache) as c:
+        yield c
+
+
+@pytest.fixture
+def ct_uid(server: ArchiveServer) -> str:
+    """The largest series with pixel data: 10 CT slices, 393 kB."""
+    series = server.archive.series
+    return series.loc[series["Collection"] == CT_COLLECTION].sort_values("ImageCount")[
+        "SeriesInstanceUID"
+    ].iloc[-1]
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _archive_md5s(server: ArchiveServer, uid: str) -> dict[str, str]:
+    return {sop: _md5(path) for sop, path in server.archive.instances(uid)}
+
+
+def _assert_cache_clean(cache: Path, uid: str) -> None:
+    """Nothing of the series is published, and no staging folder is left behind."""
+    assert not (cache / "series" / uid).exists()
+    staging = cache / "staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
+
+
+# -- one series ----------------------------------------------------------------------------------
+
+
+def test_fetch_series_verifies_caches_and_keeps_the_license(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str
+) -> None:
+    series = client.fetch_series(ct_uid)
+    assert server.count("getImage") == 1
+    assert {i.sop_instance_uid: i.md5 for i in series.instances} == _archive_md5s(server, ct_uid)
+    assert {i.sop_instance_uid: _md5(series.path / i.name) for i in series.instances} == (
+        _archive_md5s(server, ct_uid)
+    )
+    assert series.license_text and (series.path / LICENSE_NAME).read_text() == series.license_text
+    assert series.path.parent == client.cache_dir / "series"
+    server.clear_log()
+    again = TCIAClient(api_url=server.api_url, cache_dir=client.cache_dir).fetch_series(ct_uid)
+    assert again == series
+    assert server.count() == 0  # from the cache, by another client, with no request
+
+
+@pytest.mark.parametrize("code", [429, 500, 503])
+def test_error_statuses_are_retried(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str, code: int
+) -> None:
+    server.faults.add("status", endpoint="getImage", series=ct_uid, times=2, code=code,
+                      retry_after=0)
+    assert len(client.fetch_series(ct_uid).instances) == 10
+    assert server.count("getImage") == 3
+
+
+def test_retry_after_is_honoured(server: ArchiveServer, client: TCIAClient, ct_uid: str) -> None:
+    server.faults.add("status", endpoint="getImage", series=ct_uid, code=503, retry_after=1)
+    start = time.monotonic()
+    client.fetch_series(ct_uid)
+    assert time.monotonic() - start >= 0.9
+    assert server.count("getImage") == 2
+
+
+def test_a_status_that_persists_raises_and_leaves_nothing(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str
+) -> None:
+    server.faults.add("status", endpoint="getImage", series=ct_uid, times=10, code=500)
+    with pytest.raises(TCIAHTTPError) as info:
+        client.fetch_series(ct_uid)
+    assert info.value.status == 500
+    assert server.count("getImage") == 3  # 1 + retries
+    _assert_cache_clean(client.cache_dir, ct_uid)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [("reset", TCIAConnectionError), ("truncate", TCIAIntegrityError),
+     ("wrong_md5", TCIAIntegrityError)],
+)
+def test_broken_bodies_are_retried_then_raise_naming_the_series(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str, kind: str, error: type
+) -> None:
+    server.faults.add(kind, endpoint="getImage", series=ct_uid, times=1)
+    series = client.fetch_series(ct_uid)
+    assert server.count("getImage") == 2
+    assert {i.sop_instance_uid: i.md5 for i in series.instances} == _archive_md5s(server, ct_uid)
+
+    client.cache.remove(ct_uid)
+    server.clear_log()
+    server.faults.add(kind, endpoint="getImage", series=ct_uid, times=3)
+    with pytest.raises(error, match=ct_uid) as info:
+        client.fetch_series(ct_uid)
+    assert not isinstance(info.value, UnsafeArchiveError)
+    assert server.count("getImage") == 3
+    _assert_cache_clean(client.cache_dir, ct_uid)
+
+
+def test_latency_and_read_timeouts(server: ArchiveServer, tmp_cache: Path, ct_uid: str) -> None:
+    server.faults.latency = 0.3
+    with _client(server, tmp_cache, timeout=(2.0, 0.1), retries=1) as impatient:
+        with pytest.raises(TCIAConnectionError):
+            impatient.fetch_series(ct_uid)
+    _assert_cache_clean(tmp_cache, ct_uid)
+    with _client(server, tmp_cache) as patient:
+        assert len(patient.fetch_series(ct_uid).instances) == 10
+
+
+@pytest.mark.parametrize("kind", ["absolute_path", "dotdot", "symlink", "duplicate", "bomb"])
+def test_unsafe_archives_are_refused_without_retry(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str, kind: str, tmp_path: Path
+) -> None:
+    server.faults.add(kind, endpoint="getImage", series=ct_uid, times=5)
+    before = set(os.listdir(tmp_path))
+    with pytest.raises(UnsafeArchiveError, match=ct_uid):
+        client.fetch_series(ct_uid)
+    assert server.count("getImage") == 1
+    _assert_cache_clean(client.cache_dir, ct_uid)
+    assert set(os.listdir(tmp_path)) == before  # nothing written next to the cache
+    assert not any(client.cache_dir.rglob("*evil*")) and not any(client.cache_dir.rglob("link*"))
+
+
+def test_an_interrupt_mid_download_leaves_the_cache_consistent(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str
+) -> None:
+    def interrupt(n: int) -> None:
+        if n > 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fetch_series(client, ct_uid, progress=interrupt)
+    _assert_cache_clean(client.cache_dir, ct_uid)
+    with client.cache.lock(ct_uid, timeout=0):  # released
+        pass
+    assert len(client.fetch_series(ct_uid).instances) == 10
+
+
+def _fetch_in_child(api_url: str, cache: str, uid: str, ready, go, results) -> None:
+    client = TCIAClient(api_url=api_url, cache_dir=cache, retries=0)
+    ready.release()
+    go.wait(30)
+    series = client.fetch_series(uid)
+    results.put(sorted((i.name, _md5(series.path / i.name), i.md5) for i in series.instances))
+
+
+def test_two_processes_fetch_one_series_once(
+    server: ArchiveServer, tmp_cache: Path, ct_uid: str
+) -> None:
+    server.faults.bandwidth = 400_000  # about a second per download, so the two overlap
+    ctx = multiprocessing.get_context("spawn")
+    ready, go, results = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+    children = [
+        ctx.Process(target=_fetch_in_child,
+                    args=(server.api_url, str(tmp_cache), ct_uid, ready, go, results))
+        for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    for _ in children:
+        assert ready.acquire(timeout=60)
+    go.set()
+    listings = [results.get(timeout=60) for _ in children]
+    for child in children:
+        child.join(30)
+        assert child.exitcode == 0
+    assert server.count("getImage") == 1
+    assert listings[0] == listings[1]
+    assert all(actual == expected for _, actual, expected in listings[0])
+    assert len(listings[0]) == 10
+
+
+# -- many series into a folder -------------------------------------------------------------------
+
+
+def test_download_layout_hard_links_and_statuses(
+    server: ArchiveServer, client: TCIAClient, tmp_path: Path
+) -> None:
+    uids = server.archive.series_uids(CT_COLLECTION) + server.archive.series_uids("NLST")[:1]
+    dest = tmp_path / "dest"
+    table = client.download(uids, dest, progress=False)
+    assert list(table.columns) == ["SeriesInstanceUID", "status", "path", "files", "bytes", "error"]
+    assert table["status"].tolist() == ["downloaded"] * len(uids)
+    assert table["error"].isna().all()
+    rows = server.archive.series.set_index("SeriesInstanceUID")
+    for row in table.itertuples():
+        meta = rows.loc[row.SeriesInstanceUID]
+        expected = dest / meta.Collection / meta.PatientID / meta.StudyInstanceUID / (
+            row.SeriesInstanceUID)
+        assert Path(row.path) == expected
+        assert row.files == meta.ImageCount and row.bytes == meta.FileSize
+        cached = client.cache.get(row.SeriesInstanceUID)
+        for source, placed in zip(cached.files, sorted(expected.glob("*.dcm")), strict=True):
+            assert source.name == placed.name
+            assert os.stat(source).st_ino == os.stat(placed).st_ino  # hard link, no copy
+        assert (expected / LICENSE_NAME).exists()
+    assert server.count("getImage") == len(uids)
+    assert server.count("getSeriesMetadata") <= 2  # the layout's fields, all in one go per host
+    assert server.count("getImage", host="nlst") == 1  # NLST routed by its metadata
+
+    server.clear_log()
+    again = client.download(uids, dest, progress=False)
+    assert again["status"].tolist() == ["cached"] * len(uids)
+    assert again["path"].tolist() == table["path"].tolist()
+    assert server.count() == 0  # complete in cache and in dest: no request at all
+
+
+def test_a_resumed_download_fetches_only_what_is_missing(
+    server: ArchiveServer, client: TCIAClient, tmp_path: Path
+) -> None:
+    uids = server.archive.series_uids("NLST")
+    broken = uids[1]
+    server.faults.add("wrong_md5", endpoint="getImage", series=broken, times=3)
+    dest = tmp_path / "dest"
+    with pytest.raises(DownloadError, match=broken) as info:
+        client.download(uids, dest, layout="{SeriesInstanceUID}", progress=False)
+    table = info.value.results
+    assert table.set_index("SeriesInstanceUID").loc[broken, "status"] == "failed"
+    assert "MD5" in table.set_index("SeriesInstanceUID").loc[broken, "error"]
+    assert (table["status"] == "downloaded").sum() == len(uids) - 1
+    assert not (dest / broken).exists() and client.cache.get(broken) is None
+
+    # a file deleted from dest is restored from the cache, with no request
+    done = dest / uids[0]
+    victim = sorted(done.glob("*.dcm"))[0]
+    victim.unlink()
+
+    server.clear_log()
+    table = client.download(uids, dest, layout="{SeriesInstanceUID}", progress=False)
+    assert server.count("getImage") == 1
+    assert server.requests[-1].params["SeriesInstanceUID"] == broken
+    statuses = table.set_index("SeriesInstanceUID")["status"]
+    assert statuses[broken] == "downloaded"
+    assert (statuses.drop(broken) == "cached").all()
+    assert victim.exists()
+
+
+def test_on_error_return_gives_the_table(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str, tmp_path: Path
+) -> None:
+    unknown = "1.2.3.4.5.6.7.8.9"
+    table = client.download([ct_uid, unknown], tmp_path / "d", on_error="return",
+                            layout="{SeriesInstanceUID}", progress=False)
+    row = table.set_index("SeriesInstanceUID").loc[unknown]
+    assert row.status == "failed" and row.path is None and row.files == 0
+    assert unknown in row.error or "granted" in row.error or "no series" in row.error
+    assert table.set_index("SeriesInstanceUID").loc[ct_uid, "status"] == "downloaded"
+
+
+def test_arguments_are_validated_before_any_request(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match=r"'1\.\.3'.*'bad'"):
+        client.download([ct_uid, "1..3", "bad"], tmp_path)
+    with pytest.raises(ValueError, match="on_error"):
+        client.download(ct_uid, tmp_path, on_error="ignore")
+    with pytest.raises(ValueError, match="Bogus"):
+        client.download(ct_uid, tmp_path, layout="{Collection}/{Bogus}/{SeriesInstanceUID}")
+    with pytest.raises(ValueError, match="SeriesInstanceUID"):
+        client.download(ct_uid, tmp_path, layout="{Collection}")
+    with pytest.raises(ValueError, match="workers"):
+        client.download(ct_uid, tmp_path, workers=0)
+    assert server.count() == 0
+
+
+def test_layout_fields_cannot_escape_dest(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str, tmp_path: Path
+) -> None:
+    row = server.archive.series.set_index("SeriesInstanceUID").loc[[ct_uid]].reset_index()
+    row["PatientID"] = "../../x"
+    row["Collection"] = "/etc"
+    dest = tmp_path / "dest"
+    table = client.download(row, dest, progress=False)
+    path = Path(table.loc[0, "path"])
+    assert path.is_relative_to(dest) and len(path.relative_to(dest).parts) == 4
+    assert ".." not in path.relative_to(dest).parts
+    assert len(list(path.glob("*.dcm"))) == 10
+    assert server.count("getSeriesMetadata") == 0  # the DataFrame had every field
+    assert server.count("getSeriesSize") == 0  # and the size, for the zip-bomb limit
+
+
+def test_dataframe_collection_routes_nlst(
+    server: ArchiveServer, client: TCIAClient, tmp_path: Path
+) -> None:
+    nlst = server.archive.series
+    nlst = nlst[nlst["Collection"] == "NLST"][["SeriesInstanceUID", "Collection"]]
+    table = client.download(nlst, tmp_path, layout="{Collection}/{SeriesInstanceUID}",
+                            progress=False)
+    assert (table["status"] == "downloaded").all()
+    assert server.count(host="main") == 0
+    assert server.count("getImage", host="nlst") == len(nlst)
+
+
+def test_manifest_input_and_progress_bar(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    manifest = write_manifest([ct_uid], tmp_path / "m.tcia")
+    client.download(str(manifest), tmp_path / "quiet", layout="{SeriesInstanceUID}",
+                    progress=False)
+    assert capsys.readouterr() == ("", "")
+    assert (tmp_path / "quiet" / ct_uid / RECORD_NAME).exists()
+    client.download(manifest, tmp_path / "loud", layout="{SeriesInstanceUID}")
+    assert "B" in capsys.readouterr().err  # tqdm counts bytes on stderr
+    assert server.count("getImage") == 1
+
+
+def test_read_series_is_sorted_along_the_normal(client: TCIAClient, ct_uid: str) -> None:
+    import numpy as np
+
+    datasets = client.read_series(ct_uid)
+    assert len(datasets) == 10
+    orientation = np.asarray(datasets[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = [float(normal @ np.asarray(ds.ImagePositionPatient, float)) for ds in datasets]
+    assert positions == sorted(positions)
+
+
+# -- zips made by hand -------------------------------------------------------------------------
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, body in members.items():
+            zf.writestr(name, body)
+    return path
+
+
+def test_a_zip_without_md5s_or_with_missing_files_is_refused(tmp_path: Path) -> None:
+    body = b"DICM" * 10
+    bare = _zip(tmp_path / "a.zip", {"LICENSE": b"x", "1-1.dcm": body})
+    with pytest.raises(TCIAIntegrityError, match="md5hashes.csv"):
+        extract_series(bare, tmp_path / "a", "1.2.3", limit=10**6)
+    missing = _zip(tmp_path / "b.zip", {
+        "1-1.dcm": body,
+        "md5hashes.csv": f"Filename,MD5Hash\n1-1.dcm,{hashlib.md5(body).hexdigest()}\n"
+                         "1-2.dcm,0123456789abcdef0123456789abcdef\n".encode(),
+    })
+    with pytest.raises(TCIAIntegrityError, match="missing from the zip"):
+        extract_series(missing, tmp_path / "b", "1.2.3", limit=10**6)
+    nested = _zip(tmp_path / "c.zip", {"sub/1-1.dcm": body})
+    with pytest.raises(UnsafeArchiveError, match="folder"):
+        extract_series(nested, tmp_path / "c", "1.2.3", limit=10**6)
+    too_big = _zip(tmp_path / "d.zip", {"1-1.dcm": body})
+    with pytest.raises(UnsafeArchiveError, match="zip bomb"):
+        extract_series(too_big, tmp_path / "d", "1.2.3", limit=len(body) - 1)
