@@ -25,6 +25,10 @@ CONTENT_TYPES = {
     "xml": "application/xml",
 }
 _CHUNK_ROWS = 20_000
+# Each record is rendered with this first member, then split on it: inside a JSON string every
+# quote is escaped, so the marker can only be structure.
+_MARK_KEY, _MARK_VALUE = "\x01", "\x01"
+_MARKER = '{"\\u0001":"\\u0001"'
 
 
 def render(frame: pd.DataFrame, fmt: str) -> Iterator[bytes]:
@@ -53,13 +57,12 @@ def _json(frame: pd.DataFrame) -> Iterator[bytes]:
         for code, row in enumerate(first):
             mask = present[row]
             rows = np.flatnonzero(codes.reshape(-1) == code)
-            if not mask.any():
-                text = "{}\n" * len(rows)
-            else:
-                text = chunk.iloc[rows, np.flatnonzero(mask)].to_json(
-                    orient="records", lines=True, force_ascii=True)
-            for row, line in zip(rows, text.split("\n"), strict=False):
-                lines[row] = line
+            part = chunk.iloc[rows, np.flatnonzero(mask)]
+            part.insert(0, _MARK_KEY, _MARK_VALUE)
+            text = part.to_json(orient="records", force_ascii=True)[1:-1]
+            pieces = text.split(_MARKER)[1:]
+            for row, piece in zip(rows, pieces, strict=True):
+                lines[row] = "{" + piece.removeprefix(",").removesuffix(",")
         yield (("[" if start == 0 else ",") + ",".join(lines)).encode()
     yield b"]"
 

@@ -54,7 +54,7 @@ def idc_series_table(collection: str = "NLST", limit: int | None = None) -> pd.D
     """
     try:
         import idc_index_data
-        import pyarrow.parquet as pq
+        import pyarrow.dataset as pads
     except ImportError as exc:
         from ..errors import MissingDependencyError
 
@@ -62,12 +62,11 @@ def idc_series_table(collection: str = "NLST", limit: int | None = None) -> pd.D
             "idc_series_table needs idc-index-data and pyarrow: pip install intake-tcia[bench]"
         ) from exc
     collection_id = collection.lower().replace("-", "_")
-    table = pq.read_table(idc_index_data.IDC_INDEX_PARQUET_FILEPATH, columns=_COLUMNS,
-                          filters=[("collection_id", "=", collection_id)])
-    if limit is not None:
-        table = table.slice(0, limit)
-    idc = table.to_pandas()
-    licenses = idc["license_short_name"].map(lambda s: _LICENSES.get(s, (s, None)))
+    scanner = pads.dataset(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).scanner(
+        columns=_COLUMNS, filter=pads.field("collection_id") == collection_id)
+    idc = (scanner.to_table() if limit is None else scanner.head(limit)).to_pandas()
+    short = idc["license_short_name"]
+    names = {s: _LICENSES.get(s, (s, None)) for s in short.dropna().unique()}
     rows = pd.DataFrame({
         "SeriesInstanceUID": idc["SeriesInstanceUID"],
         "StudyInstanceUID": idc["StudyInstanceUID"],
@@ -83,8 +82,8 @@ def idc_series_table(collection: str = "NLST", limit: int | None = None) -> pd.D
         "Manufacturer": idc["Manufacturer"],
         "ManufacturerModelName": idc["ManufacturerModelName"],
         "ImageCount": idc["instanceCount"],
-        "LicenseName": licenses.str[0],
-        "LicenseURI": licenses.str[1],
+        "LicenseName": short.map({s: n for s, (n, _) in names.items()}),
+        "LicenseURI": short.map({s: u for s, (_, u) in names.items()}),
         "DataDescriptionURI": "https://doi.org/" + idc["source_DOI"],
         "FileSize": (idc["series_size_MB"] * 1e6).round(),
         "ReleasedStatus": "Yes",
