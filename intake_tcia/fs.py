@@ -51,9 +51,9 @@ AUTO_SERIES_AFTER = 4
 #: Folder of the cache directory that holds single instances: ``{SeriesInstanceUID}/{SOP}.dcm``.
 INSTANCES_DIR = "instances"
 
-# The column naming each entry of a directory level: root, collection, patient, study.
-_KEYS = ("Collection", "PatientID", "StudyInstanceUID", "SeriesInstanceUID")
-_UID_NAMES = {2: "StudyInstanceUID", 3: "SeriesInstanceUID", 4: "SOPInstanceUID"}
+# What each part of a path names; _KEYS[depth] names the entries of a directory at that depth.
+_NAMES = ("Collection", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_KEYS = _NAMES[:-1]
 _INSTANCE_DEPTH = 5
 _CLIENT_OPTIONS = frozenset(
     [p.name for p in inspect.signature(TCIAClient).parameters.values() if p.kind is p.KEYWORD_ONLY]
@@ -74,12 +74,11 @@ def _split(path: str) -> list[str]:
         if not parts[4].endswith(".dcm"):
             raise _missing(path, "an instance's name is its SOPInstanceUID followed by '.dcm'")
         parts[4] = parts[4][: -len(".dcm")]
-    for depth, name in _UID_NAMES.items():
-        if len(parts) > depth:
-            try:
-                validate_uid(parts[depth], name)
-            except ValueError as exc:
-                raise _missing(path, str(exc)) from exc
+    for depth in range(2, len(parts)):
+        try:
+            validate_uid(parts[depth], _NAMES[depth])
+        except ValueError as exc:
+            raise _missing(path, str(exc)) from exc
     return parts
 
 
@@ -256,14 +255,14 @@ class TCIAFileSystem(AbstractFileSystem):
         try:
             listing = self.ls(parent, detail=True)
         except FileNotFoundError as exc:
-            raise _missing(path, f"its parent does not exist ({exc})") from exc
+            raise _missing(path, exc.strerror or str(exc)) from exc
         for entry in listing:
             if entry["name"] == path:
                 if len(parts) == len(_KEYS) and entry["size"] is None:
                     with _naming(path):
                         entry["size"] = self.client.series_size(parts[3])["TotalSizeInBytes"]
                 return entry
-        raise _missing(path, f"no such {_KEYS[len(parts) - 1]} in tcia://{parent}")
+        raise _missing(path, f"no such {_NAMES[len(parts) - 1]} in tcia://{parent}")
 
     def invalidate_cache(self, path: str | None = None) -> None:
         """Forget the listings of ``path`` and everything below it (all listings if None)."""
