@@ -590,6 +590,7 @@ class TCIACatalog(_ClientSource, Catalog):
             description=_describe(self.level, meta),
             driver=driver,
             args={k: v for k, v in args.items() if v is not None},
+            parameters=[],
             metadata=meta,
             getenv=False,
         )
