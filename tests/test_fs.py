@@ -108,7 +108,9 @@ def test_each_level_costs_one_request(fs, server):
     server.clear_log()
     files = fs.ls(series_path)
     assert server.count() == server.count(endpoint="getSOPInstanceUIDs") == 1
-    assert sorted(e["name"] for e in files) == sorted(f"{series_path}/{u}.dcm" for u, _ in instances)
+    assert sorted(e["name"] for e in files) == sorted(
+        f"{series_path}/{u}.dcm" for u, _ in instances
+    )
     assert all(e["type"] == "file" and e["size"] is None for e in files)
 
     server.clear_log()  # all of it again, from dircache
@@ -310,7 +312,9 @@ def test_chained_caches(chain, options, server, tmp_path):
     path, file = _instance(server)
     url = f"{chain}::tcia://{path}"
     for _ in range(2):
-        with fsspec.open(url, tcia=options, **{chain: {"cache_storage": str(tmp_path / chain)}}) as f:
+        with fsspec.open(
+            url, tcia=options, **{chain: {"cache_storage": str(tmp_path / chain)}}
+        ) as f:
             assert pydicom.dcmread(f).SOPInstanceUID == path.rsplit("/", 1)[1][:-4]
     assert server.count(endpoint="getSingleImage") == 1
 
