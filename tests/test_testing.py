@@ -11,6 +11,7 @@ import time
 import zipfile
 from urllib.parse import urlsplit
 
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -60,6 +61,17 @@ def test_archive_metadata_is_derived_from_files(server: ArchiveServer) -> None:
             row.SeriesInstanceUID, row.PatientID, row.Modality)
         assert {sop for sop, _ in files} == {
             pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for _, p in files}
+
+
+def test_derived_series_geometry(server: ArchiveServer) -> None:
+    """Copies are uniformly spaced; CT numbers run against the position; slices differ."""
+    uid = series_uid(server, "Pydicom-CT-Series", "CT")
+    datasets = [pydicom.dcmread(path) for _, path in server.archive.instances(uid)]
+    assert [d.InstanceNumber for d in datasets] == list(range(1, 11))
+    z = [float(d.ImagePositionPatient[2]) for d in datasets]
+    assert np.allclose(np.diff(z), -2.5)
+    means = [float(d.pixel_array.mean()) for d in datasets]
+    assert np.allclose(np.diff(means), 10)
 
 
 def test_archive_is_deterministic(tmp_path) -> None:

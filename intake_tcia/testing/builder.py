@@ -24,6 +24,7 @@ facts that DICOM does not hold (DOI, licence, release date, site) come from :dat
 from __future__ import annotations
 
 import atexit
+import copy
 import shutil
 import tempfile
 import threading
@@ -350,8 +351,7 @@ class SampleArchive:
         rng = np.random.default_rng(seed)
         ramp = np.add.outer(np.arange(rows), np.arange(columns)).astype(np.int16) % 512
         for i in range(n_instances):
-            ds = template.copy()
-            ds.file_meta = template.file_meta.copy()
+            ds = copy.deepcopy(template)  # Dataset.copy() shares its data elements
             self._stamp(ds, collection, patient_id, study_uid, series_uid, i, modality, body_part)
             ds.StudyDate = ds.SeriesDate = "20240102"
             ds.SeriesNumber = 100 + seed
@@ -391,8 +391,7 @@ class SampleArchive:
         uncompressed = not template.file_meta.TransferSyntaxUID.is_compressed
         paths = []
         for i in range(slices):
-            ds = template.copy()
-            ds.file_meta = template.file_meta.copy()
+            ds = copy.deepcopy(template)  # Dataset.copy() shares its data elements
             self._stamp(ds, collection, patient_id, study_uid, series_uid, i,
                         ds.Modality, body_part)
             ds.StudyDate = ds.SeriesDate = study_date
@@ -401,9 +400,10 @@ class SampleArchive:
             normal = np.cross(*np.reshape(np.asarray(ds.ImageOrientationPatient, float), (2, 3)))
             position = np.asarray(template.ImagePositionPatient, float) + normal * spacing * i
             ds.ImagePositionPatient = [round(float(v), 4) for v in position]
+            ds.SliceLocation = round(float(position @ normal), 4)
             if uncompressed:
-                arr = ds.pixel_array.astype(np.int32) + 10 * i
-                ds.PixelData = arr.astype(ds.pixel_array.dtype).tobytes()
+                pixels = template.pixel_array
+                ds.PixelData = (pixels.astype(np.int32) + 10 * i).astype(pixels.dtype).tobytes()
             path = folder / f"{ds.SOPInstanceUID}.dcm"
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
