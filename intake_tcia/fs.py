@@ -247,21 +247,23 @@ class TCIAFileSystem(AbstractFileSystem):
         if not parts:
             return {"name": "", "type": "directory", "size": 0}
         parent = self._parent(path)
-        if len(parts) == _INSTANCE_DEPTH and parent not in self.dircache:
-            local = self._on_disk(parts)
-            if local is not None:
-                size = local.stat().st_size
-                return {"name": path, "type": "file", "size": size, "SOPInstanceUID": parts[4]}
+        local = self._on_disk(parts) if len(parts) == _INSTANCE_DEPTH else None
+        if local is not None and parent not in self.dircache:
+            size = local.stat().st_size
+            return {"name": path, "type": "file", "size": size, "SOPInstanceUID": parts[4]}
         try:
             listing = self.ls(parent, detail=True)
         except FileNotFoundError as exc:
             raise _missing(path, exc.strerror or str(exc)) from exc
         for entry in listing:
-            if entry["name"] == path:
-                if len(parts) == len(_KEYS) and entry["size"] is None:
-                    with _naming(path):
-                        entry["size"] = self.client.series_size(parts[3])["TotalSizeInBytes"]
-                return entry
+            if entry["name"] != path:
+                continue
+            if entry["size"] is None and local is not None:
+                entry["size"] = local.stat().st_size
+            elif entry["size"] is None and len(parts) == len(_KEYS):
+                with _naming(path):
+                    entry["size"] = self.client.series_size(parts[3])["TotalSizeInBytes"]
+            return entry
         raise _missing(path, f"no such {_NAMES[len(parts) - 1]} in tcia://{parent}")
 
     def invalidate_cache(self, path: str | None = None) -> None:

@@ -149,6 +149,17 @@ def test_info_of_every_level(fs, server):
     assert fs.isfile(instance["name"]) and not fs.isdir(instance["name"])
 
 
+def test_series_size_from_get_series_size(fs, server):
+    row, series_path, _ = _series(server)
+    fs.info(series_path)["size"] = None  # as for a getSeries row without FileSize
+    server.clear_log()
+    size = fs.info(series_path)["size"]
+    assert size == fs.client.series_size(row["SeriesInstanceUID"])["TotalSizeInBytes"] > 0
+    assert server.count(endpoint="getSeriesSize") == 2  # once by info, once by the check
+    fs.info(series_path)
+    assert server.count() == 2
+
+
 def test_open_one_instance_transfers_only_it(fs, options, server):
     path, file = _instance(server)
     server.clear_log()
@@ -168,15 +179,21 @@ def test_open_one_instance_transfers_only_it(fs, options, server):
 
 
 def test_listing_shows_size_once_fetched(fs, server):
-    path, file = _instance(server)
-    series_path = path.rsplit("/", 1)[0]
-    assert fs.info(path)["size"] is None
-    fs.cat_file(path)
-    assert fs.info(path)["size"] == file.stat().st_size
-    fresh = TCIAFileSystem(skip_instance_cache=True, **fs.storage_options)
-    sizes = {e["name"]: e["size"] for e in fresh.ls(series_path)}
-    assert sizes[path] == file.stat().st_size
-    assert sum(size is None for size in sizes.values()) == len(sizes) - 1
+    _, series_path, instances = _series(server)
+    (first, first_file), (second, second_file) = instances[:2]
+    first, second = f"{series_path}/{first}.dcm", f"{series_path}/{second}.dcm"
+    other = TCIAFileSystem(skip_instance_cache=True, **fs.storage_options)
+    assert fs.info(first)["size"] is None
+    assert other.info(second)["size"] is None
+    fs.cat_file(first)  # this filesystem notes the size in its listing
+    other.cat_file(first)
+    fs.cat_file(second)  # the other one finds it on disk when asked
+    server.clear_log()
+    assert fs.info(first)["size"] == first_file.stat().st_size
+    assert other.info(second)["size"] == second_file.stat().st_size
+    sizes = [e["size"] for e in fs.ls(series_path)]
+    assert server.count() == 0
+    assert sum(size is None for size in sizes) == len(sizes) - 2
 
 
 @pytest.mark.parametrize(
