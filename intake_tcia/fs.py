@@ -266,6 +266,29 @@ class TCIAFileSystem(AbstractFileSystem):
             return entry
         raise _missing(path, f"no such {_NAMES[len(parts) - 1]} in tcia://{parent}")
 
+    def du(
+        self,
+        path: str,
+        total: bool = True,
+        maxdepth: int | None = None,
+        withdirs: bool = False,
+        **kwargs: Any,
+    ) -> int | dict[str, int]:
+        """Bytes under ``path``, summed from its series' sizes (no instance is listed).
+
+        With ``total=False``, a dict of series path (or the instance path) to bytes.
+        ``maxdepth`` and ``withdirs`` are accepted for fsspec's signature and not used.
+        """
+        path = self._strip_protocol(path)
+        below = len(_KEYS) - len(_split(path))
+        if below <= 0:
+            sizes = {path: self.info(path)["size"]}
+        else:
+            found = self.find(path, maxdepth=below, withdirs=True, detail=False)
+            series = [name for name in found if name.count("/") == len(_KEYS) - 1]
+            sizes = {name: self.info(name)["size"] for name in series}
+        return sum(sizes.values()) if total else sizes
+
     def invalidate_cache(self, path: str | None = None) -> None:
         """Forget the listings of ``path`` and everything below it (all listings if None)."""
         path = "" if path is None else self._strip_protocol(path)

@@ -312,6 +312,18 @@ def test_find_glob_walk_exists(fs, server):
     assert fs.isdir(CT) and not fs.isdir("No-Such-Collection")
 
 
+def test_du_sums_series_sizes(fs, server):
+    table = server.archive.series
+    rows = table[table["Collection"] == CT]
+    assert fs.du(CT) == rows["FileSize"].sum()
+    per_series = fs.du(f"tcia://{CT}/", total=False)
+    assert sorted(per_series.values()) == sorted(rows["FileSize"])
+    assert server.count(endpoint="getSOPInstanceUIDs") == 0
+    path, file = _instance(server)
+    fs.cat_file(path)
+    assert fs.du(path) == file.stat().st_size
+
+
 def test_open_files_with_options(options, server):
     _, series_path, instances = _series(server, CT, "MR")
     patient = series_path.split("/")[1]
