@@ -74,27 +74,37 @@ def test_derived_series_geometry(server: ArchiveServer) -> None:
     assert np.allclose(np.diff(means), 10)
 
 
-def test_archive_is_deterministic(tmp_path) -> None:
-    again = SampleArchive(tmp_path)
-    assert sorted(again.series_uids()) == sorted(SampleArchive.default().series_uids())
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> SampleArchive:
+    """A second archive (files in its own folder) seeded with 20k IDC NLST rows."""
+    archive = SampleArchive(tmp_path_factory.mktemp("archive"))
+    archive.seed_series_metadata(idc_series_table("NLST", limit=20_000))
+    return archive
 
 
-def test_synthetic_series_and_seeding(tmp_path) -> None:
-    archive = SampleArchive(tmp_path)
-    uid = archive.add_synthetic_series("Synth", "SYN-1", 3, 32, 48, seed=1)
-    files = archive.instances(uid)
+def test_archive_is_deterministic(scratch: SampleArchive) -> None:
+    assert set(SampleArchive.default().series_uids()) <= set(scratch.series_uids())
+
+
+def test_synthetic_series(scratch: SampleArchive) -> None:
+    uid = scratch.add_synthetic_series("Synth", "SYN-1", 3, 32, 48, seed=1)
+    files = scratch.instances(uid)
     datasets = [pydicom.dcmread(path) for _, path in files]
     assert [d.Rows for d in datasets] == [32] * 3 and datasets[0].Columns == 48
     assert [float(d.ImagePositionPatient[2]) for d in datasets] == [-75.0, -73.75, -72.5]
     assert not (datasets[0].pixel_array == datasets[1].pixel_array).all()
-    row = archive.series.set_index("SeriesInstanceUID").loc[uid]
+    row = scratch.series.set_index("SeriesInstanceUID").loc[uid]
     assert (row.ImageCount, row.FileSize) == (3, sum(p.stat().st_size for _, p in files))
-    seeded = idc_series_table("NLST", limit=500)
-    assert len(seeded) == 500 and seeded["ImageCount"].dtype == "Int64"
+    assert scratch.collection("Synth").host == "main"
+
+
+def test_idc_seeding(scratch: SampleArchive) -> None:
+    seeded = idc_series_table("NLST", limit=50)
+    assert len(seeded) == 50 and seeded["ImageCount"].dtype == "Int64"
     assert seeded["StudyDate"].dropna().str.fullmatch(r"\d\d-\d\d-\d{4}").all()
-    archive.seed_series_metadata(seeded)
-    assert len(archive.series_uids("nlst")) >= 500
-    assert archive.instances(seeded["SeriesInstanceUID"].iloc[0]) == []
+    assert seeded["DataDescriptionURI"].str.startswith("https://doi.org/10.").all()
+    assert len(scratch.series_uids("nlst")) > 20_000
+    assert scratch.instances(seeded["SeriesInstanceUID"].iloc[0]) == []
 
 
 # -- query endpoints -----------------------------------------------------------------------------
@@ -493,10 +503,9 @@ def test_keep_alive_connection_reused(server: ArchiveServer) -> None:
 
 
 # -- scale ---------------------------------------------------------------------------------------
-def test_stored_zip_streams_fast(tmp_path) -> None:
-    archive = SampleArchive(tmp_path)
-    uid = archive.add_synthetic_series("Bench", "B-1", 40, 512, 512)  # ~21 MB
-    with ArchiveServer(archive, compression="stored") as fast:
+def test_stored_zip_streams_fast(scratch: SampleArchive) -> None:
+    uid = scratch.add_synthetic_series("Bench", "B-1", 40, 512, 512)  # ~21 MB
+    with ArchiveServer(scratch, compression="stored") as fast:
         start = time.monotonic()
         with requests.get(fast.api_url + "getImage", params={"SeriesInstanceUID": uid},
                           stream=True, timeout=30) as response:
@@ -506,20 +515,23 @@ def test_stored_zip_streams_fast(tmp_path) -> None:
     assert size / elapsed > 50e6  # loopback, stored: typically several hundred MB/s
 
 
-def test_seeded_get_series(tmp_path) -> None:
-    archive = SampleArchive(tmp_path)
-    archive.seed_series_metadata(idc_series_table("NLST", limit=20_000))
-    with ArchiveServer(archive) as big:
+def test_seeded_get_series(scratch: SampleArchive) -> None:
+    with ArchiveServer(scratch) as big:
         rows = requests.get(big.nlst_api_url + "getSeries", params={"Collection": "nlst"},
                             timeout=30).json()
-        assert len(rows) == len(archive.series_uids("NLST")) > 20_000
+        assert len(rows) == len(scratch.series_uids("NLST")) > 20_000
+        last = rows[-1]
         sizes = requests.get(big.nlst_api_url + "getSeriesSize",
-                             params={"SeriesInstanceUID": rows[-1]["SeriesInstanceUID"]},
+                             params={"SeriesInstanceUID": last["SeriesInstanceUID"]},
                              timeout=5).json()
-        assert sizes[0]["ObjectCount"] == rows[-1]["ImageCount"]
+        assert sizes == [{"TotalSizeInBytes": last["FileSize"], "ObjectCount": last["ImageCount"]}]
+        seeded_image = requests.get(big.nlst_api_url + "getImage",
+                                    params={"SeriesInstanceUID": last["SeriesInstanceUID"]},
+                                    timeout=5)
+        assert zipfile.ZipFile(io.BytesIO(seeded_image.content)).namelist() == ["LICENSE"]
 
 
-def test_listeners_stop(tmp_path) -> None:
+def test_listeners_stop() -> None:
     server = ArchiveServer().start()
     url = server.api_url
     server.faults.add("hang", seconds=30)
