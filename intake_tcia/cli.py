@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("download", _download, "download series into a folder", [selection])
     sub.add_argument("-o", "--dest", type=Path, default=Path("."), metavar="DIR",
                      help="the folder to download into (default: the current folder)")
+    sub.add_argument("--layout", metavar="TEMPLATE",
+                     help="each series' folder under DIR, from series metadata fields (default "
+                     "{Collection}/{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID})")
     sub.add_argument("--workers", type=_positive_int, metavar="N",
                      help="series downloaded at once")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -305,8 +308,9 @@ def _download(args: argparse.Namespace) -> int:
     """Download series; a summary, and exit status 1 when any series failed."""
     with _client(args) as client:
         series = _selection(client, args)
+        layout = {"layout": args.layout} if args.layout else {}
         results = client.download(series, args.dest, on_error="return", workers=args.workers,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, **layout)
     counts = results["status"].value_counts()
     summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("downloaded", "cached", "failed"))
     print(f"{len(results)} series into {args.dest}: {summary}")

@@ -129,14 +129,13 @@ def _catalog_source(client: TCIAClient, row: pd.Series, echo: Callable[[str], An
     from .sources import TCIACatalog
 
     _section(echo, "3. The lazy catalog",
-             "cat = intake.open_tcia_cat(); cat[collection][patient][study][series]")
-    cat = TCIACatalog(**_client_options(client))
-    keys = [row["Collection"], row["PatientID"], row["StudyInstanceUID"],
-            row["SeriesInstanceUID"]]
-    node = cat
-    for depth, key in enumerate(keys):
-        echo(f"{'  ' * depth}{key}  ({len(list(node))} entries at this level)")
-        node = node[key]
+             "cat = intake.open_tcia_cat(...); cat[collection][patient][study][series]")
+    node = TCIACatalog(**_client_options(client))
+    levels = {"Collection": "collections", "PatientID": "patients",
+              "StudyInstanceUID": "studies", "SeriesInstanceUID": "series"}
+    for depth, (column, level) in enumerate(levels.items()):
+        echo(f"{'  ' * depth}{row[column]}  (one of {len(list(node))} {level})")
+        node = node[row[column]]
     node.discover()
     echo(f"discover(): shape {node.shape}, dtype {node.dtype}  (metadata only, no pixels yet)")
     return node

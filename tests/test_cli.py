@@ -1,0 +1,227 @@
+"""The intake-tcia command line, run in-process against the loopback sample archive."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from intake_tcia.cli import main
+from intake_tcia.manifest import read_manifest, write_manifest
+
+CT_COLLECTION = "Pydicom-CT-Series"
+
+
+@pytest.fixture
+def run(server, tmp_cache, capsys):
+    """Run ``intake-tcia ARGS`` against the sample archive: (exit status, stdout, stderr)."""
+
+    def run(*argv):
+        options = ["--api-url", server.api_url, "--nlst-api-url", server.nlst_api_url,
+                   "--cache-dir", str(tmp_cache)]
+        code = main([*argv, *options])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def archive_series(server, **where):
+    table = server.archive.series
+    for column, value in where.items():
+        table = table[table[column] == value]
+    return table
+
+
+def test_collections_table_lists_every_collection_nlst_too(run, server):
+    code, out, err = run("collections")
+    assert code == 0, err
+    listed = {line.strip() for line in out.splitlines()[1:]}
+    assert listed == set(server.archive.series["Collection"])
+    assert "NLST" in listed
+
+
+def test_series_csv_has_every_column_and_only_the_matching_series(run, server):
+    code, out, err = run("series", "--collection", CT_COLLECTION, "--modality", "ct", "--csv")
+    assert code == 0, err
+    frame = pd.read_csv(io.StringIO(out), dtype=str)
+    expected = archive_series(server, Collection=CT_COLLECTION, Modality="CT")
+    assert len(expected) > 0
+    assert sorted(frame["SeriesInstanceUID"]) == sorted(expected["SeriesInstanceUID"])
+    assert {"ImageCount", "LicenseName", "DataDescriptionURI", "FileSize"} <= set(frame.columns)
+
+
+def test_series_json_records_with_chosen_columns(run, server):
+    code, out, err = run("series", "--collection", "NLST", "--json",
+                         "--columns", "SeriesInstanceUID,ImageCount")
+    assert code == 0, err
+    records = json.loads(out)
+    expected = archive_series(server, Collection="NLST")
+    assert {r["SeriesInstanceUID"]: r["ImageCount"] for r in records} == dict(
+        zip(expected["SeriesInstanceUID"], expected["ImageCount"].astype(int), strict=True)
+    )
+    assert all(set(r) == {"SeriesInstanceUID", "ImageCount"} for r in records)
+
+
+def test_series_table_shows_the_compact_columns(run, server):
+    uid = archive_series(server, Collection=CT_COLLECTION)["SeriesInstanceUID"].iloc[0]
+    code, out, err = run("series", "--series-uid", uid)
+    assert code == 0, err
+    header, row = out.splitlines()
+    assert header.split() == ["Collection", "PatientID", "Modality", "BodyPartExamined",
+                              "SeriesDescription", "ImageCount", "FileSize",
+                              "SeriesInstanceUID"]
+    assert row.split()[-1] == uid
+
+
+def test_patients_and_studies_filters(run, server):
+    code, out, err = run("patients", "--collection", "NLST", "--csv")
+    assert code == 0, err
+    patients = pd.read_csv(io.StringIO(out), dtype=str)
+    assert set(patients["PatientID"]) == set(archive_series(server, Collection="NLST")["PatientID"])
+
+    patient = patients["PatientID"].iloc[0]
+    code, out, err = run("studies", "--collection", "NLST", "--patient-id", patient, "--csv")
+    assert code == 0, err
+    studies = pd.read_csv(io.StringIO(out), dtype=str)
+    expected = archive_series(server, Collection="NLST", PatientID=patient)
+    assert set(studies["StudyInstanceUID"]) == set(expected["StudyInstanceUID"])
+
+
+def test_empty_result_says_so(run):
+    code, out, err = run("series", "--collection", "No-Such-Collection")
+    assert (code, out.strip(), err) == (0, "(nothing found)", "")
+
+
+def test_options_before_the_subcommand_and_environment(server, tmp_cache, capsys, monkeypatch):
+    code = main(["--api-url", server.api_url, "--nlst-api-url", server.nlst_api_url,
+                 "--cache-dir", str(tmp_cache), "modalities", "--collection", CT_COLLECTION])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert set(out.split()[1:]) == set(archive_series(server, Collection=CT_COLLECTION)["Modality"])
+
+    monkeypatch.setenv("INTAKE_TCIA_API_URL", server.api_url)
+    monkeypatch.setenv("INTAKE_TCIA_NLST_API_URL", server.nlst_api_url)
+    server.clear_log()
+    assert main(["collections", "--json"]) == 0
+    assert {r["Collection"] for r in json.loads(capsys.readouterr().out)} == set(
+        server.archive.series["Collection"]
+    )
+    assert server.count() > 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["series", "--series-uid", "1.2.abc"],
+        ["download", "1.2.abc"],
+        ["manifest", "1.2.abc", "-o", "x.tcia"],
+    ],
+)
+def test_malformed_uid_is_one_usage_line_naming_it(run, server, argv):
+    code, out, err = run(*argv)
+    assert code == 2
+    assert out == ""
+    assert len(err.splitlines()) == 1 and "1.2.abc" in err and "Traceback" not in err
+    assert server.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["download"], "give series UIDs"),
+        (["download", "1.2.3", "--collection", "NLST"], "not both"),
+        (["series", "--columns", "Nope"], "Nope"),
+        (["series", "--csv", "--json"], "not allowed with"),
+        ([], "required"),
+    ],
+)
+def test_usage_errors_are_one_line_with_status_2(run, argv, message):
+    code, out, err = run(*argv)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_server_error_is_one_line_with_status_1(run, server):
+    server.faults.add("status", endpoint="getSeries", code=400)
+    code, out, err = run("series", "--collection", "NLST")
+    assert code == 1
+    assert len(err.splitlines()) == 1
+    assert "HTTP 400" in err and "Traceback" not in err
+
+
+def test_download_by_uid_then_from_the_cache(run, server, tmp_path):
+    uids = list(archive_series(server, Collection=CT_COLLECTION)["SeriesInstanceUID"])
+    dest = tmp_path / "out"
+    code, out, err = run("download", *uids, "-o", str(dest), "-q")
+    assert code == 0, err
+    assert f"{len(uids)} series into {dest}: {len(uids)} downloaded, 0 cached, 0 failed" in out
+    dicom = list(dest.rglob("*.dcm"))
+    expected = archive_series(server, Collection=CT_COLLECTION)["ImageCount"].sum()
+    assert len(dicom) == expected
+
+    server.clear_log()
+    code, out, err = run("download", *uids, "-o", str(dest), "-q")
+    assert code == 0, err
+    assert f"0 downloaded, {len(uids)} cached, 0 failed" in out
+    assert server.count("getImage") == 0
+
+
+def test_manifest_from_a_query_then_download_it(run, server, tmp_path):
+    path = tmp_path / "nlst.tcia"
+    code, out, err = run("manifest", "--collection", "NLST", "--modality", "CT", "-o", str(path))
+    assert code == 0, err
+    expected = list(archive_series(server, Collection="NLST", Modality="CT")["SeriesInstanceUID"])
+    assert sorted(read_manifest(path).series_uids) == sorted(expected)
+    assert str(path) in out
+
+    code, out, err = run("download", str(path), "-o", str(tmp_path / "out"), "-q")
+    assert code == 0, err
+    assert f"{len(expected)} downloaded" in out
+
+
+def test_failed_download_is_summarised_with_status_1(run, server, tmp_path):
+    uids = list(archive_series(server, Collection="NLST")["SeriesInstanceUID"])
+    bad = uids[0]
+    server.faults.add("status", endpoint="getImage", series=bad, code=404)
+    manifest = write_manifest(uids, tmp_path / "all.tcia")
+    code, out, err = run("download", str(manifest), "-o", str(tmp_path / "out"), "-q")
+    assert code == 1
+    assert f"{len(uids) - 1} downloaded, 0 cached, 1 failed" in out
+    failures = err.splitlines()
+    assert len(failures) == 1 and bad in failures[0]
+
+
+def test_cite_prints_doi_and_licence(run, server):
+    code, out, err = run("cite", "--collection", CT_COLLECTION)
+    assert code == 0, err
+    row = archive_series(server, Collection=CT_COLLECTION).iloc[0]
+    doi = row["DataDescriptionURI"].removeprefix("https://doi.org/")
+    assert doi in out
+    assert row["LicenseName"] in out or row["LicenseURI"] in out
+
+
+def test_demo_runs_offline_and_writes_a_png(tmp_path):
+    pil_image = pytest.importorskip("PIL.Image")
+    png = tmp_path / "slice.png"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTAKE_TCIA_")}
+    env["INTAKE_TCIA_API_URL"] = "http://127.0.0.1:9/unused/"  # the demo must not read it
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "intake_tcia.cli", "demo", "-o", str(png)],
+                          capture_output=True, text=True, env=env, timeout=120,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    assert time.perf_counter() - started < 30
+    assert str(png) in done.stdout
+    with pil_image.open(png) as image:
+        image.verify()
+    with pil_image.open(png) as image:
+        assert image.format == "PNG" and image.mode == "L"
+        assert image.size == (128, 128)
+        assert len(np.unique(np.asarray(image))) > 10  # a picture, not a blank
