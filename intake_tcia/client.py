@@ -341,24 +341,31 @@ class TCIAClient:
                 break
         return pd.concat(frames, ignore_index=True)
 
-    def series_size(self, series_uid: str) -> dict[str, int]:
-        """``{"TotalSizeInBytes": int, "ObjectCount": int}`` of one series (uncompressed bytes)."""
+    def series_size(self, series_uid: str, *, collection: str | None = None) -> dict[str, int]:
+        """``{"TotalSizeInBytes": int, "ObjectCount": int}`` of one series (uncompressed bytes).
+
+        ``collection``, when known, routes the request straight to the right host.
+        """
         uid = validate_uid(series_uid, "series_uid")
-        frame = self._query("getSeriesSize", {"SeriesInstanceUID": uid}, uid=uid)
+        frame = self._query(
+            "getSeriesSize", {"SeriesInstanceUID": uid}, collection=collection, uid=uid
+        )
         if frame.empty or pd.isna(frame.loc[0, "ObjectCount"]):
             raise TCIANotFoundError(404, f"no series {uid}", "getSeriesSize")
         return {k: int(frame.loc[0, k]) for k in ("TotalSizeInBytes", "ObjectCount")}
 
-    def sop_instance_uids(self, series_uid: str) -> list[str]:
-        """The SOPInstanceUIDs of one series' instances."""
+    def sop_instance_uids(self, series_uid: str, *, collection: str | None = None) -> list[str]:
+        """The SOPInstanceUIDs of one series' instances (``collection`` routes, as above)."""
         uid = validate_uid(series_uid, "series_uid")
-        frame = self._query("getSOPInstanceUIDs", {"SeriesInstanceUID": uid}, uid=uid)
+        frame = self._query(
+            "getSOPInstanceUIDs", {"SeriesInstanceUID": uid}, collection=collection, uid=uid
+        )
         return frame["SOPInstanceUID"].dropna().tolist()
 
-    def dicom_tags(self, series_uid: str) -> pd.DataFrame:
+    def dicom_tags(self, series_uid: str, *, collection: str | None = None) -> pd.DataFrame:
         """The DICOM header of one instance of a series: element, name, data."""
         uid = validate_uid(series_uid, "series_uid")
-        return self._query("getDicomTags", {"SeriesUID": uid}, uid=uid)
+        return self._query("getDicomTags", {"SeriesUID": uid}, collection=collection, uid=uid)
 
     def value_counts(
         self,

@@ -261,3 +261,10 @@ def test_the_client_pickles_and_works_after(client, server):
     copy = pickle.loads(pickle.dumps(client))
     assert copy.settings == client.settings
     assert len(copy.collections()) == len(client.collections())
+
+
+def test_a_known_collection_routes_uid_calls_without_probing(client, server):
+    uid = some_series(server, host="nlst")["SeriesInstanceUID"]
+    assert len(client.sop_instance_uids(uid, collection="NLST")) > 0
+    assert client.series_size(uid, collection="NLST")["ObjectCount"] > 0
+    assert server.count(host="main") == 0
