@@ -126,21 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
-    def command(name: str, run: Callable[[argparse.Namespace], int], help: str,
-                parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+    def command(name: str, run: Callable[[argparse.Namespace], int], help: str, *,
+                output: str | None = None, selection: bool = False) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
-                                  parents=[connection, *parents])
+                                  parents=[connection])
         sub.set_defaults(run=run, prog=sub.prog)
+        if selection:
+            _add_selection_options(sub)
+        if output:
+            _add_output_options(sub, default=output)
         return sub
 
-    output = _output_options()
     for name, (help, filters, columns) in QUERIES.items():
-        sub = command(name, _query, help, [output])
+        sub = command(name, _query, help, output="a table")
         _add_filters(sub, filters)
         sub.set_defaults(method=name.replace("-", "_"), filters=filters, table_columns=columns)
 
-    selection = _selection_options()
-    sub = command("download", _download, "download series into a folder", [selection])
+    sub = command("download", _download, "download series into a folder", selection=True)
     sub.add_argument("-o", "--dest", type=Path, default=Path("."), metavar="DIR",
                      help="the folder to download into (default: the current folder)")
     sub.add_argument("--layout", metavar="TEMPLATE",
@@ -150,13 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="series downloaded at once")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
-    sub = command("manifest", _manifest, "write a .tcia manifest of series", [selection])
+    sub = command("manifest", _manifest, "write a .tcia manifest of series", selection=True)
     sub.add_argument("-o", "--output", type=Path, default=Path("."), metavar="PATH",
                      help="the .tcia file to write, or a folder to write it into (default: "
                      "the current folder, named as NBIA names manifests)")
 
     sub = command("cite", _cite, "DOIs and licences of series, formatted for a paper",
-                  [selection, output])
+                  selection=True, output="text for a paper")
+    sub.add_argument("--datacite-url", metavar="URL", help="base URL of the DataCite REST API "
+                     "(default: INTAKE_TCIA_DATACITE_URL, else DataCite's)")
 
     sub = command("demo", _demo, "a tour of intake-tcia against the built-in sample archive "
                   "(offline; a temporary cache unless --cache-dir)")
@@ -182,9 +186,8 @@ def _connection_options() -> argparse.ArgumentParser:
     return parent
 
 
-def _output_options() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("output")
+def _add_output_options(parser: argparse.ArgumentParser, *, default: str) -> None:
+    group = parser.add_argument_group(f"output (default: {default})")
     formats = group.add_mutually_exclusive_group()
     formats.add_argument("--csv", action="store_const", const="csv", dest="format",
                          help="CSV, every column")
@@ -192,15 +195,12 @@ def _output_options() -> argparse.ArgumentParser:
                          help="JSON records, every column")
     group.add_argument("--columns", type=_names, metavar="A,B,...",
                        help="the columns to show (default: a few for a table, all otherwise)")
-    return parent
 
 
-def _selection_options() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("series", nargs="*", type=_series_argument, metavar="UID|MANIFEST",
+def _add_selection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("series", nargs="*", type=_series_argument, metavar="UID|MANIFEST",
                         help="SeriesInstanceUIDs or .tcia manifests (or give query filters)")
-    _add_filters(parent, SERIES_FILTERS, title="or the series a query finds")
-    return parent
+    _add_filters(parser, SERIES_FILTERS, title="or the series a query finds")
 
 
 def _add_filters(parser: argparse.ArgumentParser, names: Sequence[str],
@@ -243,7 +243,7 @@ def _client(args: argparse.Namespace) -> TCIAClient:
     from .client import TCIAClient
 
     return TCIAClient(**{key: getattr(args, key, None)
-                         for key in ("api_url", "nlst_api_url", "cache_dir")})
+                         for key in ("api_url", "nlst_api_url", "cache_dir", "datacite_url")})
 
 
 def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, str]:
@@ -290,6 +290,8 @@ def _selection(client: TCIAClient, args: argparse.Namespace) -> pd.DataFrame | l
 
 
 def _one_line(message: object) -> str:
+    if isinstance(message, OSError) and not isinstance(message, TCIAError) and message.filename:
+        message = f"{message.filename}: {message.strerror}"  # not "[Errno 2] ..."
     return " ".join(str(message).split()) or type(message).__name__
 
 

@@ -19,8 +19,9 @@ CT_COLLECTION = "Pydicom-CT-Series"
 
 
 @pytest.fixture
-def run(server, tmp_cache, capsys):
+def run(server, tmp_cache, capsys, monkeypatch):
     """Run ``intake-tcia ARGS`` against the sample archive: (exit status, stdout, stderr)."""
+    monkeypatch.setenv("INTAKE_TCIA_DATACITE_URL", server.datacite_url)  # never the real one
 
     def run(*argv):
         options = ["--api-url", server.api_url, "--nlst-api-url", server.nlst_api_url,
@@ -198,13 +199,28 @@ def test_failed_download_is_summarised_with_status_1(run, server, tmp_path):
     assert len(failures) == 1 and bad in failures[0]
 
 
-def test_cite_prints_doi_and_licence(run, server):
-    code, out, err = run("cite", "--collection", CT_COLLECTION)
+def test_cite_a_query_formatted_for_a_paper(run, server):
+    code, out, err = run("cite", "--collection", CT_COLLECTION,
+                         "--datacite-url", server.datacite_url)
     assert code == 0, err
-    row = archive_series(server, Collection=CT_COLLECTION).iloc[0]
-    doi = row["DataDescriptionURI"].removeprefix("https://doi.org/")
-    assert doi in out
-    assert row["LicenseName"] in out or row["LicenseURI"] in out
+    info = server.archive.collection(CT_COLLECTION)
+    assert f"https://doi.org/{info.doi}" in out
+    assert info.title in out  # from DataCite
+    assert f"{info.license_name} <{info.license_uri}>: {CT_COLLECTION}" in out
+    assert server.count(host="datacite") > 0
+
+
+def test_cite_uids_as_json(run, server):
+    uids = [archive_series(server, Collection=c)["SeriesInstanceUID"].iloc[0]
+            for c in ("NLST", CT_COLLECTION)]
+    code, out, err = run("cite", *uids, "--json")
+    assert code == 0, err
+    cited = {r["Collection"]: r for r in json.loads(out)}
+    assert set(cited) == {"NLST", CT_COLLECTION}
+    for name, row in cited.items():
+        info = server.archive.collection(name)
+        assert (row["DOI"], row["LicenseURI"], row["Title"]) == (
+            info.doi, info.license_uri, info.title)
 
 
 def test_demo_runs_offline_and_writes_a_png(tmp_path):
@@ -225,3 +241,44 @@ def test_demo_runs_offline_and_writes_a_png(tmp_path):
         assert image.format == "PNG" and image.mode == "L"
         assert image.size == (128, 128)
         assert len(np.unique(np.asarray(image))) > 10  # a picture, not a blank
+
+
+def test_missing_manifest_is_one_line_naming_it(run, tmp_path):
+    missing = tmp_path / "missing.tcia"
+    code, out, err = run("download", str(missing), "-o", str(tmp_path))
+    assert code == 1
+    assert err == f"intake-tcia download: error: {missing}: No such file or directory\n"
+
+
+def test_demo_keeps_the_cache_it_is_given(tmp_path, capsys):
+    from intake_tcia.cache import SeriesCache
+
+    cache = tmp_path / "cache"
+    code = main(["demo", "-o", str(tmp_path / "demo.png"), "--cache-dir", str(cache)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    uid = out.split("-> series ")[1].split()[0]
+    cached = SeriesCache(cache).get(uid)
+    assert cached is not None and len(cached.files) == 10
+    assert "(temporary)" not in out
+
+
+def test_demo_removes_its_temporary_cache(tmp_path):
+    from intake_tcia.demo import run_demo
+
+    lines = []
+    run_demo(output=tmp_path / "demo.png", echo=lines.append)
+    cache_line = next(line for line in lines if line.startswith("Series are cached in "))
+    folder = cache_line.removeprefix("Series are cached in ").removesuffix(" (temporary).")
+    assert not os.path.exists(folder)
+    assert (tmp_path / "demo.png").stat().st_size > 0
+
+
+def test_demo_tours_another_archive_given_a_collection(run, server, tmp_path):
+    code, out, err = run("demo")  # run() passes --api-url
+    assert code == 2 and "--collection" in err and len(err.splitlines()) == 1
+
+    code, out, err = run("demo", "--collection", CT_COLLECTION, "-o", str(tmp_path / "d.png"))
+    assert code == 0, err
+    assert "sample archive is serving" not in out
+    assert server.count("getImage") == 1 and (tmp_path / "d.png").exists()
