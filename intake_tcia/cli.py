@@ -340,10 +340,13 @@ def _cite(args: argparse.Namespace) -> int:
     with _client(args) as client:
         series = _selection(client, args)
         if isinstance(series, list):
-            series = client.series_metadata(series)
+            uids, series = series, client.series_metadata(series)
+            unknown = [uid for uid in uids if uid not in set(series["SeriesInstanceUID"])]
+            if unknown:
+                raise ValueError(f"the archive knows no series {', '.join(unknown)}")
         table = citations(series, datacite=client.datacite)
     if args.format is None and not args.columns:
-        print(format_citations(table))
+        print(format_citations(table), end="")
     else:
         _print_frame(table, args)
     return 0

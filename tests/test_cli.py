@@ -223,6 +223,11 @@ def test_cite_uids_as_json(run, server):
             info.doi, info.license_uri, info.title)
 
 
+def test_cite_an_unknown_series_names_it(run):
+    code, out, err = run("cite", "1.2.3.4.5")
+    assert code == 1 and len(err.splitlines()) == 1 and "1.2.3.4.5" in err
+
+
 def test_demo_runs_offline_and_writes_a_png(tmp_path):
     pil_image = pytest.importorskip("PIL.Image")
     png = tmp_path / "slice.png"
