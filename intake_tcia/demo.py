@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +75,9 @@ def run_demo(
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if api_url is None:
-            server = stack.enter_context(_sample_archive())
+            from .testing import ArchiveServer
+
+            server = stack.enter_context(ArchiveServer())
             api_url, nlst_api_url = server.api_url, server.nlst_api_url
             echo(f"The sample archive is serving at {api_url} (in this process, no network).")
         if cache_dir is None:
@@ -91,19 +93,13 @@ def run_demo(
         row = _pick_series(client, collection, echo)
         source = _catalog_source(client, row, echo)
         volume = _volume(source, echo)
-        path = save_slice_png(volume.array[volume.shape[0] // 2], output)
-        _section(echo, "5. A picture", f"middle slice, z = {volume.shape[0] // 2}")
+        middle = volume.shape[0] // 2
+        path = save_slice_png(volume.array[middle], output)
+        _section(echo, "5. A picture", f"the middle slice, k = {middle} "
+                 f"({volume.positions[middle]:.1f} mm along the slice normal)")
         echo(f"Saved {path}")
     echo(f"\nTour done in {time.perf_counter() - started:.1f} s.")
     return path
-
-
-@contextlib.contextmanager
-def _sample_archive() -> Iterator[Any]:
-    from .testing import ArchiveServer
-
-    with ArchiveServer() as server:
-        yield server
 
 
 def _section(echo: Callable[[str], Any], title: str, code: str) -> None:
