@@ -1,8 +1,10 @@
 """The one HTTP transport of intake-tcia: a pooled session, timeouts, retries, error mapping.
 
-Nothing else in the package talks HTTP. Retries on 429, 5xx and connection errors live in the
-session (urllib3 ``Retry`` with exponential backoff, honouring Retry-After up to ``max_backoff``);
-a body cut off mid-way is retried here, under the same count. Every failure leaves as a
+Nothing else in the package talks HTTP. Each operation (a query, a series download) gets one
+:class:`RetryBudget` of ``settings.retries`` retries, which everything that can go wrong in it
+draws from: 429 and 5xx answers (waiting as Retry-After says, up to ``max_backoff``), refused or
+timed-out connections, and bodies cut off mid-way. So an operation never makes more than
+``1 + retries`` requests, whatever the mix of failures. Every failure leaves as a
 :class:`~intake_tcia.errors.TCIAError`; no requests or urllib3 exception escapes.
 """
 
@@ -29,7 +31,7 @@ from .errors import (
     TCIAResponseError,
 )
 
-__all__ = ["Transport", "RETRY_STATUSES"]
+__all__ = ["Transport", "RetryBudget", "RETRY_STATUSES"]
 
 log = logging.getLogger("intake_tcia")
 
@@ -42,12 +44,52 @@ _ERROR_BODY_LIMIT = 64 * 1024
 _CHUNK = 1 << 20
 
 
-class _CappedRetry(Retry):
-    """A urllib3 ``Retry`` that waits for a server's Retry-After at most ``backoff_max`` seconds."""
+class RetryBudget:
+    """The retries one operation may still make, and how long to wait before each.
 
-    def get_retry_after(self, response: Any) -> float | None:
-        seconds = super().get_retry_after(response)
-        return None if seconds is None else min(seconds, self.backoff_max)
+    Parameters
+    ----------
+    settings : Settings
+        ``retries`` (how many), ``backoff_factor`` and ``max_backoff`` (seconds).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.used = 0
+
+    @property
+    def left(self) -> int:
+        """int: retries not yet spent."""
+        return self.settings.retries - self.used
+
+    def spend(self, retry_after: float | None = None) -> float | None:
+        """Take one retry and return the seconds to wait first, or None when none is left.
+
+        The wait is the server's Retry-After when it sent one, else ``backoff_factor * 2**n``;
+        either way at most ``max_backoff``.
+        """
+        if self.left <= 0:
+            return None
+        pause = self.settings.backoff_factor * 2**self.used if retry_after is None else retry_after
+        self.used += 1
+        return min(max(pause, 0.0), self.settings.max_backoff)
+
+
+def _full_url(url: str, params: Mapping[str, str] | None) -> str:
+    """The URL as sent, query included, for error messages."""
+    prepared = requests.PreparedRequest()
+    prepared.prepare_url(url, params)
+    return prepared.url or url
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return Retry().parse_retry_after(value)  # seconds or an HTTP date
+    except Exception:  # an unreadable header is no reason to fail; back off as usual
+        return None
 
 
 def _error_for(status: int, text: str, url: str) -> TCIAHTTPError:
@@ -72,16 +114,8 @@ class Transport:
     def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
         self.settings = settings
         self.session = session or requests.Session()
-        retry = _CappedRetry(
-            total=settings.retries,
-            status_forcelist=RETRY_STATUSES,
-            allowed_methods=None,  # every call here is a read, POST getSeriesMetadata included
-            backoff_factor=settings.backoff_factor,
-            backoff_max=settings.max_backoff,
-            respect_retry_after_header=True,
-            raise_on_status=False,
-        )
-        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=max(10, 2 * settings.workers))
+        # Retries are counted here, per operation (RetryBudget), not by urllib3 per request.
+        adapter = HTTPAdapter(max_retries=0, pool_maxsize=max(10, 2 * settings.workers))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.setdefault("User-Agent", f"intake-tcia/{__version__}")
@@ -91,40 +125,68 @@ class Transport:
         """tuple of float: (connect, read) timeouts in seconds."""
         return (self.settings.connect_timeout, self.settings.read_timeout)
 
+    def budget(self) -> RetryBudget:
+        """A fresh :class:`RetryBudget` for one operation."""
+        return RetryBudget(self.settings)
+
     def _send(
         self,
         method: str,
         url: str,
         params: Mapping[str, str] | None,
         data: Mapping[str, str] | None,
+        budget: RetryBudget,
     ) -> requests.Response:
-        try:
-            response = self.session.request(
-                method, url, params=params, data=data, stream=True, timeout=self.timeout
+        """One answer with a status below 400, retrying what is worth retrying on ``budget``."""
+        while True:
+            try:
+                response = self.session.request(
+                    method, url, params=params, data=data, stream=True, timeout=self.timeout
+                )
+            except requests.RequestException as exc:
+                failure = (
+                    "timed out asking" if isinstance(exc, requests.Timeout) else "could not reach"
+                )
+                error = TCIAConnectionError(f"{failure} {_full_url(url, params)}: {exc}")
+                pause = budget.spend()
+                if pause is None:
+                    raise error from exc
+            else:
+                if response.status_code < 400:
+                    return response
+                pause = budget.spend(_retry_after(response))
+                if response.status_code not in RETRY_STATUSES or pause is None:
+                    raise self._error(response)
+                error = self._error(response)
+            log.warning(
+                "%s; retry %d of %d in %.2f s", error, budget.used, budget.settings.retries, pause
             )
-        except requests.Timeout as exc:
-            raise TCIAConnectionError(f"timed out asking {url}: {exc}") from exc
-        except requests.RequestException as exc:
-            raise TCIAConnectionError(f"could not reach {url}: {exc}") from exc
-        if response.status_code >= 400:
-            with response:
-                try:
-                    body = next(response.iter_content(_ERROR_BODY_LIMIT), b"")
-                except requests.RequestException:
-                    body = b""
-            raise _error_for(response.status_code, body.decode("utf-8", "replace"), response.url)
-        return response
+            time.sleep(pause)
+
+    @staticmethod
+    def _error(response: requests.Response) -> TCIAHTTPError:
+        with response:
+            try:
+                body = next(response.iter_content(_ERROR_BODY_LIMIT), b"")
+            except requests.RequestException:
+                body = b""
+        return _error_for(response.status_code, body.decode("utf-8", "replace"), response.url)
 
     @contextmanager
     def stream(
-        self, url: str, params: Mapping[str, str] | None = None
+        self,
+        url: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        budget: RetryBudget | None = None,
     ) -> Iterator[requests.Response]:
         """Open a GET whose body is read by the caller (``iter_content``); closed on exit.
 
         Errors in the body itself (a reset, a short read) surface as
-        :class:`TCIAConnectionError` from :meth:`iter_body`.
+        :class:`TCIAConnectionError` from :meth:`iter_body`; a caller that retries them spends
+        the same ``budget`` it passed here.
         """
-        response = self._send("GET", url, params, None)
+        response = self._send("GET", url, params, None, budget or self.budget())
         try:
             yield response
         finally:
@@ -149,20 +211,19 @@ class Transport:
 
         The body must arrive within ``settings.query_timeout`` seconds in all.
         """
-        attempts = self.settings.retries + 1
-        for attempt in range(attempts):
-            response = self._send(method, url, params, data)
+        budget = self.budget()
+        while True:
+            response = self._send(method, url, params, data, budget)
             try:
                 return self._read_all(response), response.headers.get("Content-Type", "")
             except TCIAConnectionError as exc:
-                if attempt + 1 == attempts:
+                pause = budget.spend()
+                if pause is None:
                     raise
-                pause = min(self.settings.backoff_factor * 2**attempt, self.settings.max_backoff)
-                log.warning("%s; retrying in %.1f s", exc, pause)
+                log.warning("%s; retrying in %.2f s", exc, pause)
                 time.sleep(pause)
             finally:
                 response.close()
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _read_all(self, response: requests.Response) -> bytearray:
         deadline = time.monotonic() + self.settings.query_timeout

@@ -50,6 +50,7 @@ from .schema import SCHEMAS
 if TYPE_CHECKING:
     import pydicom
 
+    from ._http import RetryBudget
     from .client import TCIAClient
 
 __all__ = [
@@ -168,12 +169,12 @@ def fetch_series(
 def _fetch_with_retries(
     client: TCIAClient, uid: str, limit: int, metadata: dict[str, str], progress: Progress
 ) -> CachedSeries:
-    settings = client.settings
-    for attempt in range(settings.retries + 1):
+    budget = client._transport.budget()  # one budget for statuses, resets and bad zips alike
+    while True:
         counter = _Counter(progress)
         try:
             with client.cache.staging(uid) as staging:
-                series = _fetch_once(client, uid, staging, limit, counter)
+                series = _fetch_once(client, uid, staging, limit, counter, budget)
                 return client.cache.publish(replace(series, metadata=metadata))
         except BaseException as exc:
             counter.take_back()
@@ -181,15 +182,14 @@ def _fetch_with_retries(
                 exc, (TCIAIntegrityError, _BodyLost)
             ):
                 raise
-            if attempt == settings.retries:
+            pause = budget.spend()
+            if pause is None:
                 kind = TCIAIntegrityError if isinstance(exc, TCIAIntegrityError) else (
                     TCIAConnectionError
                 )
-                raise kind(f"series {uid}: failed {attempt + 1} time(s); last: {exc}") from exc
-            pause = min(settings.backoff_factor * 2**attempt, settings.max_backoff)
+                raise kind(f"series {uid}: failed {budget.used + 1} time(s); last: {exc}") from exc
             log.warning("series %s: %s; retrying in %.2f s", uid, exc, pause)
         time.sleep(pause)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class _Counter:
@@ -210,7 +210,12 @@ class _Counter:
 
 
 def _fetch_once(
-    client: TCIAClient, uid: str, staging: Path, limit: int, progress: Progress
+    client: TCIAClient,
+    uid: str,
+    staging: Path,
+    limit: int,
+    progress: Progress,
+    budget: RetryBudget,
 ) -> CachedSeries:
     """Stream the zip into ``staging``, then check, extract and verify it there."""
     zip_path = staging / "series.zip"
@@ -218,8 +223,11 @@ def _fetch_once(
     transport = client._transport
 
     def stream(host: str) -> None:
-        # Status errors and refused connections are retried inside the transport.
-        with transport.stream(host + "getImage", params) as response, open(zip_path, "wb") as f:
+        # Status errors and refused connections are retried inside the transport, on `budget`.
+        with (
+            transport.stream(host + "getImage", params, budget=budget) as response,
+            open(zip_path, "wb") as f,
+        ):
             size = 0
             try:
                 for chunk in transport.iter_body(response):
@@ -438,14 +446,36 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) ->
 
 
 def _sop_instance_uid(path: Path) -> str:
-    """The (0008,0018) *SOP Instance UID* of a DICOM file ("" when it has none)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    """The (0008,0018) *SOP Instance UID* of a DICOM file ("" when it has none).
+
+    The header is read only up to that element (a third of the cost of a full header read);
+    files that this fast path cannot parse are read again leniently.
+    """
+    from pydicom.filereader import read_partial
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        with open(path, "rb") as f:
+            uid = read_partial(f, stop_when=_after_sop_instance_uid).get("SOPInstanceUID")
+        if uid:
+            return str(uid)
+    except Exception:  # noqa: BLE001 - any oddity: take the lenient path below
+        pass
+    return _sop_instance_uid_leniently(path)
+
+
+def _after_sop_instance_uid(tag: Any, vr: Any, length: int) -> bool:
+    return tag > 0x00080018
+
+
+def _sop_instance_uid_leniently(path: Path) -> str:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(
+            path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"], force=True
+        )
         return str(ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID", ""))
-    except (InvalidDicomError, OSError, ValueError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a file the archive holds but pydicom cannot read
         log.warning("%s: no SOPInstanceUID (%s)", path.name, exc)
         return ""
 

@@ -67,12 +67,6 @@ def test_a_fault_storm_over_200_series(tmp_path: Path) -> None:
     _check_storm(run, uids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: status retries (urllib3, in the transport) and broken-body retries "
-    "(fetch_series) each have their own budget of `retries`, so one series can be asked "
-    "for up to (1 + retries) ** 2 times",
-)
 def test_retries_are_bounded_whatever_the_mix_of_faults(
     scale: ArchiveServer, tmp_path: Path
 ) -> None:
