@@ -2,31 +2,8 @@
 
 __version__ = "0.1.0"
 
+from . import errors  # noqa: E402
 from .client import TCIAClient  # noqa: E402
-from .errors import (  # noqa: E402
-    DownloadError,
-    MissingDependencyError,
-    TCIAAuthError,
-    TCIAConnectionError,
-    TCIAError,
-    TCIAHTTPError,
-    TCIAIntegrityError,
-    TCIANotFoundError,
-    TCIAResponseError,
-    UnsafeArchiveError,
-)
+from .errors import *  # noqa: E402, F403  (the exception family, listed in errors.__all__)
 
-__all__ = [
-    "TCIAClient",
-    "TCIAError",
-    "TCIAHTTPError",
-    "TCIANotFoundError",
-    "TCIAAuthError",
-    "TCIAConnectionError",
-    "TCIAResponseError",
-    "TCIAIntegrityError",
-    "UnsafeArchiveError",
-    "DownloadError",
-    "MissingDependencyError",
-    "__version__",
-]
+__all__ = ["TCIAClient", "__version__", *errors.__all__]

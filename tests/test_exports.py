@@ -1,0 +1,20 @@
+"""The package's public names: what __all__ promises is there, and nothing public is unlisted."""
+
+import intake_tcia
+from intake_tcia import errors
+
+
+def test_all_matches_the_public_names():
+    public = {
+        name
+        for name, value in vars(intake_tcia).items()
+        if not name.startswith("_") and not isinstance(value, type(intake_tcia))
+    }
+    assert public == set(intake_tcia.__all__) - {"__version__"}
+    assert intake_tcia.__version__
+
+
+def test_every_exception_derives_from_the_base():
+    for name in errors.__all__:
+        value = getattr(errors, name)
+        assert issubclass(value, errors.TCIAError), name
