@@ -36,10 +36,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def scale_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchiveServer]:
     """A server whose archive holds :data:`SHORT_SERIES` small synthetic series more than the
-    sample (``server.uids``: their UIDs)."""
+    sample (``server.uids``: their UIDs) and a 1 MB series for readers (``server.load_uid``)."""
     archive, uids = build_archive(tmp_path_factory.mktemp("scale-archive"), SHORT_SERIES)
+    load_uid = archive.add_synthetic_series("Reliability", "LOAD", 8, 256, 256, seed=10_000)
     with ArchiveServer(archive) as server:
         server.uids = uids  # type: ignore[attr-defined]
+        server.load_uid = load_uid  # type: ignore[attr-defined]
         yield server
 
 

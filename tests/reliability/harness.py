@@ -7,15 +7,18 @@ trusting anything the package wrote about them.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import random
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -409,3 +412,84 @@ def run_kill_and_resume(
         operations + server.count(), audit_cache(cache, server.archive),
         audit_download(dest, server.archive, table),
     )
+
+
+def read_series(
+    how: str, options: dict[str, object], paths: list[str], uid: str, collection: str
+) -> list[tuple[str, str]]:
+    """One reader of a series: ``(SOPInstanceUID, MD5)`` of each instance it got, sorted.
+
+    ``how`` is ``"fs"`` (``tcia://`` paths opened with ``fetch="series"``, a filesystem of its
+    own) or ``"source"`` (the catalog's series source, ``read()``).
+    """
+    from intake_tcia.fs import TCIAFileSystem
+    from intake_tcia.sources import TCIASeriesSource
+
+    if how == "fs":
+        fs = TCIAFileSystem(fetch="series", skip_instance_cache=True, **options)
+        got = [(path.rsplit("/", 1)[1][: -len(".dcm")], md5(fs.cat(path))) for path in paths]
+    else:
+        datasets = TCIASeriesSource(uid, collection=collection, **options).read()
+        got = [(str(ds.SOPInstanceUID), md5(Path(ds.filename).read_bytes())) for ds in datasets]
+    return sorted(got)
+
+
+def _read_in_threads(
+    hows: list[str], options: dict[str, object], paths: list[str], uid: str, collection: str,
+    start: object | None = None,
+) -> list[object]:
+    """Run one reader per entry of ``hows`` in threads, all starting at once; each result is
+    its listing or the text of the exception it raised."""
+    gate = threading.Barrier(len(hows))
+
+    def one(how: str) -> object:
+        gate.wait()
+        try:
+            return read_series(how, options, paths, uid, collection)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller as a result
+            return f"{type(exc).__name__}: {exc}"
+
+    if start is not None:
+        start.wait()  # type: ignore[attr-defined]  # every process is ready
+    with ThreadPoolExecutor(len(hows)) as pool:
+        return list(pool.map(one, hows))
+
+
+def _reader_process(hows: list[str], options: dict[str, object], paths: list[str], uid: str,
+                    collection: str, start: object, results: object) -> None:
+    results.put(_read_in_threads(hows, options, paths, uid, collection, start))  # type: ignore
+
+
+def run_readers(
+    server: ArchiveServer, cache: Path, uid: str, *, readers: int = 50, processes: int = 0,
+    bandwidth: float = 2e6, timeout: float = 300,
+) -> list[object]:
+    """``readers`` concurrent readers of one series (half through ``tcia://``, half through the
+    series source), in threads of this process or spread over ``processes`` processes (forkserver);
+    the link is capped at ``bandwidth`` bytes/s so that they all wait for the one download."""
+    server.reset()
+    server.faults.bandwidth = bandwidth
+    row = server.archive.series.set_index("SeriesInstanceUID").loc[uid]
+    collection = str(row["Collection"])
+    folder = f"tcia://{collection}/{row['PatientID']}/{row['StudyInstanceUID']}/{uid}"
+    paths = [f"{folder}/{sop}.dcm" for sop, _ in server.archive.instances(uid)]
+    options = {"api_url": server.api_url, "nlst_api_url": server.nlst_api_url,
+               "cache_dir": str(cache), "retries": 2, "backoff_factor": 0.01}
+    hows = ["fs" if n % 2 else "source" for n in range(readers)]
+    if not processes:
+        return _read_in_threads(hows, options, paths, uid, collection)
+    context = multiprocessing.get_context("forkserver")  # no fork of this threaded process
+    context.set_forkserver_preload(["intake_tcia.fs", "intake_tcia.sources", __name__])
+    start, results = context.Barrier(processes), context.Queue()
+    shares = [hows[n::processes] for n in range(processes)]
+    children = [
+        context.Process(target=_reader_process,
+                        args=(share, options, paths, uid, collection, start, results))
+        for share in shares
+    ]
+    for child in children:
+        child.start()
+    got = [item for _ in children for item in results.get(timeout=timeout)]
+    for child in children:
+        child.join(timeout)
+    return got
