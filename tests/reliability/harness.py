@@ -469,12 +469,8 @@ def run_readers(
     the link is capped at ``bandwidth`` bytes/s so that they all wait for the one download."""
     server.reset()
     server.faults.bandwidth = bandwidth
-    row = server.archive.series.set_index("SeriesInstanceUID").loc[uid]
-    collection = str(row["Collection"])
-    folder = f"tcia://{collection}/{row['PatientID']}/{row['StudyInstanceUID']}/{uid}"
-    paths = [f"{folder}/{sop}.dcm" for sop, _ in server.archive.instances(uid)]
-    options = {"api_url": server.api_url, "nlst_api_url": server.nlst_api_url,
-               "cache_dir": str(cache), "retries": 2, "backoff_factor": 0.01}
+    collection, paths = tcia_paths(server, uid)
+    options = client_options(server, cache)
     hows = ["fs" if n % 2 else "source" for n in range(readers)]
     if not processes:
         return _read_in_threads(hows, options, paths, uid, collection)
@@ -493,3 +489,76 @@ def run_readers(
     for child in children:
         child.join(timeout)
     return got
+
+
+def client_options(server: ArchiveServer, cache: Path, **options: object) -> dict[str, object]:
+    """Client keywords for ``server`` with ``cache`` (tiny backoff), as sources and tcia://
+    take them."""
+    return {"api_url": server.api_url, "nlst_api_url": server.nlst_api_url,
+            "cache_dir": str(cache), "retries": 2, "backoff_factor": 0.01, **options}
+
+
+def tcia_paths(server: ArchiveServer, uid: str) -> tuple[str, list[str]]:
+    """A series' collection and the ``tcia://`` paths of its instances."""
+    row = server.archive.series.set_index("SeriesInstanceUID").loc[uid]
+    collection = str(row["Collection"])
+    folder = f"tcia://{collection}/{row['PatientID']}/{row['StudyInstanceUID']}/{uid}"
+    return collection, [f"{folder}/{sop}.dcm" for sop, _ in server.archive.instances(uid)]
+
+
+def fetch_via(way: str, server: ArchiveServer, options: dict[str, object], uid: str,
+              dest: Path) -> None:
+    """Get a series one of the ways a user can: ``"client"`` (fetch_series), ``"download"``
+    (into ``dest``), ``"fs"`` (``tcia://``, ``fetch="series"``) or ``"source"`` (the catalog's
+    series source); raises what that way raises (a failed download: TCIAError with its row's
+    error)."""
+    from intake_tcia.errors import TCIAError
+    from intake_tcia.fs import TCIAFileSystem
+    from intake_tcia.sources import TCIASeriesSource
+
+    collection, paths = tcia_paths(server, uid)
+    if way == "client":
+        TCIAClient(**options).fetch_series(uid)  # type: ignore[arg-type]
+    elif way == "download":
+        table = TCIAClient(**options).download(  # type: ignore[arg-type]
+            [uid], dest, on_error="return", progress=False)
+        if table.loc[0, "status"] == "failed":
+            raise TCIAError(table.loc[0, "error"])
+    elif way == "fs":
+        TCIAFileSystem(fetch="series", skip_instance_cache=True, **options).cat(paths[0])
+    else:
+        TCIASeriesSource(uid, collection=collection, **options).read()
+
+
+#: The ways a user gets a series (see :func:`fetch_via`).
+WAYS_IN = ("client", "download", "fs", "source")
+
+
+#: Operations a hostile server is tried with, and the endpoint each depends on.
+OPERATIONS = {"series": "getSeries", "series_metadata": "getSeriesMetadata",
+              "fs.ls": "getPatient", "download": "getImage", "source.read": "getImage"}
+
+
+def ask_via(operation: str, options: dict[str, object], uid: str, dest: Path) -> None:
+    """Run one of :data:`OPERATIONS` for series ``uid`` of the sample's Pydicom-CT-Series; a
+    failed download raises TCIAError with its row's error."""
+    from intake_tcia.errors import TCIAError
+    from intake_tcia.fs import TCIAFileSystem
+    from intake_tcia.sources import TCIASeriesSource
+
+    collection = "Pydicom-CT-Series"
+    if operation == "series":
+        TCIAClient(**options).series(collection=collection)  # type: ignore[arg-type]
+    elif operation == "series_metadata":
+        TCIAClient(**options).series_metadata([uid])  # type: ignore[arg-type]
+    elif operation == "fs.ls":
+        TCIAFileSystem(skip_instance_cache=True, **options).ls(f"tcia://{collection}")
+    elif operation == "download":
+        table = TCIAClient(**options).download(  # type: ignore[arg-type]
+            pd.DataFrame({"SeriesInstanceUID": [uid], "Collection": [collection]}), dest,
+            layout="{SeriesInstanceUID}", on_error="return", progress=False,
+        )
+        assert table.loc[0, "status"] == "failed" and uid in table.loc[0, "error"]
+        raise TCIAError(table.loc[0, "error"])
+    else:
+        TCIASeriesSource(uid, collection=collection, **options).read()

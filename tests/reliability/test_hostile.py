@@ -5,14 +5,13 @@ catalog's series source)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-from intake_tcia.client import TCIAClient
 from intake_tcia.errors import (
     TCIAConnectionError,
     TCIAError,
@@ -21,10 +20,19 @@ from intake_tcia.errors import (
     UnsafeArchiveError,
 )
 from intake_tcia.fs import TCIAFileSystem
-from intake_tcia.sources import TCIASeriesSource
 from intake_tcia.testing import ArchiveServer, SampleArchive
 
-from .harness import audit_cache, audit_download, make_client, tree
+from .harness import (
+    OPERATIONS,
+    WAYS_IN,
+    ask_via,
+    audit_cache,
+    audit_download,
+    client_options,
+    fetch_via,
+    make_client,
+    tree,
+)
 
 CT = "Pydicom-CT-Series"
 EVIL_FILE = Path("/tmp/intake-tcia-evil.dcm")
@@ -41,42 +49,9 @@ def _ct_uid(server: ArchiveServer) -> str:
                       "SeriesInstanceUID"].iloc[0]
 
 
-def _options(server: ArchiveServer, cache: Path, **options: Any) -> dict[str, Any]:
-    return {"api_url": server.api_url, "nlst_api_url": server.nlst_api_url,
-            "cache_dir": str(cache), "retries": 2, "backoff_factor": 0.01, **options}
-
-
 # -- hostile zips ---------------------------------------------------------------------------------
 
 
-def _via_client(options: dict[str, Any], uid: str, dest: Path) -> None:
-    TCIAClient(**options).fetch_series(uid)
-
-
-def _via_download(options: dict[str, Any], uid: str, dest: Path) -> None:
-    table = TCIAClient(**options).download([uid], dest, on_error="return", progress=False)
-    row = table.iloc[0]
-    assert row.status == "failed" and row.path is None
-    raise UnsafeArchiveError(row.error) if "UnsafeArchiveError" in row.error else AssertionError(
-        row.error)
-
-
-def _via_filesystem(options: dict[str, Any], uid: str, dest: Path) -> None:
-    fs = TCIAFileSystem(fetch="series", skip_instance_cache=True, **options)
-    (first,) = fs.find(f"tcia://{CT}")[:1]
-    series_dir = first.rsplit("/", 2)[0]
-    path = next(p for p in fs.find(f"tcia://{CT}") if p.startswith(series_dir) and uid in p)
-    fs.cat(path)
-
-
-def _via_source(options: dict[str, Any], uid: str, dest: Path) -> None:
-    TCIASeriesSource(uid, collection=CT, **options).read()
-
-
-ENTRY_POINTS: dict[str, Callable[[dict[str, Any], str, Path], None]] = {
-    "client": _via_client, "download": _via_download, "fs": _via_filesystem,
-    "source": _via_source,
-}
 HOSTILE_ZIPS = {
     "absolute_path": {}, "dotdot": {}, "symlink": {}, "duplicate": {},
     "bomb": {"size": 64 << 20},  # 64 MiB of zeros in about 64 kB
@@ -94,6 +69,15 @@ def home(tmp_path: Path) -> Iterator[Path]:
     assert existed or not EVIL_FILE.exists(), "a zip member was written to /tmp"
 
 
+def _assert_refused(way: str, server: ArchiveServer, uid: str, home: Path) -> None:
+    """Getting ``uid`` the ``way`` given raises UnsafeArchiveError naming the series (a
+    download reports it in its row)."""
+    with pytest.raises(TCIAError, match=uid) as info:
+        fetch_via(way, server, client_options(server, home / "cache"), uid, home / "dest")
+    assert isinstance(info.value, UnsafeArchiveError) or (
+        way == "download" and "UnsafeArchiveError" in str(info.value))
+
+
 def _assert_nothing_got_in(home: Path, before: set[str]) -> None:
     """Only folders and lock files are new under ``home``; no link, no file of the zip."""
     new = tree(home) - before
@@ -103,7 +87,7 @@ def _assert_nothing_got_in(home: Path, before: set[str]) -> None:
     assert (home / "neighbour" / "keep.txt").read_text() == "untouched"
 
 
-@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+@pytest.mark.parametrize("entry", WAYS_IN)
 @pytest.mark.parametrize("kind", list(HOSTILE_ZIPS))
 def test_hostile_zips_are_refused_and_nothing_is_written(
     server: ArchiveServer, home: Path, kind: str, entry: str
@@ -111,20 +95,18 @@ def test_hostile_zips_are_refused_and_nothing_is_written(
     uid = _ct_uid(server)
     server.faults.add(kind, endpoint="getImage", series=uid, times=5, **HOSTILE_ZIPS[kind])
     before = tree(home)
-    with pytest.raises(UnsafeArchiveError, match=uid):
-        ENTRY_POINTS[entry](_options(server, home / "cache"), uid, home / "dest")
+    _assert_refused(entry, server, uid, home)
     assert server.count("getImage") == 1  # refused, not retried
     _assert_nothing_got_in(home, before)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+@pytest.mark.parametrize("entry", WAYS_IN)
 def test_a_full_size_zip_bomb_is_refused(server: ArchiveServer, home: Path, entry: str) -> None:
     uid = _ct_uid(server)
     server.faults.add("bomb", endpoint="getImage", series=uid, size=1 << 30)
     before = tree(home)
-    with pytest.raises(UnsafeArchiveError, match=uid):
-        ENTRY_POINTS[entry](_options(server, home / "cache"), uid, home / "dest")
+    _assert_refused(entry, server, uid, home)
     _assert_nothing_got_in(home, before)
 
 
@@ -160,18 +142,12 @@ def evil(hostile: ArchiveServer) -> Iterator[ArchiveServer]:
     hostile.reset()
 
 
-@pytest.mark.parametrize("entry", ["client", "download", "source"])
+@pytest.mark.parametrize("entry", WAYS_IN)
 def test_a_zip_far_beyond_its_series_size_is_refused(
     evil: ArchiveServer, home: Path, entry: str
 ) -> None:
-    uid = evil.uids["liar"]
-    options = _options(evil, home / "cache")
     before = tree(home)
-    with pytest.raises(UnsafeArchiveError, match=uid):
-        if entry == "source":
-            TCIASeriesSource(uid, **options).read()
-        else:
-            ENTRY_POINTS[entry](options, uid, home / "dest")
+    _assert_refused(entry, evil, evil.uids["liar"], home)
     _assert_nothing_got_in(home, before)
 
 
@@ -209,7 +185,7 @@ def test_metadata_cannot_lead_a_download_out_of_dest(
 
 def test_filesystem_get_of_hostile_names_stays_in_its_folder(evil: ArchiveServer,
                                                             home: Path) -> None:
-    fs = TCIAFileSystem(skip_instance_cache=True, **_options(evil, home / "cache"))
+    fs = TCIAFileSystem(skip_instance_cache=True, **client_options(evil, home / "cache"))
     before = tree(home)
     try:
         fs.get("tcia://Evil", str(home / "out"), recursive=True)
@@ -235,7 +211,7 @@ def test_query_values_are_encoded_as_sent(evil: ArchiveServer, home: Path) -> No
             assert params[name] == AWKWARDER
         assert client.patients(AWKWARD)["PatientID"].tolist() == [AWKWARD]
         assert client.studies(collection=AWKWARD, patient_id=AWKWARD).shape[0] == 1
-    fs = TCIAFileSystem(skip_instance_cache=True, **_options(evil, home / "cache"))
+    fs = TCIAFileSystem(skip_instance_cache=True, **client_options(evil, home / "cache"))
     patients = fs.ls(f"tcia://{AWKWARD}", detail=False)
     assert patients == [f"{AWKWARD}/{AWKWARD}"]
     assert evil.requests[-1].params["Collection"] == AWKWARD
@@ -254,38 +230,6 @@ DEADLINE = (RETRIES + 1) * (READ_TIMEOUT + QUERY_TIMEOUT) + 3
 ANSWERS = {"html": {}, "invalid_json": {}, "endless": {"seconds": 4}, "hang": {"seconds": 4}}
 
 
-def _query_series(options: dict[str, Any], uid: str, dest: Path) -> None:
-    TCIAClient(**options).series(collection=CT)
-
-
-def _query_metadata(options: dict[str, Any], uid: str, dest: Path) -> None:
-    TCIAClient(**options).series_metadata([uid])
-
-
-def _list_filesystem(options: dict[str, Any], uid: str, dest: Path) -> None:
-    TCIAFileSystem(skip_instance_cache=True, **options).ls(f"tcia://{CT}")
-
-
-def _download(options: dict[str, Any], uid: str, dest: Path) -> None:
-    table = TCIAClient(**options).download(
-        pd.DataFrame({"SeriesInstanceUID": [uid], "Collection": [CT]}), dest,
-        layout="{SeriesInstanceUID}", on_error="return", progress=False,
-    )
-    assert table.loc[0, "status"] == "failed" and uid in table.loc[0, "error"]
-    raise TCIAError(table.loc[0, "error"])
-
-
-def _read_source(options: dict[str, Any], uid: str, dest: Path) -> None:
-    TCIASeriesSource(uid, collection=CT, **options).read()
-
-
-OPERATIONS: dict[str, tuple[str, Callable[[dict[str, Any], str, Path], None]]] = {
-    "series": ("getSeries", _query_series),
-    "series_metadata": ("getSeriesMetadata", _query_metadata),
-    "fs.ls": ("getPatient", _list_filesystem),
-    "download": ("getImage", _download),
-    "source.read": ("getImage", _read_source),
-}
 #: The errors each answer may give for queries and for zips.
 EXPECTED = {
     "html": (TCIAResponseError, TCIAIntegrityError),
@@ -300,14 +244,14 @@ EXPECTED = {
 def test_a_hostile_server_gives_a_clear_error_within_the_timeout(
     server: ArchiveServer, tmp_path: Path, answer: str, operation: str
 ) -> None:
-    endpoint, run = OPERATIONS[operation]
+    endpoint = OPERATIONS[operation]
     uid = _ct_uid(server)
     server.faults.add(answer, endpoint=endpoint, times=10, **ANSWERS[answer])
-    options = _options(server, tmp_path / "cache", retries=RETRIES,
+    options = client_options(server, tmp_path / "cache", retries=RETRIES,
                        timeout=(2.0, READ_TIMEOUT), query_timeout=QUERY_TIMEOUT)
     start = time.monotonic()
     with pytest.raises(TCIAError) as info:
-        run(options, uid, tmp_path / "dest")
+        ask_via(operation, options, uid, tmp_path / "dest")
     elapsed = time.monotonic() - start
     assert elapsed < DEADLINE, f"{operation} took {elapsed:.1f} s"
     message = str(info.value)
