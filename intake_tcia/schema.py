@@ -14,6 +14,7 @@ field not listed here, that field after them), with these dtypes:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["EndpointSchema", "SCHEMAS", "frame_from_records", "frame_from_csv", "parse_dates"]
+__all__ = [
+    "EndpointSchema",
+    "SCHEMAS",
+    "OLD_NAMES",
+    "frame_from_records",
+    "frame_from_csv",
+    "parse_dates",
+    "with_old_names",
+]
 
 STRING_DTYPE: Any = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
 _DTYPES: dict[str, Any] = {
@@ -143,6 +152,53 @@ SCHEMAS: dict[str, EndpointSchema] = {
     "getBodyPartValuesAndCounts": _counts("BodyPartExamined", "bodyPart"),
     "getManufacturerValuesAndCounts": _counts("Manufacturer", "manufacturer"),
 }
+
+# The names NBIA v1/v2 (and the legacy TCIA API) gave fields that v4 renamed.
+_OLD_SERIES_NAMES = {"TimeStamp": "MaxSubmissionTimestamp", "CollectionURI": "DataDescriptionURI"}
+# v1/v2 getSeriesMetaData (JSON, spaced keys, numbers as strings); other fields are spelled as
+# their v4 names split into words ("Body Part Examined"), which with_old_names adds.
+_OLD_METADATA_NAMES = {
+    **_OLD_SERIES_NAMES,
+    "Series UID": "SeriesInstanceUID",
+    "Study UID": "StudyInstanceUID",
+    "Subject ID": "PatientID",
+    "Number of Images": "ImageCount",
+    "Data Description URI": "DataDescriptionURI",
+    "License URL": "LicenseURI",
+    "Study Description": "StudyDesc",
+    "3rd Party Analysis": "ThirdPartyAnalysis",
+}
+
+#: Old field name -> v4 name, per endpoint (see :func:`with_old_names`).
+OLD_NAMES: dict[str, dict[str, str]] = {
+    "getSeries": _OLD_SERIES_NAMES,
+    "getUpdatedSeries": _OLD_SERIES_NAMES,
+    "getSeriesMetadata": _OLD_METADATA_NAMES,
+}
+
+#: A shared cart (v1 getContentsByName, never migrated to v4): getSeries rows in v1 names.
+SCHEMAS["getContentsByName"] = EndpointSchema(_SERIES, {**_PATIENT_RENAMES, **_OLD_SERIES_NAMES})
+
+
+def _spaced(name: str) -> str:
+    return re.sub(r"(?<=[a-z)])(?=[A-Z])", " ", name)
+
+
+def with_old_names(schemas: Mapping[str, EndpointSchema]) -> dict[str, EndpointSchema]:
+    """The schemas, also reading the v1/v2 field names of :data:`OLD_NAMES`.
+
+    ``getSeriesMetadata`` also reads each column's name split into words (``Series Date``),
+    and is listed under v1's spelling ``getSeriesMetaData`` too.
+    """
+    out = dict(schemas)
+    for endpoint, renames in OLD_NAMES.items():
+        schema = schemas[endpoint]
+        extra = dict(renames)
+        if endpoint == "getSeriesMetadata":
+            extra = {_spaced(name): name for name in schema.columns} | extra
+        out[endpoint] = EndpointSchema(schema.columns, {**extra, **schema.renames})
+    out["getSeriesMetaData"] = out["getSeriesMetadata"]
+    return out
 
 
 def parse_dates(values: pd.Series) -> pd.Series:
