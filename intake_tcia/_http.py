@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
 from . import __version__
@@ -42,6 +43,10 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _NOT_FOUND_MARKERS = ("not been granted the access", "is not in public domain")
 _ERROR_BODY_LIMIT = 64 * 1024
 _CHUNK = 1 << 20
+
+#: Rewrites a v4-style request (``base + endpoint``, v4 parameters) into what a server of
+#: another flavour expects (see :meth:`intake_tcia.flavours.Flavour.request`).
+Route = Callable[[str, Any], tuple[str, Any]]
 
 
 class RetryBudget:
@@ -109,11 +114,26 @@ class Transport:
         Timeouts, retry count and backoff, and the number of workers (to size the pool).
     session : requests.Session, optional
         A session to use (proxies, certificates, auth); retries are mounted on it.
+    route : callable, optional
+        Applied to every request's URL and parameters before it is sent: the one place where
+        queries and downloads alike are put into the server's dialect.
+    auth : requests.auth.AuthBase, optional
+        Credentials for the session (unless it has its own).
     """
 
-    def __init__(self, settings: Settings, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        session: requests.Session | None = None,
+        *,
+        route: Route | None = None,
+        auth: AuthBase | None = None,
+    ) -> None:
         self.settings = settings
+        self.route = route
         self.session = session or requests.Session()
+        if self.session.auth is None:
+            self.session.auth = auth
         # Retries are counted here, per operation (RetryBudget), not by urllib3 per request.
         adapter = HTTPAdapter(max_retries=0, pool_maxsize=max(10, 2 * settings.workers))
         self.session.mount("http://", adapter)
@@ -138,6 +158,8 @@ class Transport:
         budget: RetryBudget,
     ) -> requests.Response:
         """One answer with a status below 400, retrying what is worth retrying on ``budget``."""
+        if self.route is not None:
+            url, params = self.route(url, params)
         while True:
             try:
                 response = self.session.request(

@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help, filters, columns) in QUERIES.items():
         sub = command(name, _query, help, output="a table")
         _add_filters(sub, filters)
+        if name == "series":
+            _add_cart_option(sub)
         sub.set_defaults(method=name.replace("-", "_"), filters=filters, table_columns=columns)
 
     sub = command("download", _download, "download series into a folder", selection=True)
@@ -201,6 +203,13 @@ def _add_selection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("series", nargs="*", type=_series_argument, metavar="UID|MANIFEST",
                         help="SeriesInstanceUIDs or .tcia manifests (or give query filters)")
     _add_filters(parser, SERIES_FILTERS, title="or the series a query finds")
+    _add_cart_option(parser)
+
+
+def _add_cart_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shared-cart", metavar="NAME",
+                        help="the series of a cart shared from the NBIA portal (the name in its "
+                        "link, ...?saved-cart=NAME)")
 
 
 def _add_filters(parser: argparse.ArgumentParser, names: Sequence[str],
@@ -277,9 +286,16 @@ def _selection(client: TCIAClient, args: argparse.Namespace) -> pd.DataFrame | l
     filters = _given(args, SERIES_FILTERS)
     if args.series and filters:
         raise UsageError("give series UIDs or manifests, or query filters, not both")
-    if not args.series and not filters:
-        raise UsageError("give series UIDs, a .tcia manifest, or query filters such as "
-                         "--collection")
+    if args.shared_cart and (args.series or filters):
+        raise UsageError("give --shared-cart, or series UIDs, manifests or filters, not both")
+    if not args.series and not filters and not args.shared_cart:
+        raise UsageError("give series UIDs, a .tcia manifest, query filters such as "
+                         "--collection, or --shared-cart")
+    if args.shared_cart:
+        frame = client.shared_cart(args.shared_cart)
+        if frame.empty:
+            raise ValueError(f"shared cart {args.shared_cart!r} is empty or unknown")
+        return frame
     if args.series:
         return list(dict.fromkeys(uid for item in args.series for uid in as_series_uids(item)))
     frame = client.series(**filters)
@@ -300,8 +316,14 @@ def _one_line(message: object) -> str:
 
 def _query(args: argparse.Namespace) -> int:
     """collections, modalities, ..., series: one query, printed."""
+    cart = getattr(args, "shared_cart", None)
+    if cart and _given(args, args.filters):
+        raise UsageError("give query filters or --shared-cart, not both")
     with _client(args) as client:
-        frame = getattr(client, args.method)(**_given(args, args.filters))
+        if cart:
+            frame = client.shared_cart(cart)
+        else:
+            frame = getattr(client, args.method)(**_given(args, args.filters))
     _print_frame(frame, args, args.table_columns)
     return 0
 

@@ -9,6 +9,12 @@ patient, study or series goes to the host already known to hold it, else to the 
 that one has nothing, to the NLST host; the answer is remembered. Other queries without a collection
 ask the main host, except :meth:`TCIAClient.collections` and :meth:`TCIAClient.updated_series`,
 which ask both.
+
+Flavours: each host may speak another dialect of the API (older NBIA v1/v2, the legacy TCIA REST
+API, an NBIA that wants a login; see :mod:`intake_tcia.flavours`). The client still asks in v4
+terms; its transport puts every request into the host's dialect (:meth:`Flavour.request`) and
+carries its credentials (:mod:`intake_tcia._auth`), and :meth:`TCIAClient._get` reads answers
+with the flavour's schemas, so every flavour gives the same v4-named, typed DataFrames.
 """
 
 from __future__ import annotations
@@ -20,17 +26,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
+import requests
 
+from ._auth import auth_for
 from ._http import Transport
 from ._validate import format_query_date, validate_date, validate_uid
 from .cache import CachedSeries, SeriesCache
 from .config import Settings
-from .errors import TCIANotFoundError
+from .errors import TCIANotFoundError, TCIAResponseError
+from .flavours import Flavour, flavour_for
 from .schema import SCHEMAS, frame_from_csv, frame_from_records
 
 if TYPE_CHECKING:
     import pydicom
-    import requests
 
 __all__ = ["TCIAClient"]
 
@@ -124,7 +132,12 @@ class TCIAClient:
         else:
             Settings.from_env(**given)  # rejects unknown keywords
             self.settings = settings.replace(**{k: v for k, v in given.items() if v is not None})
-        self._transport = Transport(self.settings, session)
+        self._flavours: dict[str, Flavour] = {
+            host: flavour_for(host, self.settings.api_version) for host in self.settings.hosts
+        }
+        session = session or requests.Session()
+        auth = auth_for({h: f.auth for h, f in self._flavours.items()}, session, self.settings)
+        self._transport = Transport(self.settings, session, route=self._route, auth=auth)
         self._hosts: dict[str, str] = {}  # UID -> base URL that holds it
         self._hosts_lock = threading.Lock()
 
@@ -132,7 +145,7 @@ class TCIAClient:
         return f"TCIAClient(api_url={self.settings.api_url!r}, cache_dir={str(self.cache_dir)!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _client_from_settings, (self.settings,)
+        return _client_from_settings, (self.settings,)  # secrets are left out (see Settings)
 
     def __enter__(self) -> TCIAClient:
         return self
@@ -186,9 +199,16 @@ class TCIAClient:
 
     # -- transport helpers ------------------------------------------------------------------------
 
+    def _route(self, url: str, params: Any) -> tuple[str, Any]:
+        """A v4-style request in the dialect of the host it goes to (the transport's route)."""
+        for host, flavour in self._flavours.items():
+            if url.startswith(host):
+                return flavour.request(url, params)
+        return url, params
+
     def _get(self, host: str, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
         rows = self._transport.get_json(host + endpoint, params=params)
-        return frame_from_records(rows, SCHEMAS[endpoint])
+        return frame_from_records(rows, self._flavours[host].schemas[endpoint])
 
     def _query(
         self,
@@ -324,22 +344,63 @@ class TCIAClient:
     def series_metadata(self, series_uids: str | Iterable[str]) -> pd.DataFrame:
         """Detailed metadata of series (getSeriesMetadata), pixel spacing and slice thickness too.
 
-        UIDs are sent 10,000 at a time, each batch to the host that holds it.
+        UIDs are sent 10,000 at a time, each batch to the host that holds it (one at a time to
+        v1/v2 and legacy hosts, whose getSeriesMetaData takes one SeriesInstanceUID).
         """
         uids = [validate_uid(u, "series_uids") for u in _as_list(series_uids)]
         frames = [frame_from_csv("", SCHEMAS["getSeriesMetadata"])]
         for host in self.settings.hosts:
-            for start in range(0, len(uids), METADATA_CHUNK):
-                batch = ",".join(uids[start : start + METADATA_CHUNK])
-                body, _ = self._transport.fetch(
-                    "POST", host + "getSeriesMetadata", data={"list": batch}
-                )
-                frames.append(frame_from_csv(body.decode("utf-8"), SCHEMAS["getSeriesMetadata"]))
+            if self._flavours[host].metadata_per_series:
+                frames += [self._metadata_of_one(host, uid) for uid in uids]
+            else:
+                frames += self._metadata_batches(host, uids)
             found = set(pd.concat(frames)["SeriesInstanceUID"].dropna())
             uids = [u for u in uids if u not in found]
             if not uids:
                 break
         return pd.concat(frames, ignore_index=True)
+
+    def _metadata_batches(self, host: str, uids: list[str]) -> list[pd.DataFrame]:
+        """getSeriesMetadata (v4): POST the UIDs in batches, quoted CSV back."""
+        frames = []
+        for start in range(0, len(uids), METADATA_CHUNK):
+            batch = ",".join(uids[start : start + METADATA_CHUNK])
+            body, content_type = self._transport.fetch(
+                "POST", host + "getSeriesMetadata", data={"list": batch}
+            )
+            text = body.decode("utf-8", "replace")
+            if text.strip() and "SeriesInstanceUID" not in text.partition("\n")[0]:
+                raise TCIAResponseError(
+                    f"expected CSV from {host}getSeriesMetadata, got "
+                    f"{content_type or 'no content type'}: {text[:200]!r}"
+                )
+            frames.append(frame_from_csv(text, SCHEMAS["getSeriesMetadata"]))
+        return frames
+
+    def _metadata_of_one(self, host: str, uid: str) -> pd.DataFrame:
+        """v1/v2 getSeriesMetaData: one series, JSON with v1 names (no rows if not here)."""
+        try:
+            frame = self._get(host, "getSeriesMetaData", {"SeriesInstanceUID": uid})
+        except TCIANotFoundError:
+            return frame_from_csv("", SCHEMAS["getSeriesMetadata"])
+        return frame[frame["SeriesInstanceUID"] == uid]
+
+    def shared_cart(self, name: str) -> pd.DataFrame:
+        """The series of a shared cart (v1 getContentsByName), in v4 getSeries columns.
+
+        Parameters
+        ----------
+        name : str
+            The cart's name, as in the link the NBIA portal gives when a cart is shared
+            (``...?saved-cart=nbia-49121659384603347`` -> ``"nbia-49121659384603347"``).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per series, columns and dtypes as :meth:`series`; empty for an unknown cart.
+        """
+        params = {"name": _text(name, "name")}
+        return self._both_hosts("getContentsByName", params)
 
     def series_size(self, series_uid: str, *, collection: str | None = None) -> dict[str, int]:
         """``{"TotalSizeInBytes": int, "ObjectCount": int}`` of one series (uncompressed bytes).
@@ -498,7 +559,7 @@ class TCIAClient:
 
 
 def _client_from_settings(settings: Settings) -> TCIAClient:
-    return TCIAClient(settings=settings)
+    return TCIAClient(settings=settings.with_secrets_from_env())
 
 
 def _as_list(values: str | Iterable[str]) -> list[str]:

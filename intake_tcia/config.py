@@ -9,7 +9,14 @@ from typing import Any
 
 import platformdirs
 
-__all__ = ["Settings", "DEFAULT_API_URL", "DEFAULT_NLST_API_URL", "NLST_COLLECTION", "is_nlst"]
+__all__ = [
+    "Settings",
+    "DEFAULT_API_URL",
+    "DEFAULT_NLST_API_URL",
+    "NLST_COLLECTION",
+    "SECRETS",
+    "is_nlst",
+]
 
 DEFAULT_API_URL = "https://nbia.cancerimagingarchive.net/nbia-api/services/v4/"
 DEFAULT_NLST_API_URL = "https://nlst.cancerimagingarchive.net/nbia-api/services/v4/"
@@ -20,7 +27,13 @@ _ENVIRONMENT = {
     "nlst_api_url": "INTAKE_TCIA_NLST_API_URL",
     "cache_dir": "INTAKE_TCIA_CACHE_DIR",
     "datacite_url": "INTAKE_TCIA_DATACITE_URL",
+    "api_version": "INTAKE_TCIA_API_VERSION",
+    "api_key": "INTAKE_TCIA_API_KEY",
+    "username": "INTAKE_TCIA_USERNAME",
+    "password": "INTAKE_TCIA_PASSWORD",
 }
+#: Settings that are secrets: never in repr, str, logs or pickles (re-read from the environment).
+SECRETS = ("api_key", "username", "password")
 
 
 def is_nlst(collection: str | None) -> bool:
@@ -59,6 +72,19 @@ class Settings:
         How many series are downloaded at once.
     datacite_url : str
         Base URL of the DataCite REST API, for citations of collection DOIs.
+    api_version : {"v4", "token", "v1", "v2", "legacy"}, optional
+        The dialect of the API (:mod:`intake_tcia.flavours`); by default read from each base URL.
+    api_key : str, optional
+        The ``api_key`` header of the legacy TCIA REST API.
+    username, password : str, optional
+        An NBIA login, for deployments that want a token (default: the guest login
+        ``nbia_guest`` with an empty password). Giving a username asks for tokens.
+
+    Notes
+    -----
+    ``api_key``, ``username`` and ``password`` never appear in ``repr``, and are left out when
+    settings are pickled: an unpickled client reads them from the environment again, or goes
+    without.
     """
 
     api_url: str = DEFAULT_API_URL
@@ -72,6 +98,10 @@ class Settings:
     max_backoff: float = 60.0
     workers: int = 4
     datacite_url: str = "https://api.datacite.org/"
+    api_version: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "api_url", _with_slash(str(self.api_url)))
@@ -85,6 +115,25 @@ class Settings:
         for name in ("connect_timeout", "read_timeout", "query_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
+        if self.api_version is not None:
+            from .flavours import flavour_for
+
+            flavour_for(self.api_url, self.api_version)  # ValueError for an unknown one
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, **dict.fromkeys(SECRETS)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def with_secrets_from_env(self) -> Settings:
+        """A copy whose missing secrets are read from the environment (after unpickling)."""
+        found = {
+            name: os.environ[_ENVIRONMENT[name]]
+            for name in SECRETS
+            if getattr(self, name) is None and os.environ.get(_ENVIRONMENT[name])
+        }
+        return self.replace(**found) if found else self
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:

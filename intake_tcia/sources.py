@@ -51,9 +51,10 @@ ENDPOINTS: dict[str, tuple[str, dict[str, str]]] = {
         for name in (
             "collections", "modalities", "body_parts", "manufacturers", "patients",
             "patients_by_modality", "new_patients", "studies", "new_studies", "series",
-            "updated_series", "series_metadata", "dicom_tags", "value_counts",
+            "updated_series", "series_metadata", "dicom_tags", "value_counts", "shared_cart",
         )
     },
+    "getContentsByName": ("shared_cart", {}),
     "getCollectionValues": ("collections", {}),
     "getModalityValues": ("modalities", {}),
     "getBodyPartValues": ("body_parts", {}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import threading
 
+from ._flavours import SERVER_FLAVOURS
 from .server import ArchiveServer
 
 
@@ -17,15 +18,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="NLST host port (default: --port + 1, or free)")
     parser.add_argument("--stored", action="store_true", help="serve zips uncompressed")
     parser.add_argument("--quiet", action="store_true", help="do not log requests")
+    parser.add_argument("--flavour", default="v4", choices=sorted(SERVER_FLAVOURS),
+                        help="the API dialect to answer in (default v4)")
     args = parser.parse_args(argv)
     nlst_port = args.nlst_port if args.nlst_port is not None else (args.port + 1 if args.port
                                                                     else 0)
     server = ArchiveServer(host=args.host, port=args.port, nlst_port=nlst_port,
                            compression="stored" if args.stored else "deflated",
-                           verbose=not args.quiet)
+                           verbose=not args.quiet, flavour=args.flavour)
     with server:
-        print(f"NBIA v4 (main): {server.api_url}")
-        print(f"NBIA v4 (NLST): {server.nlst_api_url}")
+        print(f"NBIA {args.flavour} (main): {server.api_url}")
+        print(f"NBIA {args.flavour} (NLST): {server.nlst_api_url}")
+        if args.flavour == "legacy":
+            print(f"api_key header: {server.api_key}")
         print(f"DataCite:       {server.datacite_url}")
         print(f"try: curl '{server.api_url}getCollectionValues'")
         print(f"export INTAKE_TCIA_API_URL={server.api_url}")

@@ -16,11 +16,18 @@ Endpoint spelling: CBIIT/NBIA-TCIA defines ``@Path("/v4/getSeriesMetadata")`` (P
 answers the POST under both spellings. getPatient takes ``PatientID`` (reference) and also
 ``PatientId`` (the server code's allowed set). getSeriesSize and getSOPInstanceUIDs answer an
 unknown UID with an empty body (no rows).
+
+Flavours (``ArchiveServer(flavour=...)``, see :mod:`intake_tcia.testing._flavours`): the same
+archive as NBIA v1 or v2 (old field names and date styles; v2 behind OAuth tokens), as the legacy
+TCIA REST API (``/services/v4/TCIA/query/``, ``api_key`` header) or as an NBIA v4 that wants a
+token. Token flavours answer ``POST /nbia-api/oauth/token`` (password and refresh-token grants,
+as NBIA's Keycloak does); every flavour serves shared carts (``getContentsByName``).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import struct
 import threading
@@ -33,15 +40,20 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import _datacite
-from ._endpoints import ENDPOINTS, ApiError, Endpoint, HostView, check_params, not_granted
+from ._endpoints import ApiError, Endpoint, HostView, check_params, not_granted
+from ._flavours import SERVER_FLAVOURS, TOKEN_PATH, cart_endpoint
 from ._render import CONTENT_TYPES, FORMATS, render
 from ._zipstream import write_series_zip
 from .builder import SampleArchive
 from .faults import HOSTILE_KINDS, Fault, FaultPlan
 
-__all__ = ["ArchiveServer", "RequestRecord", "API_PATH"]
+__all__ = ["ArchiveServer", "RequestRecord", "API_PATH", "SAMPLE_CART", "SAMPLE_API_KEY"]
 
 API_PATH = "/nbia-api/services/v4/"
+#: The shared cart every sample archive holds (three series of the main host, one of NLST's).
+SAMPLE_CART = "nbia-sample-cart"
+#: The api_key the legacy flavour accepts.
+SAMPLE_API_KEY = "sample-archive-api-key"
 DATACITE_PATH = "/datacite/"
 _CHUNK = 1 << 20
 _COMPRESSIONS = {"deflated": zipfile.ZIP_DEFLATED, "stored": zipfile.ZIP_STORED}
@@ -193,14 +205,28 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_bytes(record, status, json.dumps(payload).encode(),
                              "application/vnd.api+json")
             return
-        name = path[len(API_PATH):] if path.startswith(API_PATH) else path
+        flavour = self.owner._flavour
+        if path == TOKEN_PATH:
+            shown = {k: "***" if k == "password" else v for k, v in params.items()}
+            record = self.owner._log(RequestRecord(self.host, method, "oauth/token", shown))
+            status, answer = self.owner._grant(params) if method == "POST" else (
+                405, {"error": "method_not_allowed"})
+            self._send_bytes(record, status, json.dumps(answer).encode(), "application/json")
+            return
+        if path == flavour.cart_path:
+            name, endpoint = path.rpartition("/")[2], self.owner._cart
+        else:
+            name = path[len(flavour.api_path):] if path.startswith(flavour.api_path) else path
+            endpoint = self.owner._endpoints.get(name)
         record = self.owner._log(RequestRecord(self.host, method, name, params))
-        endpoint = ENDPOINTS.get(name)
         if endpoint is None:
             self._send_bytes(record, 404, b"Not Found", "text/plain")
             return
         if method != endpoint.method:
             self._send_bytes(record, 405, b"Method Not Allowed", "text/plain")
+            return
+        if not self.owner._authorized(self.headers):
+            self._refuse(record, flavour.auth)
             return
         series = params.get("SeriesInstanceUID") or params.get("SeriesUID")
         fault = self.owner.faults.take(self.host, endpoint.name, series)
@@ -217,9 +243,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, record: RequestRecord, endpoint: Endpoint, params: dict[str, str],
                 fault: Fault | None) -> None:
+        flavour = self.owner._flavour
+        params = flavour.v4_params(endpoint.name, params)
         fmt = "json"
         if endpoint.formatted:
-            fmt = params.get("format", "json").lower()
+            fmt = params.get("format", flavour.default_format).lower()
             if fmt not in FORMATS:
                 raise ApiError(500, "Server was not able to process your request")
         check_params(endpoint, params)
@@ -227,7 +255,7 @@ class _Handler(BaseHTTPRequestHandler):
         if endpoint.query is None:
             self._image(record, endpoint, params, view, fault)
             return
-        frame = endpoint.query(view, params)
+        frame = flavour.render(endpoint.name, endpoint.query(view, params))
         headers = {}
         if endpoint.method == "POST":
             fmt = "csv-download"
@@ -277,6 +305,17 @@ class _Handler(BaseHTTPRequestHandler):
             hostile_params=fault_params,
         )
         self._end(writer, fault)
+
+    def _refuse(self, record: RequestRecord, scheme: str) -> None:
+        """401 for a request without the credentials the flavour wants."""
+        if scheme == "token":
+            body = {"error": "invalid_token", "error_description": "Access token expired or "
+                    "missing"}
+            self._send_bytes(record, 401, json.dumps(body).encode(), "application/json",
+                             {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        else:
+            self._send_bytes(record, 401, b"Unauthorized: a valid api_key header is required",
+                             "text/plain")
 
     # -- faults that replace the answer ------------------------------------------------------
     def _early_fault(self, record: RequestRecord, endpoint: Endpoint, fault: Fault) -> bool:
@@ -418,6 +457,19 @@ class ArchiveServer:
         Zip compression of getImage answers (NBIA deflates; stored is faster).
     verbose : bool
         Log each request to stderr.
+    flavour : {"v4", "token", "v1", "v2", "legacy"}
+        The dialect to answer in (see the module docstring); the data are the same in all.
+
+    Attributes
+    ----------
+    carts : dict of str to list of str
+        Shared carts: name -> SeriesInstanceUIDs (:data:`SAMPLE_CART` to begin with).
+    users : dict of str to str
+        Logins the token endpoint accepts (the guest ``nbia_guest`` with an empty password).
+    api_key : str
+        The ``api_key`` header the legacy flavour wants (:data:`SAMPLE_API_KEY`).
+    token_lifetime : float
+        Seconds an access token lives (``expires_in``).
 
     Examples
     --------
@@ -428,9 +480,14 @@ class ArchiveServer:
 
     def __init__(self, archive: SampleArchive | None = None, *, host: str = "127.0.0.1",
                  port: int = 0, nlst_port: int = 0, compression: str = "deflated",
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, flavour: str = "v4") -> None:
         if compression not in _COMPRESSIONS:
             raise ValueError(f"compression must be one of {sorted(_COMPRESSIONS)}")
+        if flavour not in SERVER_FLAVOURS:
+            raise ValueError(f"flavour must be one of {sorted(SERVER_FLAVOURS)}")
+        self.flavour = flavour
+        self._flavour = SERVER_FLAVOURS[flavour]
+        self._endpoints = self._flavour.endpoints()
         self.archive = archive if archive is not None else SampleArchive.default()
         self.faults = FaultPlan()
         self.compression = _COMPRESSIONS[compression]
@@ -442,6 +499,18 @@ class ArchiveServer:
         self._log_records: list[RequestRecord] = []
         self._views: dict[str, tuple[int, HostView]] = {}
         self._stopping = threading.Event()
+        main = self.archive.series
+        self.carts: dict[str, list[str]] = {SAMPLE_CART: (
+            sorted(main.loc[main["host"] == "main", "SeriesInstanceUID"])[:3]
+            + sorted(main.loc[main["host"] == "nlst", "SeriesInstanceUID"])[:1]
+        )}
+        self._cart = cart_endpoint(self.carts)
+        self.users = {"nbia_guest": ""}
+        self.api_key = SAMPLE_API_KEY
+        self.token_lifetime = 7200.0
+        self._auth_lock = threading.Lock()
+        self._tokens: dict[str, float] = {}  # access token -> expiry (monotonic)
+        self._refresh_tokens: set[str] = set()
 
     # -- life cycle --------------------------------------------------------------------------
     def start(self) -> ArchiveServer:
@@ -486,13 +555,64 @@ class ArchiveServer:
 
     @property
     def api_url(self) -> str:
-        """str: Base URL of the main host, ``http://127.0.0.1:PORT/nbia-api/services/v4/``."""
-        return self._base("main") + API_PATH
+        """str: Base URL of the main host, ``http://127.0.0.1:PORT/nbia-api/services/v4/``
+        (the flavour's path)."""
+        return self._base("main") + self._flavour.api_path
 
     @property
     def nlst_api_url(self) -> str:
         """str: Base URL of the NLST host."""
-        return self._base("nlst") + API_PATH
+        return self._base("nlst") + self._flavour.api_path
+
+    # -- credentials -------------------------------------------------------------------------
+    @property
+    def tokens(self) -> frozenset[str]:
+        """frozenset of str: The access tokens issued and not yet expired or revoked."""
+        now = time.monotonic()
+        with self._auth_lock:
+            return frozenset(t for t, expiry in self._tokens.items() if now < expiry)
+
+    def revoke_tokens(self, *, refresh: bool = False) -> None:
+        """Forget the access tokens issued (and the refresh tokens, if ``refresh``)."""
+        with self._auth_lock:
+            self._tokens.clear()
+            if refresh:
+                self._refresh_tokens.clear()
+
+    def _authorized(self, headers: Any) -> bool:
+        scheme = self._flavour.auth
+        if scheme == "api_key":
+            return headers.get("api_key") == self.api_key
+        if scheme == "token":
+            token = (headers.get("Authorization") or "").removeprefix("Bearer ")
+            with self._auth_lock:
+                expiry = self._tokens.get(token)
+            return expiry is not None and time.monotonic() < expiry
+        return True
+
+    def _grant(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """Answer the OAuth token endpoint (password and refresh_token grants)."""
+        refused = {"error": "invalid_grant", "error_description": "Invalid user credentials"}
+        if form.get("client_id") != "NBIA":
+            return 401, {"error": "invalid_client"}
+        grant = form.get("grant_type")
+        with self._auth_lock:
+            if grant == "password":
+                user = form.get("username")
+                if user not in self.users or self.users[user] != form.get("password", ""):
+                    return 401, refused
+            elif grant == "refresh_token":
+                if form.get("refresh_token") not in self._refresh_tokens:
+                    return 400, {**refused, "error_description": "Invalid refresh token"}
+                self._refresh_tokens.discard(form["refresh_token"])
+            else:
+                return 400, {"error": "unsupported_grant_type"}
+            access, refresh = secrets.token_hex(16), secrets.token_hex(16)
+            self._tokens[access] = time.monotonic() + self.token_lifetime
+            self._refresh_tokens.add(refresh)
+        return 200, {"access_token": access, "expires_in": self.token_lifetime,
+                     "refresh_expires_in": 2 * self.token_lifetime, "refresh_token": refresh,
+                     "token_type": "bearer", "not-before-policy": 0, "scope": "profile email"}
 
     @property
     def datacite_url(self) -> str:
