@@ -378,12 +378,13 @@ class KillRun:
 
 def run_kill_and_resume(
     server: ArchiveServer, uids: list[str], workdir: Path, *, kill_after: float = 0.3,
-    latency: float = 0.02, timeout: float = 120,
+    latency: float = 0.05, timeout: float = 120,
 ) -> KillRun:
     """Run ``client.download`` in a child process, SIGKILL it once ``kill_after`` of the
     series are in the cache, then download again in this process."""
     server.reset()
     server.faults.latency = latency  # slow enough to be caught mid-way
+    workdir.mkdir(parents=True, exist_ok=True)
     cache, dest = workdir / "cache", workdir / "dest"
     published = cache / "series"
     env = dict(os.environ, PYTHONPATH=str(Path(intake_tcia.__file__).parents[1]))
