@@ -101,12 +101,21 @@ class TCIAClient:
     settings : Settings, optional
         Complete settings; keywords given too override them.
     **options
-        Any other :class:`~intake_tcia.config.Settings` field (``backoff_factor``, ...).
+        Any other :class:`~intake_tcia.config.Settings` field (``backoff_factor``, ...), among
+        them ``api_version``, ``api_key``, ``username`` and ``password`` for older and other
+        NBIA servers (:mod:`intake_tcia.flavours`).
 
     Examples
     --------
     >>> c = TCIAClient()                                   # doctest: +SKIP
     >>> c.series(collection="LIDC-IDRI", modality="CT")   # doctest: +SKIP
+
+    An NBIA v1 server, and the legacy TCIA REST API (same DataFrames as from v4):
+
+    >>> TCIAClient(api_url="https://services.cancerimagingarchive.net/nbia-api/services/v1/")
+    ... # doctest: +SKIP
+    >>> TCIAClient(api_url="https://services.cancerimagingarchive.net/services/v4/TCIA/query/",
+    ...            api_key="...")                          # doctest: +SKIP
     """
 
     def __init__(
