@@ -34,12 +34,13 @@ import pandas as pd
 from fsspec import AbstractFileSystem
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.implementations.local import LocalFileOpener
+from fsspec.spec import make_instance
 from fsspec.utils import isfilelike, tokenize
 
 from ._validate import validate_uid
 from .cache import CachedSeries
 from .client import TCIAClient
-from .config import Settings
+from .config import SECRETS, Settings
 from .errors import TCIAIntegrityError, TCIANotFoundError
 
 __all__ = ["TCIAFileSystem", "FETCH_POLICIES", "AUTO_SERIES_AFTER", "INSTANCES_DIR"]
@@ -345,6 +346,19 @@ class TCIAFileSystem(AbstractFileSystem):
             with open(local, "rb") as file:
                 shutil.copyfileobj(file, outfile)
         callback.relative_update(local.stat().st_size)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Secrets given as keywords stay in this process; copies read them from the environment.
+        return make_instance, (type(self), self.storage_args, self._options_without_secrets())
+
+    def to_dict(self, *, include_password: bool = True) -> dict[str, Any]:
+        """fsspec's serialisable form (``to_json`` too), never with ``api_key``, ``username``
+        or ``password``: set those in the environment where the copy is used."""
+        data = super().to_dict(include_password=include_password)
+        return {k: v for k, v in data.items() if k not in SECRETS}
+
+    def _options_without_secrets(self) -> dict[str, Any]:
+        return {k: v for k, v in self.storage_options.items() if k not in SECRETS}
 
     def ukey(self, path: str) -> str:
         """A key of an instance's content: its path (TCIA instances do not change)."""

@@ -38,7 +38,7 @@ from intake.source.base import DataSource, Schema
 from . import __version__
 from ._validate import validate_uid
 from .client import TCIAClient
-from .config import Settings
+from .config import SECRETS, Settings
 from .errors import TCIANotFoundError, import_optional
 
 __all__ = ["ENDPOINTS", "TCIACatalog", "TCIAQuerySource", "TCIASeriesSource"]
@@ -112,6 +112,10 @@ class _ClientSource:
 
     def _set_client_options(self, options: dict[str, Any]) -> None:
         self._client_options = {k: v for k, v in options.items() if v is not None}
+        # intake pickles and writes YAML from the captured keywords: keep secrets out of them
+        # (copies read them from the environment).
+        captured = getattr(self, "_captured_init_kwargs", {})
+        self._captured_init_kwargs = {k: v for k, v in captured.items() if k not in SECRETS}
         self._client: TCIAClient | None = None
         Settings.from_env(**{k: v for k, v in self._client_options.items() if k != "timeout"})
 

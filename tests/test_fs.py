@@ -412,3 +412,18 @@ def test_ukey_is_stable(fs, server):
     path, _ = _instance(server)
     assert fs.ukey(path) == fs.ukey(f"tcia://{path}") != fs.ukey(path.replace(".dcm", "1.dcm"))
     assert server.count() == 0
+
+
+def test_secrets_given_as_keywords_are_not_pickled_or_serialised(server, tmp_cache):
+    fs = TCIAFileSystem(
+        api_url=server.api_url,
+        nlst_api_url=server.nlst_api_url,
+        cache_dir=str(tmp_cache),
+        password="s3cret-pw",
+        api_key="k3y-123",
+        skip_instance_cache=True,
+    )
+    assert b"s3cret-pw" not in pickle.dumps(fs) and b"k3y-123" not in pickle.dumps(fs)
+    assert "s3cret-pw" not in fs.to_json() and "k3y-123" not in fs.to_json()
+    copy = pickle.loads(pickle.dumps(fs))
+    assert copy.storage_options["api_url"] == server.api_url

@@ -409,3 +409,20 @@ def test_examples_nest_the_archive_catalog(examples, env):
     row = _row(env)
     assert isinstance(_browse(nested, row), TCIASeriesSource)
     assert env.count("getImage") == 0
+
+
+def test_secrets_given_as_keywords_are_not_pickled_or_written_to_yaml(env):
+    src = TCIAQuerySource("collections", password="s3cret-pw", api_key="k3y-123")
+    for blob in (pickle.dumps(src), src.yaml().encode()):
+        assert b"s3cret-pw" not in blob and b"k3y-123" not in blob
+    assert src.client.settings.password == "s3cret-pw"  # still used in this process
+    assert len(pickle.loads(pickle.dumps(src)).read()) == len(src.read())
+
+
+def test_shared_cart_entry(cat, env):
+    from intake_tcia.testing.server import SAMPLE_CART
+
+    frame = cat.shared_cart(cart=SAMPLE_CART).read()
+    assert len(frame) > 0
+    assert set(frame["SeriesInstanceUID"]) <= set(env.archive.series["SeriesInstanceUID"])
+    assert env.count("getContentsByName") == 1
