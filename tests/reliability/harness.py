@@ -32,19 +32,15 @@ from intake_tcia.testing import ArchiveServer, SampleArchive
 
 #: The collection the synthetic series of :func:`build_archive` go into.
 COLLECTION = "Reliability"
-#: Faults that break a zip's body (retried by fetch_series): ``(kind, parameters)``. Cuts come
-#: after 1 kB: the server's default cut (half the uncompressed series) can lie beyond the end of
-#: a small deflated zip.
-BODY_FAULTS: tuple[tuple[str, dict[str, object]], ...] = (
-    ("reset", {"after_bytes": 1024}),
-    ("truncate", {"after_bytes": 1024}),
-    ("wrong_md5", {}),
-)
-#: The faults of a fault storm: statuses (with a Retry-After) and broken bodies.
+#: The faults of a fault storm, ``(kind, parameters)``: statuses with a Retry-After, and broken
+#: bodies. Cuts come after 1 kB: the server's default cut (half the uncompressed series) can lie
+#: beyond the end of a small deflated zip.
 STORM_FAULTS: tuple[tuple[str, dict[str, object]], ...] = (
     ("status", {"code": 429, "retry_after": 1}),
     ("status", {"code": 503, "retry_after": 1}),
-    *BODY_FAULTS,
+    ("reset", {"after_bytes": 1024}),
+    ("truncate", {"after_bytes": 1024}),
+    ("wrong_md5", {}),
 )
 #: Files a series folder holds besides its DICOM files.
 _BOOKKEEPING = {"LICENSE", ".intake-tcia.json"}
@@ -118,19 +114,19 @@ def plan_storm(
     doomed_every: int = 25,
 ) -> StormPlan:
     """Plan getImage faults (seeded): each request of a series fails with probability ``rate``
-    (a kind drawn from :data:`STORM_FAULTS`) until it succeeds, at most ``retries`` times, so
-    the series must arrive; every ``doomed_every``-th series gets ``retries + 1`` broken bodies
-    in a row, so it must be reported failed."""
+    (a kind drawn from :data:`STORM_FAULTS`) until one succeeds or ``retries + 1`` have failed;
+    every ``doomed_every``-th series fails ``retries + 1`` times in a row, so that some series
+    must be reported failed."""
     rng = random.Random(seed)
     faults: dict[str, list[str]] = {}
     for n, uid in enumerate(uids):
         doomed = bool(doomed_every) and n % doomed_every == doomed_every - 1
         count = retries + 1 if doomed else 0
-        while not doomed and count < retries and rng.random() < rate:
+        while count <= retries and rng.random() < rate:
             count += 1
         faults[uid] = []
         for _ in range(count):
-            kind, params = rng.choice(BODY_FAULTS if doomed else STORM_FAULTS)
+            kind, params = rng.choice(STORM_FAULTS)
             server.faults.add(kind, endpoint="getImage", series=uid, **params)
             faults[uid].append(f"{kind} {params.get('code', '')}".strip())
     return StormPlan(faults, retries)
