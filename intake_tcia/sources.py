@@ -183,7 +183,9 @@ class TCIAQuerySource(_ClientSource, DataSource):
         given = {k: v for k, v in (parameters or {}).items() if v is not None and v != ""}
         self.endpoint = endpoint
         self.parameters = {**given, **fixed}
-        signature(getattr(TCIAClient, method)).bind(None, **self.parameters)
+        # Unknown names fail now; a required one still missing (a catalog entry opened with its
+        # empty defaults) fails when read.
+        signature(getattr(TCIAClient, method)).bind_partial(None, **self.parameters)
         self._method = method
         self._set_client_options(client_options)
         self._frame: pd.DataFrame | None = None

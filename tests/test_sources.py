@@ -59,7 +59,7 @@ def _positions(datasets) -> list[float]:
 
 
 def test_open_catalog_lists_entries_without_requests(cat, env):
-    assert list(cat) == ["tcia", "collections", "patients", "studies", "series"]
+    assert list(cat) == ["tcia", "collections", "patients", "studies", "series", "shared_cart"]
     assert cat.tcia.container == "catalog"
     assert {cat[name].container for name in list(cat)[1:]} == {"dataframe"}
     assert env.count() == 0
@@ -217,7 +217,7 @@ def test_unknown_key_raises_key_error(cat):
 
 
 def test_walk_and_search(cat, env):
-    assert set(cat.walk(depth=1)) == {"tcia", "collections", "patients", "studies", "series"}
+    assert set(cat.walk(depth=1)) == {"tcia", "collections", "patients", "studies", "series", "shared_cart"}
     walked = cat.tcia.walk(depth=2)
     assert {CT, "NLST", f"{CT}.PYCT-001", "NLST.100003"} <= set(walked)
     row = _row(env)
@@ -405,7 +405,7 @@ def test_examples_series_entry_is_the_sample_ct(examples, env):
 
 def test_examples_nest_the_archive_catalog(examples, env):
     nested = examples.archive
-    assert list(nested) == ["tcia", "collections", "patients", "studies", "series"]
+    assert list(nested) == ["tcia", "collections", "patients", "studies", "series", "shared_cart"]
     row = _row(env)
     assert isinstance(_browse(nested, row), TCIASeriesSource)
     assert env.count("getImage") == 0
@@ -425,4 +425,6 @@ def test_shared_cart_entry(cat, env):
     frame = cat.shared_cart(cart=SAMPLE_CART).read()
     assert len(frame) > 0
     assert set(frame["SeriesInstanceUID"]) <= set(env.archive.series["SeriesInstanceUID"])
-    assert env.count("getContentsByName") == 1
+    assert env.count("getContentsByName") == 2  # one per host: a cart may hold NLST series
+    with pytest.raises(TypeError, match="name"):
+        cat.shared_cart().read()  # the cart's name left empty
