@@ -289,7 +289,8 @@ def frame_from_records(
     A bare value (some endpoints answer ``["CT", "MR"]``) fills the first column.
     """
     rows = [r if isinstance(r, dict) else {schema.names[0]: r} for r in records]
-    return _typed(pd.DataFrame.from_records(rows) if rows else pd.DataFrame(), schema)
+    # pd.DataFrame keeps rows whose keys were all dropped ([{}]); from_records loses them
+    return _typed(pd.DataFrame(rows) if rows else pd.DataFrame(), schema)
 
 
 def frame_from_csv(text: str, schema: EndpointSchema) -> pd.DataFrame:
