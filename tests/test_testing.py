@@ -404,13 +404,13 @@ def test_reset_fault(server: ArchiveServer) -> None:
     assert get(server, "getSeries").status_code == 200  # one-shot
 
 
-def test_truncate_fault(server: ArchiveServer) -> None:
-    uid = series_uid(server, "Pydicom-CT-Series", "CT")
+@pytest.mark.parametrize("collection", ["Pydicom-CT-Series", "Pydicom-DICOMDIR"])
+def test_truncate_fault(server: ArchiveServer, collection: str) -> None:
+    uid = series_uid(server, collection, "CT")  # DICOMDIR's tiny CTs deflate to a small zip
     server.faults.add("truncate", endpoint="getImage")
     response = get(server, "getImage", SeriesInstanceUID=uid)  # HTTP-complete
     assert response.status_code == 200
-    assert 0 < len(response.content) <= server.archive.series.set_index(
-        "SeriesInstanceUID").loc[uid, "FileSize"] // 2
+    assert 0 < len(response.content) <= 1024
     with pytest.raises(zipfile.BadZipFile):
         zipfile.ZipFile(io.BytesIO(response.content))
 

@@ -14,7 +14,7 @@ kind              effect (parameters)
 ``reset``         the connection is reset after ``after_bytes`` of the body (default: half a zip,
                   or before the end of a short body); the body never completes
 ``truncate``      a zip stream ends early but cleanly (HTTP-complete, no central directory), after
-                  ``after_bytes`` (default: half the series)
+                  ``after_bytes`` (default 1024, which every series zip passes)
 ``wrong_md5``     md5hashes.csv lists a wrong hash for entry ``file`` (default 0, the first DICOM)
 ``html``          HTTP 200 with a ``text/html`` page instead of the answer
 ``invalid_json``  HTTP 200, ``application/json``, a cut-off JSON text
