@@ -14,6 +14,7 @@ systems), and returns one status row per series.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -78,7 +79,9 @@ LAYOUT_FIELDS = frozenset(SCHEMAS["getSeries"].names) & frozenset(
 RESULT_COLUMNS = ("SeriesInstanceUID", "status", "path", "files", "bytes", "error")
 
 MD5_MEMBER = "md5hashes.csv"
-_CHUNK = 1 << 20
+#: Read and write sizes: small, as many series may be arriving and extracted at once.
+_STREAM_CHUNK = 1 << 18
+_EXTRACT_CHUNK = 1 << 18
 #: A member inflating more than this (deflate's own limit is about 1032) is a zip bomb.
 MAX_COMPRESSION_RATIO = 200
 #: Members smaller than this are not judged by their compression ratio.
@@ -109,6 +112,7 @@ def fetch_series(
     collection: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    slots: threading.Semaphore | None = None,
 ) -> CachedSeries:
     """A series from the cache, else downloaded once, verified and published to the cache.
 
@@ -131,6 +135,10 @@ def fetch_series(
     progress : callable, optional
         Called with the number of bytes received, as they arrive (negative to take back the
         bytes of a failed attempt).
+    slots : threading.Semaphore, optional
+        Held while the zip arrives (not while it is checked and extracted), to bound the
+        connections of several callers: :func:`download` overlaps one series' extraction
+        with the next one's transfer this way.
 
     Returns
     -------
@@ -163,18 +171,23 @@ def fetch_series(
             return found
         limit = _size_limit(client, uid, metadata)
         keep = {k: str(v) for k, v in metadata.items() if k in LAYOUT_FIELDS and v is not None}
-        return _fetch_with_retries(client, uid, limit, keep, progress or _ignore)
+        return _fetch_with_retries(client, uid, limit, keep, progress or _ignore, slots)
 
 
 def _fetch_with_retries(
-    client: TCIAClient, uid: str, limit: int, metadata: dict[str, str], progress: Progress
+    client: TCIAClient,
+    uid: str,
+    limit: int,
+    metadata: dict[str, str],
+    progress: Progress,
+    slots: threading.Semaphore | None,
 ) -> CachedSeries:
     budget = client._transport.budget()  # one budget for statuses, resets and bad zips alike
     while True:
         counter = _Counter(progress)
         try:
             with client.cache.staging(uid) as staging:
-                series = _fetch_once(client, uid, staging, limit, counter, budget)
+                series = _fetch_once(client, uid, staging, limit, counter, budget, slots)
                 return client.cache.publish(replace(series, metadata=metadata))
         except BaseException as exc:
             counter.take_back()
@@ -216,6 +229,7 @@ def _fetch_once(
     limit: int,
     progress: Progress,
     budget: RetryBudget,
+    slots: threading.Semaphore | None,
 ) -> CachedSeries:
     """Stream the zip into ``staging``, then check, extract and verify it there."""
     zip_path = staging / "series.zip"
@@ -225,12 +239,13 @@ def _fetch_once(
     def stream(host: str) -> None:
         # Status errors and refused connections are retried inside the transport, on `budget`.
         with (
+            slots or contextlib.nullcontext(),
             transport.stream(host + "getImage", params, budget=budget) as response,
             open(zip_path, "wb") as f,
         ):
             size = 0
             try:
-                for chunk in transport.iter_body(response):
+                for chunk in transport.iter_body(response, _STREAM_CHUNK):
                     size += len(chunk)
                     if size > limit:
                         raise UnsafeArchiveError(
@@ -437,7 +452,7 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) ->
     """Copy one member to ``target`` (flushed to disk) and return its MD5 (hex)."""
     digest = hashlib.md5(usedforsecurity=False)
     with zf.open(info) as source, open(target, "xb") as sink:
-        while chunk := source.read(_CHUNK):
+        while chunk := source.read(_EXTRACT_CHUNK):
             digest.update(chunk)
             sink.write(chunk)
         sink.flush()
@@ -510,6 +525,7 @@ def download(
         raise ValueError(f"workers must be a positive integer, not {workers!r}")
     root = Path(dest).expanduser().resolve()
     requests = _requests(series)
+    client.cache.clean_staging()  # what killed processes left behind
 
     for request in requests:
         request.cached = client.cache.get(request.uid)
@@ -520,9 +536,11 @@ def download(
         request.path = _series_folder(root, layout, request)
 
     bar = _ProgressBar(progress, requests)
+    # `workers` zips arrive at once; as many more threads check and extract those that arrived.
+    slots = threading.Semaphore(workers)
     try:
-        with ThreadPoolExecutor(max_workers=min(workers, max(len(requests), 1))) as pool:
-            futures = [pool.submit(_download_one, client, r, bar) for r in requests]
+        with ThreadPoolExecutor(max_workers=min(2 * workers, max(len(requests), 1))) as pool:
+            futures = [pool.submit(_download_one, client, r, bar, slots) for r in requests]
             try:
                 rows = [f.result() for f in futures]
             except BaseException:
@@ -552,7 +570,9 @@ def _results_table(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
     )
 
 
-def _download_one(client: TCIAClient, request: _Request, bar: _ProgressBar) -> tuple[Any, ...]:
+def _download_one(
+    client: TCIAClient, request: _Request, bar: _ProgressBar, slots: threading.Semaphore
+) -> tuple[Any, ...]:
     """One status row: the series made complete in its folder, or the reason it failed."""
     assert request.path is not None
     placed = read_series_folder(request.path, request.uid)
@@ -569,7 +589,7 @@ def _download_one(client: TCIAClient, request: _Request, bar: _ProgressBar) -> t
 
     try:
         series = request.cached or fetch_series(
-            client, request.uid, metadata=request.metadata, progress=on_bytes
+            client, request.uid, metadata=request.metadata, progress=on_bytes, slots=slots
         )
         status = "cached" if request.cached is not None else "downloaded"
         _place(series, request.path)

@@ -384,3 +384,51 @@ def test_a_zip_without_md5s_or_with_missing_files_is_refused(tmp_path: Path) -> 
     too_big = _zip(tmp_path / "d.zip", {"1-1.dcm": body})
     with pytest.raises(UnsafeArchiveError, match="zip bomb"):
         extract_series(too_big, tmp_path / "d", "1.2.3", limit=len(body) - 1)
+
+
+def test_download_clears_staging_left_by_dead_processes(
+    client: TCIAClient, ct_uid: str, tmp_path: Path
+) -> None:
+    staging = client.cache_dir / "staging"
+    leftovers = [staging / f"{ct_uid}.99999.dead", staging / "1.2.3.99998.dead"]
+    for folder in leftovers:
+        (folder / "series").mkdir(parents=True)
+    client.download([ct_uid], tmp_path / "d", layout="{SeriesInstanceUID}", progress=False)
+    assert not any(folder.exists() for folder in leftovers)
+
+
+_MEASURE_FETCH = """
+import sys
+from intake_tcia.client import TCIAClient
+import intake_tcia.download
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+client = TCIAClient(api_url=sys.argv[1], cache_dir=sys.argv[2])
+before = hwm()
+series = client.fetch_series(sys.argv[3])
+print(hwm() - before, series.bytes)
+"""
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_series_size(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from intake_tcia.testing import SampleArchive
+
+    archive = SampleArchive(tmp_path / "archive")
+    uid = archive.add_synthetic_series("Big", "BIG-1", 512)  # 256 MiB of DICOM
+    with ArchiveServer(archive) as big:
+        done = subprocess.run(
+            [sys.executable, "-c", _MEASURE_FETCH, big.api_url, str(tmp_path / "cache"), uid],
+            capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+    growth, size = map(float, done.stdout.split())
+    assert size > 256e6
+    assert growth < 40, f"peak RSS grew {growth:.0f} MB fetching a {size / 1e6:.0f} MB series"
