@@ -1,6 +1,6 @@
 """Series retrieval: stream a getImage zip to disk, check it, verify every MD5, publish it.
 
-One series (:func:`fetch_series`): the zip is streamed in 1 MiB chunks into a staging folder of
+One series (:func:`fetch_series`): the zip is streamed in small chunks into a staging folder of
 the cache (memory stays flat whatever the series size), its members are checked before anything
 is extracted (no absolute paths, ``..``, links, duplicates, or more bytes than getSeriesSize
 promised), each file is extracted while its MD5 is computed and compared with the server's
@@ -765,19 +765,7 @@ def read_series(
     """The datasets of a series (fetched into the cache if needed), sorted along the normal."""
     import pydicom
 
+    from .volume import sort_slices_by_position
+
     series = fetch_series(client, series_uid, collection=collection)
-    datasets = [pydicom.dcmread(path) for path in series.files]
-    try:
-        from .volume import sort_slices_by_position
-    except ImportError:
-        return sorted(datasets, key=_position_along_normal)
-    return sort_slices_by_position(datasets)
-
-
-def _position_along_normal(ds: Any) -> float:
-    """Projection of (0020,0032) *Image Position (Patient)* on the slice normal, in mm."""
-    import numpy as np
-
-    orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
-    normal = np.cross(orientation[:3], orientation[3:])
-    return float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float)))
+    return sort_slices_by_position(pydicom.dcmread(path) for path in series.files)
