@@ -33,6 +33,7 @@ from ._http import Transport
 from ._validate import format_query_date, validate_date, validate_uid
 from .cache import CachedSeries, SeriesCache
 from .config import Settings
+from .download import DEFAULT_LAYOUT
 from .errors import TCIANotFoundError, TCIAResponseError
 from .flavours import Flavour, flavour_for
 from .schema import SCHEMAS, frame_from_csv, frame_from_records
@@ -497,7 +498,7 @@ class TCIAClient:
         dest: str | Path,
         *,
         on_error: str = "raise",
-        layout: str = "{Collection}/{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}",
+        layout: str = DEFAULT_LAYOUT,
         workers: int | None = None,
         progress: bool = True,
     ) -> pd.DataFrame:

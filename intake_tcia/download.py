@@ -592,7 +592,8 @@ def _download_one(
             client, request.uid, metadata=request.metadata, progress=on_bytes, slots=slots
         )
         status = "cached" if request.cached is not None else "downloaded"
-        _place(series, request.path)
+        with client.cache.lock(request.uid):
+            _place(series, request.path)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row; the caller raises
         log.debug("series %s failed", request.uid, exc_info=True)
         bar.done(0, received[0])
@@ -602,8 +603,14 @@ def _download_one(
 
 
 def _place(series: CachedSeries, folder: Path) -> None:
-    """Hard-link (else copy) a cached series' files into ``folder``; its record last."""
+    """Hard-link (else copy) a cached series' files into ``folder``; its record last.
+
+    Call it with the series' lock held: temporaries left in ``folder`` by a run killed while
+    placing are removed first.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
     names = [i.name for i in series.instances]
     if series.license_text is not None:
         names.append(LICENSE_NAME)
