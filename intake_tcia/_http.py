@@ -10,12 +10,11 @@ timed-out connections, and bodies cut off mid-way. So an operation never makes m
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -23,6 +22,7 @@ from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
 from . import __version__
+from ._jsonrows import JSONRows
 from .config import Settings
 from .errors import (
     TCIAAuthError,
@@ -42,6 +42,7 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # What NBIA answers (with status 400) for a UID it does not hold or will not show.
 _NOT_FOUND_MARKERS = ("not been granted the access", "is not in public domain")
 _ERROR_BODY_LIMIT = 64 * 1024
+_ERROR_HEAD = 200  # bytes of an unparsable answer quoted in the error
 _CHUNK = 1 << 20
 
 #: Rewrites a v4-style request (``base + endpoint``, v4 parameters) into what a server of
@@ -78,6 +79,32 @@ class RetryBudget:
         pause = self.settings.backoff_factor * 2**self.used if retry_after is None else retry_after
         self.used += 1
         return min(max(pause, 0.0), self.settings.max_backoff)
+
+
+class _Sink(Protocol):
+    def feed(self, data: bytes) -> None: ...
+
+
+class _Bytes(bytearray):
+    """A sink that keeps every byte."""
+
+    def feed(self, data: bytes) -> None:
+        self += data
+
+
+class _Head:
+    """Passes bytes on to a sink, keeping the first few (for error messages) and the count."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.head = b""
+        self.size = 0
+
+    def feed(self, data: bytes) -> None:
+        if len(self.head) < _ERROR_HEAD:
+            self.head += data[: _ERROR_HEAD - len(self.head)]
+        self.size += len(data)
+        self.sink.feed(data)
 
 
 def _full_url(url: str, params: Mapping[str, str] | None) -> str:
@@ -229,35 +256,9 @@ class Transport:
         params: Mapping[str, str] | None = None,
         data: Mapping[str, str] | None = None,
     ) -> tuple[bytearray, str]:
-        """The whole body and content type of an answer, retrying bodies cut off mid-way.
-
-        The body must arrive within ``settings.query_timeout`` seconds in all.
-        """
-        budget = self.budget()
-        while True:
-            response = self._send(method, url, params, data, budget)
-            try:
-                return self._read_all(response), response.headers.get("Content-Type", "")
-            except TCIAConnectionError as exc:
-                pause = budget.spend()
-                if pause is None:
-                    raise
-                log.warning("%s; retrying in %.2f s", exc, pause)
-                time.sleep(pause)
-            finally:
-                response.close()
-
-    def _read_all(self, response: requests.Response) -> bytearray:
-        deadline = time.monotonic() + self.settings.query_timeout
-        body = bytearray()
-        for chunk in self.iter_body(response):
-            body += chunk
-            if time.monotonic() > deadline:
-                raise TCIAResponseError(
-                    f"{response.url} was still sending after {self.settings.query_timeout:g} s "
-                    f"({len(body)} bytes); giving up"
-                )
-        return body
+        """The whole body and content type of an answer (see :meth:`_receive`)."""
+        received, content_type = self._receive(method, url, params, data, _Bytes)
+        return received.sink, content_type
 
     def get_json(
         self,
@@ -266,22 +267,51 @@ class Transport:
         params: Mapping[str, str] | None = None,
         data: Mapping[str, str] | None = None,
     ) -> list[Any]:
-        """The rows of a JSON answer: a list (``[]`` for NBIA's empty body)."""
-        body, content_type = self.fetch("POST" if data else "GET", url, params=params, data=data)
-        if not body or body.isspace():  # NBIA's "no rows" (isspace stops early; strip copies)
-            return []
+        """The rows of a JSON answer, parsed as they arrive (``[]`` for NBIA's empty body)."""
+        method = "POST" if data else "GET"
+        received, content_type = self._receive(method, url, params, data, JSONRows)
         try:
-            rows = json.loads(body)
+            return received.sink.close()
         except ValueError as exc:
             raise TCIAResponseError(
                 f"expected JSON from {url}, got {content_type or 'no content type'}: "
-                f"{body[:200].decode('utf-8', 'replace')!r}"
+                f"{received.head.decode('utf-8', 'replace')!r}"
             ) from exc
-        if isinstance(rows, dict):
-            return [rows]
-        if not isinstance(rows, list):
-            raise TCIAResponseError(f"expected a JSON list from {url}, got {type(rows).__name__}")
-        return rows
+
+    def _receive(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        data: Mapping[str, str] | None,
+        sink: Callable[[], _Sink],
+    ) -> tuple[_Head, str]:
+        """Feed a whole answer into a new ``sink()``, asking again when a body is cut off mid-way.
+
+        The body must arrive within ``settings.query_timeout`` seconds in all.
+        """
+        budget = self.budget()
+        while True:
+            response = self._send(method, url, params, data, budget)
+            target = _Head(sink())
+            try:
+                deadline = time.monotonic() + self.settings.query_timeout
+                for chunk in self.iter_body(response):
+                    target.feed(chunk)
+                    if time.monotonic() > deadline:
+                        raise TCIAResponseError(
+                            f"{response.url} was still sending after "
+                            f"{self.settings.query_timeout:g} s ({target.size} bytes); giving up"
+                        )
+                return target, response.headers.get("Content-Type", "")
+            except TCIAConnectionError as exc:
+                pause = budget.spend()
+                if pause is None:
+                    raise
+                log.warning("%s; retrying in %.2f s", exc, pause)
+                time.sleep(pause)
+            finally:
+                response.close()
 
     def close(self) -> None:
         """Close the pooled connections."""

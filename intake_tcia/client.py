@@ -217,8 +217,8 @@ class TCIAClient:
         return url, params
 
     def _get(self, host: str, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
-        rows = self._transport.get_json(host + endpoint, params=params)
-        return frame_from_records(rows, self._flavours[host].schemas[endpoint])
+        schema = self._flavours[host].schemas[endpoint]
+        return frame_from_records(self._transport.get_json(host + endpoint, params=params), schema)
 
     def _query(
         self,

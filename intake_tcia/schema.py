@@ -212,7 +212,7 @@ def parse_dates(values: pd.Series) -> pd.Series:
     """
     if pd.api.types.is_datetime64_any_dtype(values):
         return values.astype("datetime64[ns]")
-    text = values.astype("string").str.strip()
+    text = (values if values.dtype == STRING_DTYPE else values.astype("string")).str.strip()
     text = text.mask(text == "")
     parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
     todo = text.notna()
@@ -268,7 +268,8 @@ _CONVERTERS = {
 
 def _typed(frame: pd.DataFrame, schema: EndpointSchema) -> pd.DataFrame:
     frame = frame.rename(columns=schema.renames)
-    frame = frame.loc[:, ~frame.columns.duplicated()]
+    if frame.columns.has_duplicates:  # an old and a new name for one field: keep the first
+        frame = frame.loc[:, ~frame.columns.duplicated()]
     extras = [c for c in frame.columns if c not in schema.columns]
     columns = {}
     for name, kind in schema.columns.items():
@@ -278,7 +279,7 @@ def _typed(frame: pd.DataFrame, schema: EndpointSchema) -> pd.DataFrame:
             columns[name] = pd.Series(pd.NA, index=frame.index).astype(_DTYPES[kind])
     for name in extras:
         columns[name] = _to_str(frame[name])
-    return pd.DataFrame(columns, index=pd.RangeIndex(len(frame)))
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(frame)), copy=False)
 
 
 def frame_from_records(
@@ -290,7 +291,9 @@ def frame_from_records(
     """
     rows = [r if isinstance(r, dict) else {schema.names[0]: r} for r in records]
     # pd.DataFrame keeps rows whose keys were all dropped ([{}]); from_records loses them
-    return _typed(pd.DataFrame(rows) if rows else pd.DataFrame(), schema)
+    raw = pd.DataFrame(rows) if rows else pd.DataFrame()
+    del rows, records  # the row dicts go before typing, unless the caller holds them
+    return _typed(raw, schema)
 
 
 def frame_from_csv(text: str, schema: EndpointSchema) -> pd.DataFrame:
