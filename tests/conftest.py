@@ -31,3 +31,12 @@ def tmp_cache(tmp_path: Path) -> Path:
     cache = tmp_path / "cache"
     cache.mkdir()
     return cache
+
+
+@pytest.fixture
+def env(server: ArchiveServer, tmp_cache: Path, monkeypatch: pytest.MonkeyPatch) -> ArchiveServer:
+    """The sample archive and a fresh cache, named only through the environment variables."""
+    monkeypatch.setenv("INTAKE_TCIA_API_URL", server.api_url)
+    monkeypatch.setenv("INTAKE_TCIA_NLST_API_URL", server.nlst_api_url)
+    monkeypatch.setenv("INTAKE_TCIA_CACHE_DIR", str(tmp_cache))
+    return server

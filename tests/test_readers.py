@@ -28,19 +28,8 @@ CT = "Pydicom-CT-Series"
 
 
 @pytest.fixture
-def env(server, tmp_cache, monkeypatch):
-    """The sample archive and a fresh cache, named only through the environment."""
-    monkeypatch.setenv("INTAKE_TCIA_API_URL", server.api_url)
-    monkeypatch.setenv("INTAKE_TCIA_NLST_API_URL", server.nlst_api_url)
-    monkeypatch.setenv("INTAKE_TCIA_CACHE_DIR", str(tmp_cache))
-    return server
-
-
-@pytest.fixture
 def client(server, tmp_cache):
-    return TCIAClient(
-        api_url=server.api_url, nlst_api_url=server.nlst_api_url, cache_dir=tmp_cache
-    )
+    return TCIAClient(api_url=server.api_url, nlst_api_url=server.nlst_api_url, cache_dir=tmp_cache)
 
 
 def _ct_uid(server) -> str:
@@ -61,8 +50,9 @@ def test_importing_sources_first_loads_the_readers_cleanly():
     """intake loads intake_tcia.readers while intake_tcia.sources imports intake."""
     code = "import intake_tcia.sources, intake; print(intake.readers.readers.recommend"
     code += "(intake_tcia.readers.TCIAQuery('series'))['importable'])"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stderr == ""
     assert "TCIAQueryReader" in result.stdout
 
@@ -79,8 +69,11 @@ def test_query_datatype_rejects_unknown_endpoints():
 
 def test_client_options_in_the_datatype(server, tmp_cache, monkeypatch):
     monkeypatch.setenv("INTAKE_TCIA_API_URL", "http://127.0.0.1:9/none/")
-    options = {"api_url": server.api_url, "nlst_api_url": server.nlst_api_url,
-               "cache_dir": str(tmp_cache)}
+    options = {
+        "api_url": server.api_url,
+        "nlst_api_url": server.nlst_api_url,
+        "cache_dir": str(tmp_cache),
+    }
     frame = TCIAQueryReader(TCIAQuery("patients", {"collection": CT}, options)).read()
     assert frame["PatientID"].tolist() == ["PYCT-001"]
 

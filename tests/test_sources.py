@@ -21,15 +21,6 @@ LISTINGS = ("getCollectionValues", "getPatient", "getPatientStudy", "getSeries")
 
 
 @pytest.fixture
-def env(server, tmp_cache, monkeypatch):
-    """The sample archive and a fresh cache, named only through the environment."""
-    monkeypatch.setenv("INTAKE_TCIA_API_URL", server.api_url)
-    monkeypatch.setenv("INTAKE_TCIA_NLST_API_URL", server.nlst_api_url)
-    monkeypatch.setenv("INTAKE_TCIA_CACHE_DIR", str(tmp_cache))
-    return server
-
-
-@pytest.fixture
 def cat(env):
     return intake.open_catalog(str(CATALOGS / "tcia.yaml"))
 
@@ -193,9 +184,9 @@ def test_series_entry_metadata_from_the_listing(cat, env):
     assert isinstance(meta["SeriesDate"], str)  # YAML-friendly
     study = cat.tcia[CT][row["PatientID"]][row["StudyInstanceUID"]]
     entry = study._entries[row["SeriesInstanceUID"]]
-    assert "CT" in entry.describe()["description"] and "10 images" in entry.describe()[
-        "description"
-    ]
+    assert (
+        "CT" in entry.describe()["description"] and "10 images" in entry.describe()["description"]
+    )
 
 
 def test_levels_list_what_the_archive_holds(cat, env):
@@ -217,7 +208,14 @@ def test_unknown_key_raises_key_error(cat):
 
 
 def test_walk_and_search(cat, env):
-    assert set(cat.walk(depth=1)) == {"tcia", "collections", "patients", "studies", "series", "shared_cart"}
+    assert set(cat.walk(depth=1)) == {
+        "tcia",
+        "collections",
+        "patients",
+        "studies",
+        "series",
+        "shared_cart",
+    }
     walked = cat.tcia.walk(depth=2)
     assert {CT, "NLST", f"{CT}.PYCT-001", "NLST.100003"} <= set(walked)
     row = _row(env)
