@@ -36,6 +36,7 @@ from .config import Settings
 from .download import DEFAULT_LAYOUT
 from .errors import TCIANotFoundError, TCIAResponseError
 from .flavours import Flavour, flavour_for
+from .manifest import as_series_uids
 from .schema import SCHEMAS, frame_from_csv, frame_from_records
 
 if TYPE_CHECKING:
@@ -357,7 +358,7 @@ class TCIAClient:
         UIDs are sent 10,000 at a time, each batch to the host that holds it (one at a time to
         v1/v2 and legacy hosts, whose getSeriesMetaData takes one SeriesInstanceUID).
         """
-        uids = [validate_uid(u, "series_uids") for u in _as_list(series_uids)]
+        uids = as_series_uids(series_uids)
         frames = [frame_from_csv("", SCHEMAS["getSeriesMetadata"])]
         for host in self.settings.hosts:
             if self._flavours[host].metadata_per_series:
@@ -571,10 +572,3 @@ class TCIAClient:
 def _client_from_settings(settings: Settings) -> TCIAClient:
     return TCIAClient(settings=settings.with_secrets_from_env())
 
-
-def _as_list(values: str | Iterable[str]) -> list[str]:
-    if isinstance(values, str):
-        return [values]
-    if isinstance(values, pd.DataFrame):
-        return values["SeriesInstanceUID"].tolist()
-    return list(values)

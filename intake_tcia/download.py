@@ -46,6 +46,7 @@ from .errors import (
     TCIAIntegrityError,
     UnsafeArchiveError,
 )
+from .manifest import series_uid_values
 from .schema import SCHEMAS
 
 if TYPE_CHECKING:
@@ -633,32 +634,13 @@ def _place(series: CachedSeries, folder: Path) -> None:
 def _requests(series: Any) -> list[_Request]:
     """The series asked for, each once, with what a DataFrame says about them; ValueError
     naming every malformed UID."""
+    uids = series_uid_values(series)
     metadata: dict[str, dict[str, Any]] = {}
     if isinstance(series, pd.DataFrame):
-        if "SeriesInstanceUID" not in series.columns:
-            raise ValueError(
-                f"the DataFrame has no SeriesInstanceUID column; columns are {list(series.columns)}"
-            )
         keep = [c for c in series.columns if c in LAYOUT_FIELDS]
-        uids = series["SeriesInstanceUID"].tolist()
         for uid, row in zip(uids, series[keep].to_dict("records"), strict=True):
             if isinstance(uid, str):
                 metadata.setdefault(uid.strip(), {k: _plain(v) for k, v in row.items()})
-    elif isinstance(series, os.PathLike) or (
-        isinstance(series, str) and series.strip().lower().endswith(".tcia")
-    ):
-        from .manifest import read_manifest
-
-        uids = list(read_manifest(series).series_uids)
-    elif isinstance(series, str):
-        uids = [series]
-    elif isinstance(series, Iterable):
-        uids = list(series)
-    else:
-        raise TypeError(
-            "series must be a UID, a list of UIDs, a DataFrame with SeriesInstanceUID or a "
-            f".tcia manifest path, not {type(series).__name__}"
-        )
     good, bad = [], []
     for uid in uids:
         try:

@@ -37,6 +37,7 @@ __all__ = [
     "read_manifest",
     "write_manifest",
     "as_series_uids",
+    "series_uid_values",
     "DEFAULT_DOWNLOAD_SERVER_URL",
     "NLST_DOWNLOAD_SERVER_URL",
 ]
@@ -257,30 +258,34 @@ def as_series_uids(series: Any) -> list[str]:
     TypeError
         If ``series`` or one of its items is of another type.
     """
+    uids = series_uid_values(series)
+    checked = (validate_uid(uid, f"SeriesInstanceUID (item {i})") for i, uid in enumerate(uids))
+    return list(dict.fromkeys(checked))
+
+
+def series_uid_values(series: Any) -> list[Any]:
+    """The UIDs ``series`` names (see :func:`as_series_uids`), as given: not yet validated."""
     if isinstance(series, Manifest):
-        uids: Iterable[Any] = series.series_uids
-    elif isinstance(series, os.PathLike) or (
+        return list(series.series_uids)
+    if isinstance(series, os.PathLike) or (
         isinstance(series, str) and series.strip().lower().endswith(".tcia")
     ):
-        uids = read_manifest(series).series_uids
-    elif isinstance(series, str):
-        uids = [series]
-    elif hasattr(series, "columns"):  # a DataFrame
+        return list(read_manifest(series).series_uids)
+    if isinstance(series, str):
+        return [series]
+    if hasattr(series, "columns"):  # a DataFrame
         if "SeriesInstanceUID" not in series.columns:
             raise ValueError(
                 "the DataFrame has no SeriesInstanceUID column; columns are "
                 f"{list(series.columns)}"
             )
-        uids = series["SeriesInstanceUID"]
-    elif isinstance(series, Iterable):
-        uids = series
-    else:
-        raise TypeError(
-            "series must be a UID, a list of UIDs, a DataFrame with SeriesInstanceUID or a "
-            f".tcia manifest, not {type(series).__name__}"
-        )
-    checked = (validate_uid(uid, f"SeriesInstanceUID (item {i})") for i, uid in enumerate(uids))
-    return list(dict.fromkeys(checked))
+        return series["SeriesInstanceUID"].tolist()
+    if isinstance(series, Iterable):
+        return list(series)
+    raise TypeError(
+        "series must be a UID, a list of UIDs, a DataFrame with SeriesInstanceUID or a "
+        f".tcia manifest, not {type(series).__name__}"
+    )
 
 
 def _parse(text: str, source: str) -> Manifest:
