@@ -6,7 +6,7 @@ import datetime as dt
 import re
 from typing import Any
 
-__all__ = ["validate_uid", "validate_date", "format_query_date"]
+__all__ = ["validate_uid", "validate_text", "validate_date", "format_query_date"]
 
 # A DICOM UID (PS3.5 section 9.1): numeric components separated by ".", at most 64 characters.
 # The standard also forbids leading zeros ("1.02"), but archives hold such UIDs from real
@@ -55,6 +55,16 @@ def validate_uid(value: Any, name: str = "SeriesInstanceUID") -> str:
             "(e.g. '1.3.6.1.4.1.14519.5.2.1.7695.4001.3060')"
         )
     return uid
+
+
+def validate_text(value: Any, name: str) -> str:
+    """Check that ``value`` is a non-blank string (a collection, a modality, ...); return it
+    stripped. ``TypeError`` for another type, ``ValueError`` naming ``name`` when blank."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, not {type(value).__name__}: {value!r}")
+    if not value.strip():
+        raise ValueError(f"{name} must not be empty")
+    return value.strip()
 
 
 def validate_date(value: Any, name: str) -> dt.date:

@@ -30,7 +30,7 @@ import requests
 
 from ._auth import auth_for
 from ._http import Transport
-from ._validate import format_query_date, validate_date, validate_uid
+from ._validate import format_query_date, validate_date, validate_text, validate_uid
 from .cache import CachedSeries, SeriesCache
 from .config import Settings
 from .download import DEFAULT_LAYOUT
@@ -50,24 +50,16 @@ T = TypeVar("T")
 METADATA_CHUNK = 10_000
 
 
-def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string, not {type(value).__name__}: {value!r}")
-    if not value.strip():
-        raise ValueError(f"{name} must not be empty")
-    return value.strip()
-
-
 # Python keyword -> (NBIA parameter, validator)
 _PARAMETERS: dict[str, tuple[str, Callable[[Any, str], str]]] = {
-    "collection": ("Collection", _text),
-    "patient_id": ("PatientID", _text),
+    "collection": ("Collection", validate_text),
+    "patient_id": ("PatientID", validate_text),
     "study_uid": ("StudyInstanceUID", validate_uid),
     "series_uid": ("SeriesInstanceUID", validate_uid),
-    "modality": ("Modality", _text),
-    "body_part": ("BodyPartExamined", _text),
-    "manufacturer": ("Manufacturer", _text),
-    "manufacturer_model": ("ManufacturerModelName", _text),
+    "modality": ("Modality", validate_text),
+    "body_part": ("BodyPartExamined", validate_text),
+    "manufacturer": ("Manufacturer", validate_text),
+    "manufacturer_model": ("ManufacturerModelName", validate_text),
 }
 
 
@@ -410,7 +402,7 @@ class TCIAClient:
         pandas.DataFrame
             One row per series, columns and dtypes as :meth:`series`; empty for an unknown cart.
         """
-        params = {"name": _text(name, "name")}
+        params = {"name": validate_text(name, "name")}
         return self._both_hosts("getContentsByName", params)
 
     def series_size(self, series_uid: str, *, collection: str | None = None) -> dict[str, int]:
@@ -560,7 +552,7 @@ class TCIAClient:
 
     def datacite(self, doi: str) -> dict[str, Any] | None:
         """The DataCite attributes of a DOI (title, creators, year, ...), or None if unknown."""
-        doi = _text(doi, "doi")
+        doi = validate_text(doi, "doi")
         try:
             rows = self._transport.get_json(self.settings.datacite_url + "dois/" + doi)
         except TCIANotFoundError:
