@@ -6,9 +6,12 @@ the rows with the endpoint's fixed schema (:mod:`intake_tcia.schema`).
 
 Host routing: a query naming collection NLST goes to the NLST host. A query that names only a
 patient, study or series goes to the host already known to hold it, else to the main host and, when
-that one has nothing, to the NLST host; the answer is remembered. Other queries without a collection
-ask the main host, except :meth:`TCIAClient.collections` and :meth:`TCIAClient.updated_series`,
-which ask both.
+that one has nothing, to the NLST host; the answer is remembered. Queries with neither a collection
+nor a UID ask every host and join the answers.
+
+Names: an empty answer to a filter that names a collection, patient, modality or body part the
+archive does not have raises :class:`~intake_tcia.errors.TCIAUnknownNameError`, naming the closest
+real names; the listings that check needs are asked for only then.
 
 Flavours: each host may speak another dialect of the API (older NBIA v1/v2, the legacy TCIA REST
 API, an NBIA that wants a login; see :mod:`intake_tcia.flavours`). The client still asks in v4
@@ -34,7 +37,7 @@ from ._validate import format_query_date, validate_date, validate_text, validate
 from .cache import CachedSeries, SeriesCache
 from .config import Settings
 from .download import DEFAULT_LAYOUT
-from .errors import TCIANotFoundError, TCIAResponseError
+from .errors import TCIANotFoundError, TCIAResponseError, TCIAUnknownNameError
 from .flavours import Flavour, flavour_for
 from .manifest import as_series_uids
 from .schema import SCHEMAS, frame_from_csv, frame_from_records
@@ -60,6 +63,15 @@ _PARAMETERS: dict[str, tuple[str, Callable[[Any, str], str]]] = {
     "body_part": ("BodyPartExamined", validate_text),
     "manufacturer": ("Manufacturer", validate_text),
     "manufacturer_model": ("ManufacturerModelName", validate_text),
+}
+
+
+# Name filters checked when an answer is empty: NBIA parameter -> (keyword, listing, column).
+_NAME_LISTINGS: dict[str, tuple[str, str, str]] = {
+    "Collection": ("collection", "getCollectionValues", "Collection"),
+    "PatientID": ("patient_id", "getPatient", "PatientID"),
+    "Modality": ("modality", "getModalityValues", "Modality"),
+    "BodyPartExamined": ("body_part", "getBodyPartValues", "BodyPartExamined"),
 }
 
 
@@ -221,19 +233,48 @@ class TCIAClient:
         collection: str | None = None,
         uid: str | None = None,
     ) -> pd.DataFrame:
-        """Ask each candidate host in turn until one has rows (see the module doc)."""
-        hosts = self._hosts_for(collection, uid)
-        frame = pd.DataFrame()
-        for host in hosts:
-            frame = self._get(host, endpoint, params)
-            if len(frame):
-                if uid is not None:
-                    self.remember_host(uid, host)
-                break
+        """Ask each candidate host in turn until one has rows (see the module doc); with neither
+        a collection nor a UID, every host. No rows: a name filter the archive lacks is an error."""
+        if collection is None and uid is None:
+            frame = self._both_hosts(endpoint, params)
+        else:
+            for host in self._hosts_for(collection, uid):
+                frame = self._get(host, endpoint, params)
+                if len(frame):
+                    if uid is not None:
+                        self.remember_host(uid, host)
+                    break
+        if frame.empty:
+            self._check_names(params, endpoint)
         return frame
 
-    def _both_hosts(self, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
-        frames = [self._get(host, endpoint, params) for host in self.settings.hosts]
+    def _check_names(self, params: dict[str, str], endpoint: str) -> None:
+        """Raise :class:`TCIAUnknownNameError` for the first name filter the archive lacks.
+
+        Called only for an empty answer: the listings it asks for cost nothing otherwise.
+        """
+        collection = params.get("Collection")
+        for name, (keyword, listing, column) in _NAME_LISTINGS.items():
+            value = params.get(name)
+            if value is None:
+                continue
+            if name == "PatientID":  # only this collection's patients, or this ID anywhere
+                scope = {"Collection": collection} if collection else {"PatientID": value}
+                hosts = [self.settings.host_for(collection)] if collection else None
+                known = self._both_hosts(listing, scope, hosts=hosts)[column]
+            else:
+                known = self._both_hosts(listing, {})[column]
+            known = known.dropna().astype(str)
+            if value.lower() not in set(known.str.lower()):
+                where = f"collection {collection!r}" if name == "PatientID" and collection else (
+                    "the archive")
+                url = self.settings.api_url + endpoint
+                raise TCIAUnknownNameError(keyword, value, known, url, where)
+
+    def _both_hosts(
+        self, endpoint: str, params: dict[str, str], *, hosts: list[str] | None = None
+    ) -> pd.DataFrame:
+        frames = [self._get(host, endpoint, params) for host in hosts or self.settings.hosts]
         return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
 
     # -- the query endpoints ---------------------------------------------------------------------

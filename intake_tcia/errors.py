@@ -5,7 +5,9 @@ Every exception the package raises on purpose derives from :class:`TCIAError`::
     TCIAError
     ├── TCIAHTTPError (also OSError)        the server answered with an error status
     │   ├── TCIANotFoundError (also FileNotFoundError)
-    │   │                                   the server does not know (or will not show) a UID
+    │   │   │                               the server does not know (or will not show) a UID
+    │   │   └── TCIAUnknownNameError (also KeyError)
+    │   │                                   a filter names a collection, patient, ... it lacks
     │   └── TCIAAuthError                   401 / 403
     ├── TCIAConnectionError (also OSError)  no answer: refused, reset, timed out (after retries)
     ├── TCIAResponseError (also ValueError) an answer that cannot be parsed (HTML, bad JSON, ...)
@@ -18,12 +20,15 @@ Every exception the package raises on purpose derives from :class:`TCIAError`::
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
     "TCIAError",
     "TCIAHTTPError",
     "TCIANotFoundError",
+    "TCIAUnknownNameError",
     "TCIAAuthError",
     "TCIAConnectionError",
     "TCIAResponseError",
@@ -64,6 +69,43 @@ class TCIAHTTPError(TCIAError, OSError):
 
 class TCIANotFoundError(TCIAHTTPError, FileNotFoundError):
     """The server does not know the UID asked for, or will not show it to this user."""
+
+
+class TCIAUnknownNameError(TCIANotFoundError, KeyError):
+    """A filter or catalog key names a collection, patient, modality, ... the archive lacks.
+
+    Raised only where the answer was empty, so a query that finds rows costs nothing more.
+
+    Attributes
+    ----------
+    field : str
+        What was named (``"collection"``, ``"patient_id"``, ``"modality"``, ...).
+    value : str
+        The value given.
+    suggestions : list of str
+        The archive's closest names (:func:`difflib.get_close_matches`), best first.
+    """
+
+    def __init__(
+        self, field: str, value: str, known: Iterable[str], url: str, where: str = "the archive"
+    ) -> None:
+        names = {str(k).lower(): str(k) for k in known}
+        close = difflib.get_close_matches(value.lower(), names, n=3, cutoff=0.6)
+        self.field, self.value = field, value
+        self.suggestions = [names[c] for c in close]
+        hint = (f"; did you mean {' or '.join(map(repr, self.suggestions))}?"
+                if self.suggestions else "")
+        super().__init__(404, f"no {field} {value!r} in {where}{hint}", url)
+
+    def __str__(self) -> str:
+        return str(self.text)  # not KeyError's repr of the message, nor the URL
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _unknown_name, (self.field, self.value, self.suggestions, self.url)
+
+
+def _unknown_name(field: str, value: str, known: list[str], url: str) -> TCIAUnknownNameError:
+    return TCIAUnknownNameError(field, value, known, url)
 
 
 class TCIAAuthError(TCIAHTTPError):

@@ -39,7 +39,7 @@ from . import __version__
 from ._validate import validate_uid
 from .client import TCIAClient
 from .config import SECRETS, Settings
-from .errors import TCIANotFoundError, import_optional
+from .errors import TCIAError, TCIANotFoundError, TCIAUnknownNameError, import_optional
 
 __all__ = ["ENDPOINTS", "TCIACatalog", "TCIAQuerySource", "TCIASeriesSource"]
 
@@ -567,6 +567,19 @@ class TCIACatalog(_ClientSource, Catalog):
 
     def _load(self) -> None:
         self._entries = _Listing(self)
+
+    def __getitem__(self, key: Any) -> Any:
+        """The entry ``key``; an unknown name raises :class:`TCIAUnknownNameError` (a
+        ``KeyError``) naming the closest entries of this level."""
+        try:
+            return super().__getitem__(key)
+        except KeyError as exc:
+            if isinstance(exc, TCIAError) or not isinstance(key, str):
+                raise
+            parent = _LEVELS[_LEVELS.index(self.level) - 1]
+            where = "the archive" if self.level == "collection" else f"{parent} {self.name!r}"
+            raise TCIAUnknownNameError(self.level, key, list(self._entries), self.name,
+                                       where) from None
 
     def _list_level(self) -> tuple[pd.DataFrame, str]:
         """This level's listing, and the column naming its entries."""

@@ -96,8 +96,14 @@ def test_patients_and_studies_filters(run, server):
 
 
 def test_empty_result_says_so(run):
-    code, out, err = run("series", "--collection", "No-Such-Collection")
+    code, out, err = run("series", "--collection", "NLST", "--modality", "CR")
     assert (code, out.strip(), err) == (0, "(nothing found)", "")
+
+
+def test_an_unknown_name_is_one_line_naming_the_closest(run):
+    code, out, err = run("series", "--collection", "Pydicom-CT-Seires")
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1 and "did you mean 'Pydicom-CT-Series'" in err
 
 
 def test_options_before_the_subcommand_and_environment(server, tmp_cache, capsys, monkeypatch):

@@ -14,6 +14,7 @@ from intake_tcia.errors import (
     TCIAHTTPError,
     TCIANotFoundError,
     TCIAResponseError,
+    TCIAUnknownNameError,
 )
 from intake_tcia.schema import SCHEMAS
 
@@ -66,7 +67,7 @@ def test_filters_are_case_insensitive_and_empty_answers_keep_the_columns(client,
     upper = client.series(collection=row["Collection"], modality=row["Modality"])
     pd.testing.assert_frame_equal(lower, upper)
     assert len(upper) > 0
-    empty = client.series(collection="NO-SUCH-COLLECTION")
+    empty = client.series(collection="NLST", modality="CR")  # both exist, not together
     assert empty.empty
     assert list(empty.columns) == SCHEMAS["getSeries"].names
     assert (empty.dtypes == upper.dtypes[empty.columns]).all()
@@ -268,3 +269,43 @@ def test_a_known_collection_routes_uid_calls_without_probing(client, server):
     assert len(client.sop_instance_uids(uid, collection="NLST")) > 0
     assert client.series_size(uid, collection="NLST")["ObjectCount"] > 0
     assert server.count(host="main") == 0
+
+
+@pytest.mark.parametrize(
+    ("filters", "field", "suggestion"),
+    [
+        ({"collection": "Pydicom-CT-Seires"}, "collection", "Pydicom-CT-Series"),
+        ({"collection": "NLST", "patient_id": "10002"}, "patient_id", "100002"),
+        ({"modality": "CTT"}, "modality", "CT"),
+        ({"collection": "NLST", "body_part": "chst"}, "body_part", "CHEST"),
+    ],
+)
+def test_a_name_the_archive_lacks_is_an_error_naming_the_closest(client, server, filters, field,
+                                                                  suggestion):
+    with pytest.raises(TCIAUnknownNameError) as caught:
+        client.series(**filters)
+    error = caught.value
+    assert isinstance(error, LookupError) and isinstance(error, TCIANotFoundError)
+    assert error.field == field and error.suggestions[0] == suggestion
+    assert repr(filters[field]) in str(error) and repr(suggestion) in str(error)
+
+
+def test_names_are_checked_only_when_the_answer_is_empty(client, server):
+    assert len(client.series(collection="Pydicom-CT-Series", modality="ct")) > 0
+    assert server.count() == 1  # no listing asked for
+    server.clear_log()
+    assert client.series(collection="NLST", modality="CR").empty  # real names, no rows
+    assert server.count("getCollectionValues") == 2 and server.count("getModalityValues") == 2
+
+
+def test_a_patient_of_another_collection_is_named_with_its_collection(client, server):
+    with pytest.raises(TCIAUnknownNameError, match="no patient_id 'PYCT-001' in collection 'NLST'"):
+        client.studies(collection="NLST", patient_id="PYCT-001")
+    with pytest.raises(TCIAUnknownNameError, match="no patient_id 'NOBODY' in the archive$"):
+        client.studies(patient_id="NOBODY")
+
+
+def test_series_with_no_filter_covers_both_hosts(client, server):
+    every = client.series()
+    assert set(every["Collection"]) == set(server.archive.series["Collection"])
+    assert len(every) == len(server.archive.series)

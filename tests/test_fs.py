@@ -389,7 +389,8 @@ def test_unknown_paths(fs, server):
         fs.ls(f"{collection}/NOBODY")
     with pytest.raises(FileNotFoundError, match="1.2.3.4"):
         fs.ls(f"{collection}/{patient}/{study}/1.2.3.4")
-    with pytest.raises(FileNotFoundError, match=f"no such PatientID in tcia://{collection}"):
+    unknown = f"no patient_id 'NOBODY' in collection '{collection}'"
+    with pytest.raises(FileNotFoundError, match=unknown):
         fs.info(f"{collection}/NOBODY/{study}/1.2.3.4/1.2.dcm")
     with pytest.raises(FileNotFoundError, match="9.9.9"):
         fs.info(f"{series_path}/9.9.9.dcm")

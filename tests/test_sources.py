@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from intake_tcia.client import TCIAClient
+from intake_tcia.errors import TCIAUnknownNameError
 from intake_tcia.sources import TCIACatalog, TCIAQuerySource, TCIASeriesSource
 from intake_tcia.volume import volume_from_files
 
@@ -76,12 +77,19 @@ def test_series_user_parameters_filter_on_the_server(cat, env):
     }
 
 
-def test_series_without_parameters_lists_the_main_host(cat, env):
+def test_series_without_parameters_lists_both_hosts(cat, env):
     frame = cat.series.read()
-    table = env.archive.series
-    assert sorted(frame["SeriesInstanceUID"]) == sorted(
-        table.loc[table["host"] == "main", "SeriesInstanceUID"]
-    )
+    assert sorted(frame["SeriesInstanceUID"]) == sorted(env.archive.series["SeriesInstanceUID"])
+
+
+def test_an_unknown_catalog_key_names_the_closest(cat, env):
+    with pytest.raises(KeyError, match="did you mean 'Pydicom-CT-Series'") as caught:
+        cat.tcia["Pydicom-CT-Seires"]
+    assert isinstance(caught.value, TCIAUnknownNameError)
+    with pytest.raises(TCIAUnknownNameError, match="no patient 'PYCT-01' in collection"):
+        cat.tcia["Pydicom-CT-Series"]["PYCT-01"]
+    with pytest.raises(TCIAUnknownNameError, match="no collection 'Nope'"):
+        cat.series(collection="Nope").read()
 
 
 def test_patients_and_studies_parameters(cat, env):

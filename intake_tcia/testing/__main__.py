@@ -1,4 +1,4 @@
-"""Run the sample archive by hand: ``python -m intake_tcia.testing --port 8080``."""
+"""Run the sample archive by hand: python -m intake_tcia.testing --port 8080"""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"api_key header: {server.api_key}")
         print(f"DataCite:       {server.datacite_url}")
         print(f"try: curl '{server.api_url}getCollectionValues'")
-        print(f"export INTAKE_TCIA_API_URL={server.api_url}")
-        print(f"export INTAKE_TCIA_NLST_API_URL={server.nlst_api_url}")
+        print("point clients, catalogs and tcia:// at it (in the shell that runs them):")
+        for variable, value in server.environ.items():
+            print(f"export {variable}={value}")
         print("Ctrl-C to stop", flush=True)
         try:
             threading.Event().wait()

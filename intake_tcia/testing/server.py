@@ -553,6 +553,12 @@ class ArchiveServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def __repr__(self) -> str:
+        if not self._listeners:
+            return f"ArchiveServer(flavour={self.flavour!r}, stopped)"
+        return (f"ArchiveServer(api_url={self.api_url!r}, nlst_api_url={self.nlst_api_url!r}, "
+                f"flavour={self.flavour!r})")
+
     # -- addresses ---------------------------------------------------------------------------
     def _base(self, name: str) -> str:
         if name not in self._listeners:
@@ -570,6 +576,16 @@ class ArchiveServer:
     def nlst_api_url(self) -> str:
         """str: Base URL of the NLST host."""
         return self._base("nlst") + self._flavour.api_path
+
+    @property
+    def environ(self) -> dict[str, str]:
+        """dict of str to str: The ``INTAKE_TCIA_*`` settings that point clients, catalogs and
+        ``tcia://`` at this server (``os.environ.update(server.environ)``)."""
+        return {
+            "INTAKE_TCIA_API_URL": self.api_url,
+            "INTAKE_TCIA_NLST_API_URL": self.nlst_api_url,
+            "INTAKE_TCIA_DATACITE_URL": self.datacite_url,
+        }
 
     # -- credentials -------------------------------------------------------------------------
     @property
