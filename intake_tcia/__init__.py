@@ -1,6 +1,19 @@
 """intake-tcia: The Cancer Imaging Archive as catalogs, DataFrames and a tcia:// filesystem."""
 
+import warnings
+
 __version__ = "0.1.0"
+
+# intake 2 warns "Shell command not executed due to getshell=False" for every string in a catalog
+# entry (a misplaced ``else`` in intake/catalog/utils.py ``expand_defaults``), so every call of a
+# parameterised entry printed it. `import intake` imports this package (entry point
+# intake.imports), so the filter is in place before any catalog is read. Only that message.
+warnings.filterwarnings(
+    "ignore",
+    message="Shell command not executed due to getshell=False",
+    category=UserWarning,
+    module="intake.catalog.utils",
+)
 
 from . import errors  # noqa: E402
 from .client import TCIAClient  # noqa: E402
