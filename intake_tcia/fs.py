@@ -158,6 +158,11 @@ class TCIAFileSystem(AbstractFileSystem):
         self._client_lock = threading.Lock()
         self._series: dict[str, CachedSeries] = {}
 
+    def __repr__(self) -> str:
+        settings = self.client.settings
+        return (f"TCIAFileSystem(fetch={self.fetch!r}, api_url={settings.api_url!r}, "
+                f"cache_dir={str(settings.cache_dir)!r})")
+
     @property
     def client(self) -> TCIAClient:
         """TCIAClient: the client every request goes through, made on first use."""

@@ -191,6 +191,10 @@ class TCIAQuerySource(_ClientSource, DataSource):
         self._frame: pd.DataFrame | None = None
         super().__init__(metadata=metadata)
 
+    def __repr__(self) -> str:
+        given = "".join(f", {k}={v!r}" for k, v in self.parameters.items())
+        return f"TCIAQuerySource({self.endpoint!r}{given})"
+
     def _query(self) -> pd.DataFrame:
         if self._frame is None:
             self._frame = getattr(self.client, self._method)(**self.parameters)
@@ -334,6 +338,14 @@ class TCIASeriesSource(_ClientSource, DataSource):
         self._set_client_options(client_options)
         self._sorted_files: list[Path] | None = None
         super().__init__(metadata=metadata)
+
+    def __repr__(self) -> str:
+        known = self.metadata  # what the listing said, with no request
+        about = " ".join(str(known[k]) for k in ("Modality", "SeriesDescription") if known.get(k))
+        if known.get("ImageCount"):
+            about = f"{about}, {known['ImageCount']} images".lstrip(", ")
+        collection = f", collection={self.collection!r}" if self.collection else ""
+        return f"TCIASeriesSource({self.series_uid!r}{collection}{': ' + about if about else ''})"
 
     # -- metadata -------------------------------------------------------------------------------
 

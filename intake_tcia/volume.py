@@ -105,8 +105,8 @@ _GROUP_OF = {
     "TemporalPositionIndex": "FrameContentSequence",
     "DiffusionBValue": "MRDiffusionSequence",
 }
-_METADATA = ("Modality", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
-             "FrameOfReferenceUID")
+_METADATA = ("Modality", "SeriesDescription", "PatientID", "StudyInstanceUID",
+             "SeriesInstanceUID", "FrameOfReferenceUID")
 _INTEGER_DTYPES = tuple(np.dtype(t) for t in ("u1", "i1", "u2", "i2", "u4", "i4", "i8"))
 
 StackKey = tuple[tuple[str, Hashable], ...]
@@ -160,9 +160,17 @@ class Volume:
     stack : tuple
         Key of the stack this volume holds, as in :func:`split_stacks` (``()`` if only one).
     metadata : dict of str to str
-        Modality, PatientID, StudyInstanceUID, SeriesInstanceUID, FrameOfReferenceUID when
-        present in the first slice.
+        Modality, SeriesDescription, PatientID, StudyInstanceUID, SeriesInstanceUID,
+        FrameOfReferenceUID when present in the first slice.
     """
+
+    def __repr__(self) -> str:
+        spacing = ", ".join(f"{s:.4g}" for s in self.spacing)
+        lazy = ", lazy" if not isinstance(self.array, np.ndarray) else ""
+        uid = self.metadata.get("SeriesInstanceUID", "?")
+        modality = self.metadata.get("Modality", "?")
+        return (f"Volume({modality}, shape={self.shape}, spacing=({spacing}) mm, "
+                f"dtype={self.dtype}{lazy}, series={uid})")
 
     array: Any
     affine: np.ndarray
@@ -396,7 +404,8 @@ def to_xarray(volume: Volume, *, attrs: Mapping[str, Any] | None = None) -> Any:
     Returns
     -------
     xarray.DataArray
-        Coordinates from :meth:`Volume.coordinates` (``units="mm"``); attrs: the volume's
+        Named by modality and series description (``"CT ct 10 slices"``: a short plot label);
+        coordinates from :meth:`Volume.coordinates` (``units="mm"``); attrs: the volume's
         metadata (Modality, UIDs, PatientID), ``affine`` (nested list, LPS mm, index order
         ``(z, y, x)``) and ``spacing`` (list, mm), then ``attrs``.
     """
@@ -410,10 +419,16 @@ def to_xarray(volume: Volume, *, attrs: Mapping[str, Any] | None = None) -> Any:
     }
     return xr.DataArray(
         volume.array, dims=("z", "y", "x"), coords=coords,
-        name=volume.metadata.get("SeriesInstanceUID", "volume"),
+        name=_label(volume.metadata),
         attrs={**volume.metadata, "affine": volume.affine.tolist(),
                "spacing": list(volume.spacing), **(attrs or {})},
     )
+
+
+def _label(metadata: Mapping[str, str]) -> str:
+    """A short name for plots: modality and series description, else ``"volume"``."""
+    words = [metadata.get("Modality"), metadata.get("SeriesDescription")]
+    return " ".join(w for w in words if w) or "volume"
 
 
 # -- headers -> frames --------------------------------------------------------------------------

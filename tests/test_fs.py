@@ -428,3 +428,10 @@ def test_secrets_given_as_keywords_are_not_pickled_or_serialised(server, tmp_cac
     assert "s3cret-pw" not in fs.to_json() and "k3y-123" not in fs.to_json()
     copy = pickle.loads(pickle.dumps(fs))
     assert copy.storage_options["api_url"] == server.api_url
+
+
+def test_repr_names_the_fetch_policy_host_and_cache(options, server):
+    fs = TCIAFileSystem(fetch="series", skip_instance_cache=True, **options)
+    assert repr(fs) == (f"TCIAFileSystem(fetch='series', api_url={server.api_url!r}, "
+                        f"cache_dir={options['cache_dir']!r})")
+    assert server.count() == 0

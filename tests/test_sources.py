@@ -434,3 +434,18 @@ def test_shared_cart_entry(cat, env):
     assert env.count("getContentsByName") == 2  # one per host: a cart may hold NLST series
     with pytest.raises(TypeError, match="name"):
         cat.shared_cart().read()  # the cart's name left empty
+
+
+def test_reprs_are_short_and_ask_nothing(cat, env):
+    series = _row(env)
+    assert repr(cat.series(collection="NLST")) == "TCIAQuerySource('series', collection='NLST')"
+    study = cat.tcia[series["Collection"]][series["PatientID"]][series["StudyInstanceUID"]]
+    src = study[series["SeriesInstanceUID"]]
+    env.clear_log()
+    assert repr(src) == (
+        f"TCIASeriesSource({series['SeriesInstanceUID']!r}, collection={series['Collection']!r}: "
+        f"CT {series['SeriesDescription']}, {series['ImageCount']} images)"
+    )
+    bare = TCIASeriesSource(series["SeriesInstanceUID"])
+    assert repr(bare) == f"TCIASeriesSource({series['SeriesInstanceUID']!r})"
+    assert env.count() == 0

@@ -6,7 +6,10 @@ import hashlib
 import io
 import json
 import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 import zipfile
 from urllib.parse import urlsplit
@@ -544,3 +547,32 @@ def test_listeners_stop() -> None:
         assert time.monotonic() - start < 2
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(url + "getCollectionValues", timeout=2)
+
+
+def test_server_repr_and_environ_name_its_urls() -> None:
+    server = ArchiveServer()
+    assert repr(server) == "ArchiveServer(flavour='v4', stopped)"
+    with server:
+        assert repr(server) == (f"ArchiveServer(api_url={server.api_url!r}, "
+                                f"nlst_api_url={server.nlst_api_url!r}, flavour='v4')")
+        assert server.environ == {"INTAKE_TCIA_API_URL": server.api_url,
+                                  "INTAKE_TCIA_NLST_API_URL": server.nlst_api_url,
+                                  "INTAKE_TCIA_DATACITE_URL": server.datacite_url}
+
+
+def test_main_prints_an_export_line_for_every_setting() -> None:
+    command = [sys.executable, "-m", "intake_tcia.testing", "--quiet"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        lines = []
+        try:
+            for line in process.stdout:
+                lines.append(line)
+                if line.startswith("Ctrl-C"):
+                    break
+        finally:
+            process.send_signal(signal.SIGINT)
+        rest = process.communicate(timeout=30)[0]
+    out = "".join(lines)
+    for variable in ("INTAKE_TCIA_API_URL", "INTAKE_TCIA_NLST_API_URL", "INTAKE_TCIA_DATACITE_URL"):
+        assert f"export {variable}=http://127.0.0.1:" in out
+    assert rest.strip() == "stopped" and process.returncode == 0

@@ -184,6 +184,13 @@ def test_shuffled_axial_series_is_sorted_with_exact_geometry() -> None:
                                "SeriesInstanceUID": "1.2.3.4.5"}
 
 
+def test_repr_is_short_and_names_shape_spacing_dtype_and_series() -> None:
+    volume = volume_from_datasets(make_series(6, spacing=2.5))
+    text = repr(volume)
+    assert text == ("Volume(CT, shape=(6, 5, 4), spacing=(2.5, 0.7, 0.9) mm, dtype=int16, "
+                    "series=1.2.3.4.5)")
+
+
 def test_negative_spacing_and_reversed_instance_numbers_sort_ascending() -> None:
     # Slices generated moving *against* the normal, numbered the other way round.
     series = make_series(5, spacing=-3.0, descending_instances=True)
@@ -470,6 +477,7 @@ def test_to_xarray_coordinates_and_attrs(tmp_path: Path) -> None:
     np.testing.assert_allclose(da.x, -50.0 + 0.9 * np.arange(COLS))
     assert da.z.attrs["units"] == "mm"
     assert da.attrs["SeriesInstanceUID"] == "1.2.3.4.5"
+    assert da.name == "CT"  # a plot label, not the UID (these slices have no description)
     assert da.attrs["Modality"] == "CT" and da.attrs["PatientID"] == "P-1"
     assert da.attrs["DOI"] == "10.7937/x" and da.attrs["license"] == "CC BY 4.0"
     np.testing.assert_allclose(da.attrs["affine"], volume.affine)
