@@ -51,7 +51,7 @@ def validate_uid(value: Any, name: str = "SeriesInstanceUID") -> str:
         )
     if not _UID.fullmatch(uid):
         raise ValueError(
-            f"{name} {value!r} is not a DICOM UID: expected numbers separated by dots, "
+            f"{name} {value!r} is not a DICOM UID: expected numbers separated by dots "
             "(e.g. '1.3.6.1.4.1.14519.5.2.1.7695.4001.3060')"
         )
     return uid

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import pandas as pd
+
 from ._validate import validate_uid
 from .config import is_nlst
 
@@ -242,9 +244,9 @@ def as_series_uids(series: Any) -> list[str]:
 
     Parameters
     ----------
-    series : str, path-like, Manifest, pandas.DataFrame or iterable of str
+    series : str, path-like, Manifest, pandas.DataFrame, pandas.Series or iterable of str
         One UID; the path of a ``.tcia`` manifest; a :class:`Manifest`; a DataFrame with a
-        ``SeriesInstanceUID`` column; or UIDs.
+        ``SeriesInstanceUID`` column, or one row of it (``df.iloc[0]``); or UIDs.
 
     Returns
     -------
@@ -273,6 +275,8 @@ def series_uid_values(series: Any) -> list[Any]:
         return list(read_manifest(series).series_uids)
     if isinstance(series, str):
         return [series]
+    if isinstance(series, pd.Series) and "SeriesInstanceUID" in series.index:  # one row
+        return [series["SeriesInstanceUID"]]
     if hasattr(series, "columns"):  # a DataFrame
         if "SeriesInstanceUID" not in series.columns:
             raise ValueError(

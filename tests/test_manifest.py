@@ -293,7 +293,11 @@ def test_as_series_uids(tmp_path):
     assert as_series_uids(read_manifest(path)) == [UID_A, UID_B]
     assert as_series_uids(pd.Series([UID_B, UID_A, UID_B])) == [UID_B, UID_A]
     assert as_series_uids(iter([UID_A])) == [UID_A]
+    frame = pd.DataFrame({"SeriesInstanceUID": [UID_A, UID_B], "Modality": ["CT", "MR"]})
+    assert as_series_uids(frame.iloc[1]) == [UID_B]  # one row names its series
     with pytest.raises(ValueError, match="SeriesInstanceUID"):
+        as_series_uids("LIDC-IDRI")
+    with pytest.raises(ValueError, match=r"expected numbers separated by dots \(e\.g\. '1\."):
         as_series_uids("LIDC-IDRI")
 
 
