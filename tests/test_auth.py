@@ -17,6 +17,8 @@ from intake_tcia.testing.server import SAMPLE_API_KEY
 
 PASSWORD = "pw-Zq81-never-shown"
 API_KEY = SAMPLE_API_KEY
+#: A collection of the main host: its queries ask that host alone (one token).
+MAIN = "Pydicom-CT-Series"
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ def test_guest_token_asked_once_per_host(nbia, tmp_path):
 
 def test_without_a_token_the_server_refuses(nbia, tmp_path):
     with login(nbia, tmp_path, api_version="v4") as client, pytest.raises(TCIAAuthError) as err:
-        client.patients()
+        client.patients(MAIN)
     assert err.value.status == 401
 
 
@@ -66,7 +68,7 @@ def test_credentials_from_the_environment(nbia, tmp_path, monkeypatch):
     monkeypatch.setenv("INTAKE_TCIA_USERNAME", "alice")
     monkeypatch.setenv("INTAKE_TCIA_PASSWORD", PASSWORD)
     with login(nbia, tmp_path, api_version=None) as client:  # a username asks for tokens
-        assert len(client.patients())
+        assert len(client.patients(MAIN))
     asked = [r.params for r in nbia.requests if r.endpoint == "oauth/token"]
     assert asked[0]["username"] == "alice"
     assert asked[0]["password"] == "***"  # the server's own log masks it too
@@ -75,7 +77,7 @@ def test_credentials_from_the_environment(nbia, tmp_path, monkeypatch):
 def test_a_wrong_password_is_an_auth_error(nbia, tmp_path):
     with login(nbia, tmp_path, username="alice", password="wrong") as client:
         with pytest.raises(TCIAAuthError, match="grant refused") as err:
-            client.patients()
+            client.patients(MAIN)
     assert err.value.status == 401
     assert "wrong" not in str(err.value)
 
@@ -83,9 +85,9 @@ def test_a_wrong_password_is_an_auth_error(nbia, tmp_path):
 def test_token_renewed_with_the_refresh_grant_before_it_expires(nbia, tmp_path):
     nbia.token_lifetime = 1.0
     with login(nbia, tmp_path) as client:
-        client.patients()
+        client.patients(MAIN)
         time.sleep(1.0)
-        client.patients()
+        client.patients(MAIN)
     assert grants(nbia) == ["password", "refresh_token"]
     assert [r.status for r in nbia.requests if r.endpoint == "getPatient"] == [200, 200]
 
@@ -93,18 +95,18 @@ def test_token_renewed_with_the_refresh_grant_before_it_expires(nbia, tmp_path):
 def test_refused_refresh_falls_back_to_a_new_login(nbia, tmp_path):
     nbia.token_lifetime = 1.0
     with login(nbia, tmp_path) as client:
-        client.patients()
+        client.patients(MAIN)
         nbia.revoke_tokens(refresh=True)
         time.sleep(1.0)
-        assert len(client.patients())
+        assert len(client.patients(MAIN))
     assert grants(nbia) == ["password", "refresh_token", "password"]
 
 
 def test_a_401_renews_the_token_and_retries_once(nbia, tmp_path):
     with login(nbia, tmp_path) as client:
-        before = client.patients()
+        before = client.patients(MAIN)
         nbia.revoke_tokens()  # as a server restart would
-        assert client.patients().equals(before)
+        assert client.patients(MAIN).equals(before)
         statuses = [r.status for r in nbia.requests if r.endpoint == "getPatient"]
         assert statuses == [200, 401, 200]
         assert grants(nbia) == ["password", "refresh_token"]
@@ -148,9 +150,9 @@ def test_legacy_needs_its_api_key(tmp_path):
             TCIAClient(**options)
         with TCIAClient(api_key="not-the-key", **options) as client:
             with pytest.raises(TCIAAuthError):
-                client.patients()
+                client.patients(MAIN)
         with TCIAClient(api_key=API_KEY, **options) as client:
-            assert len(client.patients())
+            assert len(client.patients(MAIN))
 
 
 # -- secrets --------------------------------------------------------------------------------------
@@ -163,12 +165,12 @@ def test_secrets_never_shown_logged_or_pickled(nbia, tmp_path, caplog, monkeypat
     client = login(nbia, tmp_path, username="alice", password=PASSWORD, api_key=API_KEY,
                    retries=1, backoff_factor=0.01)
     with client:
-        client.patients()
+        client.patients(MAIN)
         nbia.revoke_tokens()
         nbia.faults.add("status", endpoint="getPatientStudy", code=503)
         client.studies()  # a 401 and a retried 503 along the way: both logged paths
         with pytest.raises(TCIAAuthError):
-            login(nbia, tmp_path, username="alice", password=PASSWORD + "x").patients()
+            login(nbia, tmp_path, username="alice", password=PASSWORD + "x").patients(MAIN)
         tokens = {t.encode() for t in nbia.tokens}
         assert tokens
         secrets = {PASSWORD.encode(), API_KEY.encode(), *tokens}
@@ -194,6 +196,6 @@ def test_an_unpickled_client_rereads_secrets_from_the_environment(nbia, tmp_path
     found = pickle.loads(blob)
     assert found.settings.password == PASSWORD
     with found:
-        assert len(found.patients())
+        assert len(found.patients(MAIN))
     assert [r.params.get("username") for r in nbia.requests if r.endpoint == "oauth/token"] == [
         "alice"]

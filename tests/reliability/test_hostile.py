@@ -17,6 +17,7 @@ from intake_tcia.errors import (
     TCIAError,
     TCIAIntegrityError,
     TCIAResponseError,
+    TCIAUnknownNameError,
     UnsafeArchiveError,
 )
 from intake_tcia.fs import TCIAFileSystem
@@ -203,9 +204,10 @@ def test_query_values_are_encoded_as_sent(evil: ArchiveServer, home: Path) -> No
         assert frame["SeriesInstanceUID"].tolist() == [evil.uids["awkward"]]
         assert evil.requests[-1].params["Collection"] == AWKWARD
         assert evil.requests[-1].params["PatientID"] == AWKWARD
-        assert client.series(collection=AWKWARDER, modality=AWKWARDER, body_part=AWKWARDER,
-                             manufacturer=AWKWARDER, manufacturer_model=AWKWARDER).empty
-        params = evil.requests[-1].params
+        with pytest.raises(TCIAUnknownNameError, match="no collection"):  # sent, then named
+            client.series(collection=AWKWARDER, modality=AWKWARDER, body_part=AWKWARDER,
+                          manufacturer=AWKWARDER, manufacturer_model=AWKWARDER)
+        params = [r for r in evil.requests if r.endpoint == "getSeries"][-1].params
         for name in ("Collection", "Modality", "BodyPartExamined", "Manufacturer",
                      "ManufacturerModelName"):
             assert params[name] == AWKWARDER
