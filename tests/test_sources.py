@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import intake
@@ -449,3 +452,12 @@ def test_reprs_are_short_and_ask_nothing(cat, env):
     bare = TCIASeriesSource(series["SeriesInstanceUID"])
     assert repr(bare) == f"TCIASeriesSource({series['SeriesInstanceUID']!r})"
     assert env.count() == 0
+
+
+def test_a_plain_script_calling_a_parameterised_entry_prints_no_warning(env):
+    script = (f"import intake; cat = intake.open_catalog({str(CATALOGS / 'tcia.yaml')!r}); "
+              "print(len(cat.series(collection='NLST', modality='CT').read()))")
+    done = subprocess.run([sys.executable, "-c", script], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout.strip(), done.stderr) == ("2", "")  # intake's getshell warning is gone
