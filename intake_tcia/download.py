@@ -25,6 +25,7 @@ import secrets
 import shutil
 import stat
 import string
+import sys
 import threading
 import time
 import zipfile
@@ -526,6 +527,10 @@ def download(
         raise ValueError(f"workers must be a positive integer, not {workers!r}")
     root = Path(dest).expanduser().resolve()
     requests = _requests(series)
+    if not requests:
+        if progress:
+            print("nothing to download: the selection names no series", file=sys.stderr)
+        return _results_table([])
     client.cache.clean_staging()  # what killed processes left behind
 
     for request in requests:
@@ -578,15 +583,15 @@ def _download_one(
     assert request.path is not None
     placed = read_series_folder(request.path, request.uid)
     if placed is not None:
-        bar.done(placed.bytes, 0)
+        bar.finish(request.uid)
         return (request.uid, "cached", str(request.path), len(placed.instances), placed.bytes, None)
-    received = [0]
+    received = [0]  # this attempt's bytes (a retry takes back what the failed one counted)
 
     def on_bytes(n: int) -> None:
         if n > 0 and bar.cancel.is_set():
             raise _Cancelled(f"series {request.uid}: download cancelled")
         received[0] += n
-        bar.update(n)
+        bar.advance(request.uid, received[0])
 
     try:
         series = request.cached or fetch_series(
@@ -597,9 +602,9 @@ def _download_one(
             _place(series, request.path)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row; the caller raises
         log.debug("series %s failed", request.uid, exc_info=True)
-        bar.done(0, received[0])
+        bar.finish(request.uid)
         return (request.uid, "failed", None, 0, 0, f"{type(exc).__name__}: {exc}")
-    bar.done(series.bytes, received[0])
+    bar.finish(request.uid)
     return (request.uid, status, str(request.path), len(series.instances), series.bytes, None)
 
 
@@ -716,33 +721,53 @@ def _series_folder(root: Path, layout: str, request: _Request) -> Path:
 
 
 class _ProgressBar:
-    """A thread-safe tqdm byte counter, silent when disabled; ``cancel`` stops the workers."""
+    """A thread-safe tqdm byte bar over the series that need a transfer; ``cancel`` stops workers.
+
+    The bar appears with the first byte received (none for an empty selection, a fully cached
+    one, or one that fails before any transfer) and only moves forward: each series advances by
+    what arrived for it, at most to its expected size (FileSize), and to that size when it is
+    done or has failed; bytes a retry fetches again are not counted twice.
+    """
 
     def __init__(self, enabled: bool, requests: list[_Request]) -> None:
         self.cancel = threading.Event()
+        self._enabled = enabled
         self._lock = threading.Lock()
-        self._bar = None
-        if enabled:
-            from tqdm.auto import tqdm
+        self._bar: Any = None
+        todo = [r for r in requests if r.cached is None]
+        self._expected = {r.uid: _plain(r.metadata.get("FileSize")) for r in todo}
+        sizes = list(self._expected.values())
+        self._total = sum(int(s) for s in sizes) if None not in sizes else None
+        self._shown: dict[str, int] = dict.fromkeys(self._expected, 0)
 
-            sizes = [r.metadata.get("FileSize") for r in requests]
-            total = sum(int(s) for s in sizes) if all(s is not None for s in sizes) else None
-            self._bar = tqdm(
-                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="series"
-            )
+    def advance(self, uid: str, received: int) -> None:
+        """``received`` bytes of ``uid`` have arrived in its current attempt."""
+        expected = self._expected.get(uid)
+        self._show(uid, min(received, int(expected)) if expected is not None else received)
 
-    def update(self, n: int) -> None:
-        if self._bar is not None:
-            with self._lock:
-                self._bar.update(n)
+    def finish(self, uid: str) -> None:
+        """``uid`` is done (or failed): count all of it."""
+        if uid in self._expected:
+            expected = self._expected[uid]
+            self._show(uid, int(expected) if expected is not None else self._shown[uid])
 
-    def done(self, series_bytes: int, received: int) -> None:
-        """Count a finished series as its DICOM bytes, in place of the zip bytes received."""
-        self.update(series_bytes - received)
+    def _show(self, uid: str, target: int) -> None:
+        with self._lock:
+            step = target - self._shown.get(uid, target)
+            if step <= 0 or not self._enabled:
+                return
+            self._shown[uid] = target
+            if self._bar is None:
+                from tqdm.auto import tqdm
+
+                self._bar = tqdm(total=self._total, unit="B", unit_scale=True,
+                                 unit_divisor=1024, desc="series")
+            self._bar.update(step)
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        with self._lock:
+            if self._bar is not None:
+                self._bar.close()
 
 
 # -- reading --------------------------------------------------------------------------------------

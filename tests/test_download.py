@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -340,13 +341,40 @@ def test_manifest_input_and_progress_bar(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     manifest = write_manifest([ct_uid], tmp_path / "m.tcia")
+    client.download(manifest, tmp_path / "loud", layout="{SeriesInstanceUID}")
+    assert "B" in capsys.readouterr().err  # tqdm counts bytes on stderr
     client.download(str(manifest), tmp_path / "quiet", layout="{SeriesInstanceUID}",
                     progress=False)
     assert capsys.readouterr() == ("", "")
     assert (tmp_path / "quiet" / ct_uid / RECORD_NAME).exists()
-    client.download(manifest, tmp_path / "loud", layout="{SeriesInstanceUID}")
-    assert "B" in capsys.readouterr().err  # tqdm counts bytes on stderr
     assert server.count("getImage") == 1
+
+
+def _bar_percentages(err: str) -> list[int]:
+    """The percentages a text tqdm bar drew, in order (every state: TQDM_MININTERVAL=0)."""
+    return [int(p) for p in re.findall(r"series:\s+(\d+)%", err)]
+
+
+def test_the_progress_bar_is_drawn_only_for_transfers_and_only_moves_forward(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")
+    client.download([], tmp_path / "none")
+    assert capsys.readouterr().err == "nothing to download: the selection names no series\n"
+    with pytest.raises(DownloadError):
+        client.download(["1.2.3.4"], tmp_path / "unknown")  # fails before any byte: no bar
+    assert "series:" not in capsys.readouterr().err
+    # a first attempt cut off after 150 kB, then retried: the bar never goes back
+    server.faults.add("reset", endpoint="getImage", series=ct_uid, after_bytes=150_000)
+    server.faults.bandwidth = 2_000_000  # several states to draw
+    client.download([ct_uid], tmp_path / "a")
+    server.faults.bandwidth = None
+    drawn = _bar_percentages(capsys.readouterr().err)
+    assert server.count("getImage") == 2
+    assert len(drawn) > 3 and drawn == sorted(drawn) and drawn[-1] == 100, drawn
+    client.download([ct_uid], tmp_path / "b")  # from the cache: no transfer, no bar
+    assert capsys.readouterr().err == ""
 
 
 def test_read_series_is_sorted_along_the_normal(client: TCIAClient, ct_uid: str) -> None:
