@@ -22,7 +22,8 @@ from intake_tcia.sources import TCIAQuerySource
 from intake_tcia.testing import ArchiveServer
 from intake_tcia.testing.server import SAMPLE_API_KEY, SAMPLE_CART
 
-SAMPLES = Path("/work/shared/reference/samples")
+#: Real NBIA answers, copied from the project reference (shared/reference/samples).
+SAMPLES = Path(__file__).resolve().parent / "data"
 DICOMDIR = "Pydicom-DICOMDIR"
 CT = "Pydicom-CT-Series"
 
