@@ -28,7 +28,9 @@ Conventions
   windowing, no MONOCHROME1 inversion, no Modality LUT Sequence.
 * Enhanced (multi-frame) instances are read frame by frame from their functional groups
   (*Plane Position*, *Plane Orientation*, *Pixel Measures*, *Pixel Value Transformation*,
-  *Frame Content*); RT Dose style instances from (3004,000C) *Grid Frame Offset Vector*.
+  *Frame Content*); RT Dose style instances from (3004,000C) *Grid Frame Offset Vector* (both
+  forms of C.8.8.3.2: relative to the position, or absolute z when axial), their values scaled
+  by (3004,000E) *Dose Grid Scaling* (see :mod:`intake_tcia.dose`).
 * Compressed transfer syntaxes need a pydicom pixel-data plugin, ``pip install
   'intake-tcia[jpeg]'`` (pylibjpeg); without one,
   :class:`~intake_tcia.errors.MissingDependencyError` is raised.
@@ -247,7 +249,10 @@ def sort_slices_by_position(datasets: Iterable[Dataset]) -> list[Dataset]:
 def split_stacks(datasets: Iterable[Dataset]) -> dict[StackKey, list[Dataset]]:
     """Group a series' instances into stacks that can each form a volume.
 
-    Stacks are split only when positions repeat: by the first attributes of
+    Slices of different (0020,0037) *Image Orientation (Patient)* (beyond
+    :data:`ORIENTATION_ATOL`) are always separate stacks, keyed
+    ``("ImageOrientationPatient", cosines rounded to 4 decimals)``. Within one orientation,
+    stacks are split only when positions repeat: by the first attributes of
     :data:`STACK_ATTRIBUTES` that vary among repeated positions, then, if positions still
     repeat, by order of occurrence (key ``("Repeat", n)``, ``n`` from 0, by Instance Number).
 
@@ -481,6 +486,23 @@ def _floats(value: Any, count: int) -> tuple[float, ...] | None:
     return out if len(out) == count else None
 
 
+def _grid_frame_position(position: Sequence[float], orientation: Sequence[float],
+                         offsets: Sequence[Any], frame: int) -> tuple[float, float, float]:
+    """Position of an RT Dose frame from (3004,000C) *Grid Frame Offset Vector* (C.8.8.3.2).
+
+    Offsets are along the normal from (0020,0032) *Image Position (Patient)*, except when the
+    orientation is axial ([1,0,0,0,1,0]) and the first offset equals the position's z: then
+    they are absolute z values.
+    """
+    value = float(offsets[frame])
+    axial = np.allclose(orientation, (1, 0, 0, 0, 1, 0), atol=ORIENTATION_ATOL)
+    if axial and float(offsets[0]) != 0.0 and abs(float(offsets[0]) - position[2]) <= (
+            POSITION_ATOL_MM):
+        return (float(position[0]), float(position[1]), value)
+    normal = np.cross(orientation[:3], orientation[3:])
+    return tuple((np.asarray(position) + value * normal).tolist())  # type: ignore[return-value]
+
+
 def _frame_info(ds: Dataset, source: int, frame: int | None) -> _Frame:
     """Geometry, rescale and stack attributes of one frame (``frame=None``: single-frame)."""
     groups: list[Dataset] = []
@@ -496,8 +518,7 @@ def _frame_info(ds: Dataset, source: int, frame: int | None) -> _Frame:
     position = _floats(_lookup(ds, groups, "PlanePositionSequence", "ImagePositionPatient"), 3)
     offsets = ds.get("GridFrameOffsetVector")
     if frame is not None and offsets is not None and position and orientation and not groups:
-        normal = np.cross(orientation[:3], orientation[3:])
-        position = tuple((np.asarray(position) + float(offsets[frame]) * normal).tolist())
+        position = _grid_frame_position(position, orientation, offsets, frame)
     elif frame is not None and not groups and _n_frames(ds) > 1:
         position = None  # one position for many frames: not a geometry
     pixel_spacing = _floats(_lookup(ds, groups, "PixelMeasuresSequence", "PixelSpacing"), 2)
@@ -505,6 +526,8 @@ def _frame_info(ds: Dataset, source: int, frame: int | None) -> _Frame:
     if thickness is None:
         thickness = _lookup(ds, groups, "PixelMeasuresSequence", "SliceThickness")
     slope = _lookup(ds, groups, "PixelValueTransformationSequence", "RescaleSlope")
+    if slope is None:
+        slope = ds.get("DoseGridScaling")  # RT Dose: stored value x scaling = dose
     intercept = _lookup(ds, groups, "PixelValueTransformationSequence", "RescaleIntercept")
     instance = ds.get("InstanceNumber")
     return _Frame(
@@ -585,8 +608,36 @@ def _sortable(key: StackKey) -> tuple[Any, ...]:
     )
 
 
+def _orientation_groups(frames: Sequence[_Frame]) -> dict[StackKey, list[int]]:
+    """Frame indices by (0020,0037) *Image Orientation (Patient)*, when every frame has one
+    and they differ beyond :data:`ORIENTATION_ATOL`; else one group with key ``()``."""
+    if any(f.orientation is None for f in frames) or _has_geometry(frames):
+        return {(): list(range(len(frames)))}
+    groups: dict[StackKey, list[int]] = {}
+    firsts: list[np.ndarray] = []
+    for n, f in enumerate(frames):
+        cosines = np.asarray(f.orientation)
+        match = next((m for m, c in enumerate(firsts)
+                      if np.all(np.abs(cosines - c) <= ORIENTATION_ATOL)), None)
+        if match is None:
+            match = len(firsts)
+            firsts.append(cosines)
+        key = (("ImageOrientationPatient", tuple(round(float(c), 4) for c in firsts[match])),)
+        groups.setdefault(key, []).append(n)
+    return groups
+
+
 def _split(frames: Sequence[_Frame]) -> dict[StackKey, list[_Frame]]:
     """Frames grouped into stacks (see :func:`split_stacks`), each sorted."""
+    out: dict[StackKey, list[_Frame]] = {}
+    for key, members in _orientation_groups(frames).items():
+        for subkey, stack in _split_one([frames[m] for m in members]).items():
+            out[(*key, *subkey)] = stack
+    return {key: out[key] for key in sorted(out, key=_sortable)}
+
+
+def _split_one(frames: Sequence[_Frame]) -> dict[StackKey, list[_Frame]]:
+    """Frames of one orientation grouped into stacks, each sorted."""
     if not frames:
         return {}
     ids = _position_ids(frames)
@@ -631,8 +682,11 @@ def _select(
     stacks = _split(frames)
     keys = list(stacks)
     if stack is None and len(keys) > 1:
-        why = " (positions repeat with no attribute telling them apart)" if any(
-            name == "Repeat" for key in keys for name, _ in key) else ""
+        names = [name for key in keys for name, _ in key]
+        orientations = {v for key in keys for name, v in key if name == "ImageOrientationPatient"}
+        why = (f" (slices in {len(orientations)} orientations)" if orientations
+               else " (positions repeat with no attribute telling them apart)"
+               if "Repeat" in names else "")
         listing = "; ".join(f"[{n}] {k!r}: {len(stacks[k])} slices" for n, k in enumerate(keys))
         raise VolumeGeometryError(
             f"the series holds {len(keys)} stacks{why}: {listing}. Pick one with stack=<key> or "

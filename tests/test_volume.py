@@ -305,6 +305,23 @@ def test_two_echoes_are_split_not_interleaved() -> None:
         volume_from_datasets(mixed, stack=5)
 
 
+def test_stacks_differing_only_in_orientation_are_split() -> None:
+    axial = make_series(3, series_uid="1.2.3.4.9")
+    oblique = make_series(4, orientation=_oblique(40.0), series_uid="1.2.3.4.9", value_offset=7)
+    stacks = split_stacks(shuffled(axial + oblique))
+    assert len(stacks) == 2
+    by_count = {len(v): k for k, v in stacks.items()}
+    assert stacks[by_count[3]] == axial and stacks[by_count[4]] == oblique
+    assert by_count[3] == (("ImageOrientationPatient", AXIAL),)
+    assert by_count[4][0][0] == "ImageOrientationPatient"
+    np.testing.assert_allclose(by_count[4][0][1], _oblique(40.0), atol=1e-4)
+    with pytest.raises(VolumeGeometryError, match=r"2 stacks \(slices in 2 orientations\)"):
+        volume_from_datasets(axial + oblique)
+    volume = volume_from_datasets(shuffled(axial + oblique), stack=by_count[4])
+    np.testing.assert_array_equal(volume.array[3], _pattern(3) + 7)
+    np.testing.assert_allclose(volume.direction[:, 2], _oblique(40.0)[:3], atol=1e-6)
+
+
 def test_temporal_positions_win_over_a_varying_acquisition_number() -> None:
     first = make_series(3, TemporalPositionIdentifier=1)
     second = make_series(3, TemporalPositionIdentifier=2, value_offset=500)
