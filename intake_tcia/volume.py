@@ -203,6 +203,19 @@ class Volume:
         """numpy.ndarray: 3 x 3 unit vectors (columns) of the ``k``, ``j``, ``i`` axes in LPS."""
         return self.affine[:3, :3] / np.asarray(self.spacing)
 
+    def to_nifti(self, path: PathLike) -> Any:
+        """Write the voxels as a NIfTI-1 file (``.nii`` or ``.nii.gz``), LPS turned into RAS.
+
+        See :func:`intake_tcia.nifti.write_nifti` (needs the ``seg`` extra, nibabel).
+
+        Returns
+        -------
+        pathlib.Path
+        """
+        from .nifti import write_nifti
+
+        return write_nifti(self.array, self.affine, path)
+
     def coordinates(self) -> dict[str, np.ndarray]:
         """Voxel-centre coordinates in mm along each axis.
 

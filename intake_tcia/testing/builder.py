@@ -8,8 +8,11 @@ collection             host     content
 ``Pydicom-DICOMDIR``   main     ``dicomdirtests/`` as shipped: 2 patients, 6 studies, 13 series
                                 (CR, CT, MR), CC BY 4.0
 ``Pydicom-CT-Series``  main     1 patient: a 10-slice CT series made from ``CT_small`` (slice
-                                numbers run against the position, pixel values differ per slice)
-                                and a 3-slice MR series from ``MR_small``, CC BY 3.0
+                                numbers run against the position, pixel values differ per slice),
+                                a 3-slice MR series from ``MR_small`` and, referring to the CT,
+                                a SEG (2 segments, made by highdicom), an RTSTRUCT (2 ROIs, one
+                                with a hole) and an RTDOSE series of known content
+                                (:meth:`SampleArchive.annotation_truth`), CC BY 3.0
 ``NLST``               nlst     2 patients: two 6-slice CT studies from ``CT_small``; MR series
                                 in RLE, JPEG 2000 and JPEG-LS lossless from the ``MR_small``
                                 variants, CC BY-NC 4.0
@@ -226,6 +229,7 @@ class SampleArchive:
         self._lock = threading.Lock()
         self._instances: dict[str, list[tuple[str, Path]]] = {}
         self._new_names: dict[str, list[str]] = {}
+        self._truth: dict[str, np.ndarray] = {}
         self._table = pd.DataFrame(columns=list(TABLE_COLUMNS))
         self.version = 0
         self._build()
@@ -255,6 +259,27 @@ class SampleArchive:
         Metadata-only series (seeded) and unknown UIDs give an empty list.
         """
         return list(self._instances.get(series_uid, ()))
+
+    def annotation_truth(self, series_uid: str) -> np.ndarray:
+        """Return what an annotation series of the archive holds, on its CT's voxel grid.
+
+        Parameters
+        ----------
+        series_uid : str
+            A SEG or RTSTRUCT series (masks) or the RTDOSE series (dose).
+
+        Returns
+        -------
+        numpy.ndarray
+            SEG and RTSTRUCT: bool ``(segment, z, y, x)``; RTDOSE: float ``(z, y, x)`` in Gy. In
+            both, ``z`` ascends along the slice normal, as :mod:`intake_tcia.volume` orders it.
+
+        Raises
+        ------
+        KeyError
+            Not an annotation series of the archive.
+        """
+        return self._truth[series_uid].copy()
 
     def new_file_names(self, series_uid: str) -> list[str]:
         """Return the ``NewFileNames=Yes`` zip names of a series' files (``1-01.dcm``, ...)."""
@@ -378,6 +403,7 @@ class SampleArchive:
         for spec in _DERIVED:
             written += self._derive(base, *spec)
         self._index(written)
+        self._index(self._annotate("Pydicom-CT-Series", "PYCT-001", "s1", "ct"))
 
     def _derive(
         self, base: Path, collection: str, patient_id: str, study_key: str, study_date: str,
@@ -405,6 +431,44 @@ class SampleArchive:
                 pixels = template.pixel_array
                 ds.PixelData = (pixels.astype(np.int32) + 10 * i).astype(pixels.dtype).tobytes()
             path = folder / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+        return paths
+
+    def _annotate(self, collection: str, patient_id: str, study_key: str, series_key: str
+                  ) -> list[Path]:
+        """Write a SEG, an RTSTRUCT and an RTDOSE series referring to a derived image series,
+        recording their content in :meth:`annotation_truth`."""
+        from ._annotations import make_rtdose, make_rtstruct, make_seg, sample_annotations
+
+        image_uid = sample_uid(collection, patient_id, study_key, series_key)
+        sources = [pydicom.dcmread(path) for _, path in self._instances[image_uid]]
+        # InstanceNumber order; ascending position (the volume's z) is the reverse here
+        order = np.argsort([float(np.cross(*np.reshape(np.asarray(
+            ds.ImageOrientationPatient, float), (2, 3))) @ np.asarray(
+                ds.ImagePositionPatient, float)) for ds in sources])
+        truth = sample_annotations((len(sources), int(sources[0].Rows),
+                                    int(sources[0].Columns)))
+        folder = self.root / collection / f"{image_uid}-annotations"
+        folder.mkdir(parents=True, exist_ok=True)
+        uids = {kind: sample_uid(image_uid, kind) for kind in ("SEG", "RTSTRUCT", "RTDOSE")}
+        on_sources = truth.seg_masks[:, np.argsort(order)]  # [s, n]: mask on sources[n]
+        datasets = {
+            "SEG": make_seg(sources, on_sources, truth.seg_labels, series_uid=uids["SEG"],
+                            sop_uid=sample_uid(uids["SEG"], 0)),
+            "RTSTRUCT": make_rtstruct(sources, truth.rois(order), series_uid=uids["RTSTRUCT"],
+                                      sop_uid=sample_uid(uids["RTSTRUCT"], 0)),
+            "RTDOSE": make_rtdose(sources[order[0]], truth.dose_gy, **truth.dose_grid(
+                sources[order[0]]), series_uid=uids["RTDOSE"],
+                sop_uid=sample_uid(uids["RTDOSE"], 0)),
+        }
+        self._truth.update({uids["SEG"]: truth.seg_masks, uids["RTSTRUCT"]: truth.roi_masks,
+                            uids["RTDOSE"]: truth.dose_gy})
+        paths = []
+        for kind, ds in datasets.items():
+            ds.PatientName = f"{collection}^{patient_id}"
+            ds.StudyDescription = f"{collection} {study_key}"
+            path = folder / f"{kind}-{ds.SOPInstanceUID}.dcm"
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
         return paths
