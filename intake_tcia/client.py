@@ -591,6 +591,53 @@ class TCIAClient:
 
         return read_series(self, series_uid, collection=collection)
 
+    def annotations(self, series_uid: str, *, collection: str | None = None) -> pd.DataFrame:
+        """The SEG, RTSTRUCT and RTDOSE series that refer to an image series.
+
+        Looks among the series of the image's study (two getSeries queries) at each candidate's
+        header (from the cache, else one getDicomTags request): SEG and RTSTRUCT name the image
+        series they were made on; RTDOSE, which names none, counts when it shares the image's
+        Frame of Reference UID.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The getSeries columns of each annotation series, plus ``ReferencedSeriesInstanceUID``
+            (``series_uid``) and ``ReferencedBy`` (``"series"`` or ``"frame of reference"``);
+            empty, same columns, when nothing refers to it.
+
+        Raises
+        ------
+        TCIANotFoundError
+            No series ``series_uid``.
+        """
+        from ._references import annotations
+
+        return annotations(self, validate_uid(series_uid, "series_uid"), collection=collection)
+
+    def read_segmentation(
+        self, annotation_series_uid: str, *, collection: str | None = None, **options: Any
+    ) -> Any:
+        """A SEG or RTSTRUCT series as masks on the image series it refers to.
+
+        Both series are fetched once into the cache (see :meth:`fetch_series`), then read by
+        :func:`intake_tcia.segmentation.read_segmentation` (``**options``: ``stack``,
+        ``atol_mm``, ``threshold``, ``holes``).
+
+        Returns
+        -------
+        intake_tcia.segmentation.Segmentation
+
+        Raises
+        ------
+        intake_tcia.segmentation.SegmentationError
+            Not a SEG or RTSTRUCT series, or it names no single image series.
+        """
+        from ._references import read_annotation_series
+
+        uid = validate_uid(annotation_series_uid, "annotation_series_uid")
+        return read_annotation_series(self, uid, collection=collection, **options)
+
     def datacite(self, doi: str) -> dict[str, Any] | None:
         """The DataCite attributes of a DOI (title, creators, year, ...), or None if unknown."""
         doi = validate_text(doi, "doi")

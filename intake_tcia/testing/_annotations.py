@@ -226,6 +226,7 @@ def make_rtdose(
             setattr(ds, name, reference.get(name))
     ds.SeriesInstanceUID, ds.SeriesNumber = series_uid, series_number
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    del ds.ReferencedRTPlanSequence  # a plan the archive does not hold (and an invalid UID)
     ds.SeriesDate = reference.get("StudyDate", "")
     ds.SeriesDescription = "RTDOSE plan dose"
     stored = np.rint(np.asarray(dose_gy, float) / scaling).astype(np.uint32)
