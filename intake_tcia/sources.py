@@ -448,14 +448,20 @@ class TCIASeriesSource(_ClientSource, DataSource):
 
         Returns
         -------
-        xarray.DataArray
+        xarray.DataArray or xarray.Dataset
             attrs: Modality, UIDs, affine and spacing (from the files), Collection, DOI,
-            LicenseName and LicenseURI (from the series listing).
+            LicenseName and LicenseURI (from the series listing). A SEG or RTSTRUCT series
+            gives :meth:`segmentation`'s ``to_xarray()`` instead: a Dataset of the image it
+            refers to and the masks (``**options`` then go to :meth:`segmentation`).
         """
         from .volume import to_xarray
 
         import_optional("xarray", "xarray", "TCIASeriesSource.to_xarray")
         listing = self._listing()
+        if listing.get("Modality") in ("SEG", "RTSTRUCT"):
+            if lazy:
+                raise ValueError("a SEG or RTSTRUCT series reads eagerly: pass lazy=False")
+            return self.segmentation(**options).to_xarray()
         attrs = {
             "Collection": listing.get("Collection", self.collection),
             "DOI": listing.get("DataDescriptionURI"),
@@ -464,6 +470,27 @@ class TCIASeriesSource(_ClientSource, DataSource):
         }
         attrs = {k: v for k, v in attrs.items() if v is not None}
         return to_xarray(self.volume(lazy=lazy, **options), attrs=attrs)
+
+    def annotations(self) -> pd.DataFrame:
+        """The SEG, RTSTRUCT and RTDOSE series that refer to this one.
+
+        See :meth:`TCIAClient.annotations <intake_tcia.client.TCIAClient.annotations>`.
+        """
+        return self.client.annotations(self.series_uid, collection=self.collection)
+
+    def segmentation(self, **options: Any) -> Any:
+        """This SEG or RTSTRUCT series as masks on the image series it refers to.
+
+        See :meth:`TCIAClient.read_segmentation
+        <intake_tcia.client.TCIAClient.read_segmentation>` (``**options``: ``stack``,
+        ``atol_mm``, ``threshold``, ``holes``).
+
+        Returns
+        -------
+        intake_tcia.segmentation.Segmentation
+        """
+        return self.client.read_segmentation(self.series_uid, collection=self.collection,
+                                             **options)
 
     def _close(self) -> None:
         self._sorted_files = None

@@ -461,3 +461,25 @@ def test_a_plain_script_calling_a_parameterised_entry_prints_no_warning(env):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (done.stdout.strip(), done.stderr) == ("2", "")  # intake's getshell warning is gone
+
+
+def test_series_source_annotations_and_segmentation_sources(cat, env):
+    pytest.importorskip("highdicom")
+    xr = pytest.importorskip("xarray")
+    ct = _browse(cat, _row(env))
+    found = ct.annotations()
+    assert sorted(found["Modality"]) == ["RTDOSE", "RTSTRUCT", "SEG"]
+    for modality in ("SEG", "RTSTRUCT"):
+        row = _row(env, modality=modality)
+        src = _browse(cat, row)
+        seg = src.segmentation()
+        np.testing.assert_array_equal(
+            seg.masks, env.archive.annotation_truth(row["SeriesInstanceUID"]))
+        assert seg.image.metadata["SeriesInstanceUID"] == ct.series_uid
+        ds = src.to_xarray()
+        assert isinstance(ds, xr.Dataset) and ds["masks"].dims == ("segment", "z", "y", "x")
+        np.testing.assert_array_equal(ds["masks"].values, seg.masks)
+    dose_row = _row(env, modality="RTDOSE")
+    dose = _browse(cat, dose_row).to_xarray()
+    np.testing.assert_allclose(dose.values, env.archive.annotation_truth(
+        dose_row["SeriesInstanceUID"]), rtol=1e-6)

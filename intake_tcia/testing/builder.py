@@ -10,8 +10,9 @@ collection             host     content
 ``Pydicom-CT-Series``  main     1 patient: a 10-slice CT series made from ``CT_small`` (slice
                                 numbers run against the position, pixel values differ per slice),
                                 a 3-slice MR series from ``MR_small`` and, referring to the CT,
-                                a SEG (2 segments, made by highdicom), an RTSTRUCT (2 ROIs, one
-                                with a hole) and an RTDOSE series of known content
+                                a SEG (2 segments, made by highdicom: only when the ``seg``
+                                extra is installed), an RTSTRUCT (2 ROIs, one with a hole) and
+                                an RTDOSE series of known content
                                 (:meth:`SampleArchive.annotation_truth`), CC BY 3.0
 ``NLST``               nlst     2 patients: two 6-slice CT studies from ``CT_small``; MR series
                                 in RLE, JPEG 2000 and JPEG-LS lossless from the ``MR_small``
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import importlib.util
 import shutil
 import tempfile
 import threading
@@ -454,16 +456,17 @@ class SampleArchive:
         uids = {kind: sample_uid(image_uid, kind) for kind in ("SEG", "RTSTRUCT", "RTDOSE")}
         on_sources = truth.seg_masks[:, np.argsort(order)]  # [s, n]: mask on sources[n]
         datasets = {
-            "SEG": make_seg(sources, on_sources, truth.seg_labels, series_uid=uids["SEG"],
-                            sop_uid=sample_uid(uids["SEG"], 0)),
             "RTSTRUCT": make_rtstruct(sources, truth.rois(order), series_uid=uids["RTSTRUCT"],
                                       sop_uid=sample_uid(uids["RTSTRUCT"], 0)),
             "RTDOSE": make_rtdose(sources[order[0]], truth.dose_gy, **truth.dose_grid(
                 sources[order[0]]), series_uid=uids["RTDOSE"],
                 sop_uid=sample_uid(uids["RTDOSE"], 0)),
         }
-        self._truth.update({uids["SEG"]: truth.seg_masks, uids["RTSTRUCT"]: truth.roi_masks,
-                            uids["RTDOSE"]: truth.dose_gy})
+        self._truth.update({uids["RTSTRUCT"]: truth.roi_masks, uids["RTDOSE"]: truth.dose_gy})
+        if importlib.util.find_spec("highdicom") is not None:  # the seg extra
+            datasets["SEG"] = make_seg(sources, on_sources, truth.seg_labels,
+                                       series_uid=uids["SEG"], sop_uid=sample_uid(uids["SEG"], 0))
+            self._truth[uids["SEG"]] = truth.seg_masks
         paths = []
         for kind, ds in datasets.items():
             ds.PatientName = f"{collection}^{patient_id}"
