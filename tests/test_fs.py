@@ -328,7 +328,12 @@ def test_open_files_with_options(options, server):
     _, series_path, instances = _series(server, CT, "MR")
     patient = series_path.split("/")[1]
     files = fsspec.open_files(f"tcia://{CT}/{patient}/*/*/*.dcm", tcia=options)
-    assert len(files) == len(server.archive.instances(_series(server)[0]["SeriesInstanceUID"])) + 3
+    table = server.archive.series
+    in_patient = table[(table["Collection"] == CT) & (table["PatientID"] == patient)]
+    # the CT, the MR and the CT's SEG, RTSTRUCT and RTDOSE
+    assert len(files) == sum(len(server.archive.instances(uid))
+                             for uid in in_patient["SeriesInstanceUID"])
+    assert len(in_patient) == 5
     with files[0] as f:
         assert pydicom.dcmread(f).Modality in {"CT", "MR"}
     path = f"tcia://{series_path}/{instances[0][0]}.dcm"

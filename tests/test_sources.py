@@ -108,7 +108,8 @@ def test_patients_and_studies_parameters(cat, env):
 def test_query_discover_read_once_and_close(cat, env):
     src = cat.series(collection=CT)
     info = src.discover()
-    assert info["shape"] == (2, len(src.read().columns))
+    # CT, MR, and the SEG, RTSTRUCT and RTDOSE of the CT
+    assert info["shape"] == (5, len(src.read().columns))
     assert info["dtype"]["ImageCount"] == "Int64"
     assert info["metadata"]["parameters"] == {"collection": CT}
     src.read()
@@ -128,7 +129,8 @@ def test_query_to_dask(cat):
 
 def test_query_aliases_and_fixed_parameters(env):
     counts = TCIAQuerySource("getModalityValuesAndCounts", {"collection": CT}).read()
-    assert dict(zip(counts["Modality"], counts["Count"], strict=True)) == {"CT": 1, "MR": 1}
+    assert dict(zip(counts["Modality"], counts["Count"], strict=True)) == {
+        "CT": 1, "MR": 1, "SEG": 1, "RTSTRUCT": 1, "RTDOSE": 1}
     assert env.requests[-1].endpoint == "getModalityValuesAndCounts"
 
 

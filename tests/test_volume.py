@@ -455,8 +455,9 @@ def test_rt_dose_grid_frame_offsets() -> None:
     np.testing.assert_allclose(volume.positions - volume.positions[0],
                                np.sort(offsets) - offsets.min(), atol=1e-6)
     assert volume.spacing[0] == pytest.approx(5.0)
-    # DoseGridScaling is not a modality rescale: the stored values come back as they are.
-    np.testing.assert_array_equal(volume.array, ds.pixel_array[np.argsort(offsets)])
+    # Stored values times DoseGridScaling: dose (design.md: RTDOSE reads in Gy).
+    np.testing.assert_allclose(volume.array, ds.pixel_array[np.argsort(offsets)]
+                               * float(ds.DoseGridScaling), rtol=1e-6)
 
 
 # -- files, lazy, xarray ---------------------------------------------------------------------------
