@@ -624,7 +624,10 @@ def _sortable(key: StackKey) -> tuple[Any, ...]:
 def _orientation_groups(frames: Sequence[_Frame]) -> dict[StackKey, list[int]]:
     """Frame indices by (0020,0037) *Image Orientation (Patient)*, when every frame has one
     and they differ beyond :data:`ORIENTATION_ATOL`; else one group with key ``()``."""
-    if any(f.orientation is None for f in frames) or _has_geometry(frames):
+    if any(f.orientation is None for f in frames):
+        return {(): list(range(len(frames)))}
+    cosines = np.array([f.orientation for f in frames])
+    if np.all(np.abs(cosines - cosines[0]) <= ORIENTATION_ATOL):
         return {(): list(range(len(frames)))}
     groups: dict[StackKey, list[int]] = {}
     firsts: list[np.ndarray] = []

@@ -317,6 +317,9 @@ def test_stacks_differing_only_in_orientation_are_split() -> None:
     np.testing.assert_allclose(by_count[4][0][1], _oblique(40.0), atol=1e-4)
     with pytest.raises(VolumeGeometryError, match=r"2 stacks \(slices in 2 orientations\)"):
         volume_from_datasets(axial + oblique)
+    for ds in axial:  # one orientation, no positions: still one stack, keyed ()
+        del ds.ImagePositionPatient
+    assert list(split_stacks(axial)) == [()]
     volume = volume_from_datasets(shuffled(axial + oblique), stack=by_count[4])
     np.testing.assert_array_equal(volume.array[3], _pattern(3) + 7)
     np.testing.assert_allclose(volume.direction[:, 2], _oblique(40.0)[:3], atol=1e-6)
