@@ -113,7 +113,16 @@ class TCIAAuthError(TCIAHTTPError):
 
 
 class TCIAConnectionError(TCIAError, OSError):
-    """No usable answer: connection refused or reset, or a timeout, after every retry."""
+    """No usable answer: connection refused or reset, or a timeout, after every retry.
+
+    Attributes
+    ----------
+    permanent : bool
+        True when asking again cannot help (an unknown host, nothing listening at a URL that
+        never answered, a URL that cannot be asked); such errors are not retried.
+    """
+
+    permanent = False
 
 
 class TCIAResponseError(TCIAError, ValueError):
