@@ -177,7 +177,7 @@ class _HeaderDeadline:
             timer.start()
         try:
             response = super().getresponse()  # type: ignore[misc]
-        except OSError:
+        except Exception:  # OSError, or http.client's BadStatusLine on a status line cut short
             if expired.is_set():
                 raise TimeoutError(f"headers not received within {limit:g} s") from None
             raise

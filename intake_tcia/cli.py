@@ -9,8 +9,10 @@ usage error, 1 for anything else (a failed request, a malformed UID, a failed do
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -98,6 +100,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
+    with _verbose(getattr(args, "verbose", False), args.prog):
+        return _run(args)
+
+
+@contextmanager
+def _verbose(on: bool, prog: str) -> Iterator[None]:
+    """Print the library's INFO messages (retries) on stderr while the command runs, if ``on``."""
+    if not on:
+        yield
+        return
+    logger = logging.getLogger("intake_tcia")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names; exceptions become one ``error:`` line and a status."""
     try:
         return args.run(args)
     except UsageError as exc:
@@ -185,6 +212,8 @@ def _connection_options() -> argparse.ArgumentParser:
     group.add_argument("--api-url", metavar="URL", help="base URL of the NBIA v4 API")
     group.add_argument("--nlst-api-url", metavar="URL", help="base URL of the NLST host")
     group.add_argument("--cache-dir", type=Path, metavar="DIR", help="the series cache")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="print retries and other progress messages on stderr")
     return parent
 
 
