@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ._validate import validate_uid
+from ._validate import is_reserved_name, validate_uid
 from .cache import LICENSE_NAME, CachedInstance, CachedSeries, read_series_folder
 from .cache import write_record as _write_record
 from .errors import (
@@ -701,13 +701,14 @@ def _add_metadata(client: TCIAClient, requests: list[_Request], fields: set[str]
 
 
 def _field_text(value: Any) -> str:
-    """A metadata value as a safe folder name part (no separators, no leading dots)."""
+    """A metadata value as a safe folder name part (no separators, no leading dots, no name
+    Windows reserves: ``CON`` becomes ``_CON``)."""
     if value is None:
         return "unknown"
     if isinstance(value, pd.Timestamp):
         value = value.strftime("%Y-%m-%d")
     text = _UNSAFE_CHARACTERS.sub("_", str(value).strip()).lstrip(".")[:128]
-    return text or "_"
+    return "_" + text if is_reserved_name(text) else text or "_"
 
 
 def _series_folder(root: Path, layout: str, request: _Request) -> Path:

@@ -324,6 +324,17 @@ def test_layout_fields_cannot_escape_dest(
     assert server.count("getSeriesSize") == 0  # and the size, for the zip-bomb limit
 
 
+def test_windows_reserved_names_are_never_folder_names(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str, tmp_path: Path
+) -> None:
+    row = server.archive.series.set_index("SeriesInstanceUID").loc[[ct_uid]].reset_index()
+    row["Collection"] = "CON"
+    row["PatientID"] = "aux.txt"
+    table = client.download(row, tmp_path, progress=False)
+    parts = Path(table.loc[0, "path"]).relative_to(tmp_path).parts
+    assert parts[:2] == ("_CON", "_aux.txt")
+
+
 def test_dataframe_collection_routes_nlst(
     server: ArchiveServer, client: TCIAClient, tmp_path: Path
 ) -> None:
