@@ -399,3 +399,14 @@ def test_the_cli_error_for_an_unknown_host_is_one_short_line(capsys, tmp_path, m
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown host" in err[0] and len(err[0]) < 200
 
+
+
+def test_tcia_fs_lists_no_instance_path_it_could_not_open(hostile, tmp_path):
+    from intake_tcia.fs import TCIAFileSystem
+
+    body = b'[{"SOPInstanceUID": "../../x"}, {"SOPInstanceUID": "1.2.3.4"}]'
+    server = hostile(lambda h: answer(h, body=body))
+    fs = TCIAFileSystem(api_url=server.url + V4, nlst_api_url=server.url + V4,
+                        cache_dir=tmp_path, retries=0, skip_instance_cache=True)
+    names = fs.ls("C/P/1.2/1.2.3", detail=False)
+    assert names == ["C/P/1.2/1.2.3/1.2.3.4.dcm"]
