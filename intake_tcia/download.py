@@ -8,8 +8,8 @@ promised), each file is extracted while its MD5 is computed and compared with th
 MD5 or a lost connection is retried with exponential backoff; an unsafe zip is not.
 
 Many series (:func:`download`): a bounded pool of threads fetches what the cache lacks, then
-fills a folder layout under ``dest`` from the cache with hard links (copies across file
-systems), and returns one status row per series.
+fills a folder layout under ``dest`` from the cache with copies (reflinks where the file
+system has them; never hard links), and returns one status row per series.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import stat
 import string
 import sys
@@ -39,7 +38,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from ._validate import is_reserved_name, validate_uid
-from .cache import LICENSE_NAME, CachedInstance, CachedSeries, read_series_folder
+from .cache import (
+    LICENSE_NAME,
+    CachedInstance,
+    CachedSeries,
+    copy_file,
+    read_series_folder,
+    stamped,
+)
 from .cache import write_record as _write_record
 from .errors import (
     DownloadError,
@@ -609,7 +615,8 @@ def _download_one(
 
 
 def _place(series: CachedSeries, folder: Path) -> None:
-    """Hard-link (else copy) a cached series' files into ``folder``; its record last.
+    """Copy (reflink where possible, never hard-link) a cached series' files into ``folder``;
+    its record last. A file already there at its recorded size, and no link to the cache, stays.
 
     Call it with the series' lock held: temporaries left in ``folder`` by a run killed while
     placing are removed first.
@@ -622,18 +629,18 @@ def _place(series: CachedSeries, folder: Path) -> None:
         names.append(LICENSE_NAME)
     for name in names:
         source, target = series.path / name, folder / name
-        try:
-            if os.path.samefile(source, target):
+        with contextlib.suppress(OSError):
+            if not os.path.samefile(source, target) and (
+                target.stat().st_size == source.stat().st_size
+            ):
                 continue
-        except OSError:
-            pass
         temporary = folder / f".{name}.{secrets.token_hex(4)}.tmp"
         try:
-            os.link(source, temporary)
-        except OSError:  # another file system, or links not allowed
-            shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
-    _write_record(folder, replace(series, path=folder))
+            copy_file(source, temporary)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+    _write_record(folder, stamped(replace(series, path=folder)))
 
 
 def _requests(series: Any) -> list[_Request]:

@@ -11,6 +11,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from intake_tcia.cache import LICENSE_NAME, RECORD_NAME
@@ -214,7 +215,7 @@ def test_two_processes_fetch_one_series_once(
 # -- many series into a folder -------------------------------------------------------------------
 
 
-def test_download_layout_hard_links_and_statuses(
+def test_download_layout_copies_and_statuses(
     server: ArchiveServer, client: TCIAClient, tmp_path: Path
 ) -> None:
     uids = server.archive.series_uids(CT_COLLECTION) + server.archive.series_uids("NLST")[:1]
@@ -233,7 +234,8 @@ def test_download_layout_hard_links_and_statuses(
         cached = client.cache.get(row.SeriesInstanceUID)
         for source, placed in zip(cached.files, sorted(expected.glob("*.dcm")), strict=True):
             assert source.name == placed.name
-            assert os.stat(source).st_ino == os.stat(placed).st_ino  # hard link, no copy
+            assert os.stat(source).st_ino != os.stat(placed).st_ino  # a copy, never a link
+            assert source.read_bytes() == placed.read_bytes()
         assert (expected / LICENSE_NAME).exists()
     assert server.count("getImage") == len(uids)
     assert server.count("getSeriesMetadata") <= 2  # the layout's fields, all in one go per host
@@ -322,6 +324,42 @@ def test_layout_fields_cannot_escape_dest(
     assert len(list(path.glob("*.dcm"))) == 10
     assert server.count("getSeriesMetadata") == 0  # the DataFrame had every field
     assert server.count("getSeriesSize") == 0  # and the size, for the zip-bomb limit
+
+
+def test_editing_a_downloaded_file_leaves_the_verified_cache_alone(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str, tmp_path: Path
+) -> None:
+    table = client.download(ct_uid, tmp_path / "dest", progress=False)
+    placed = sorted(Path(table.loc[0, "path"]).glob("*.dcm"))[0]
+    ds = pydicom.dcmread(placed)
+    ds.PatientName = "Edited^InDest"
+    ds.save_as(placed)
+    cached = client.cache.get(ct_uid)
+    assert cached is not None
+    assert all(b"Edited^InDest" not in f.read_bytes() for f in cached.files)
+    assert client.cache.verify(ct_uid)
+    assert "Edited" not in str(client.read_series(ct_uid)[0].PatientName)
+
+
+def test_a_cached_file_changed_in_place_is_noticed_and_fetched_again(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str, tmp_path: Path
+) -> None:
+    cached = client.fetch_series(ct_uid)
+    victim = cached.files[0]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF  # same size
+    victim.write_bytes(bytes(data))
+    assert client.cache.get(ct_uid) is None  # its modification time gave it away
+    server.clear_log()
+    again = client.fetch_series(ct_uid)
+    assert server.count("getImage") == 1 and again.files[0].read_bytes() != bytes(data)
+    # a change that keeps size and mtime is found by the full re-hash, which drops the series
+    stat = again.files[0].stat()
+    again.files[0].write_bytes(bytes(data))
+    os.utime(again.files[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert client.cache.get(ct_uid) is not None
+    assert not client.cache.verify(ct_uid)
+    assert client.cache.get(ct_uid) is None
 
 
 def test_windows_reserved_names_are_never_folder_names(
