@@ -191,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--datacite-url", metavar="URL", help="base URL of the DataCite REST API "
                      "(default: INTAKE_TCIA_DATACITE_URL, else DataCite's)")
 
+    sub = command("verify", _verify, "re-hash cached series against their MD5s; a damaged "
+                  "series is removed, so it is fetched again when next used")
+    sub.add_argument("series_uids", nargs="*", metavar="UID", type=_uid,
+                     help="the series to check (default: every series in the cache)")
+
     sub = command("demo", _demo, "a tour of intake-tcia against the built-in sample archive "
                   "(offline; a temporary cache unless --cache-dir)")
     sub.add_argument("-o", "--output", type=Path, default=Path("intake-tcia-demo.png"),
@@ -401,6 +406,26 @@ def _cite(args: argparse.Namespace) -> int:
     else:
         _print_frame(table, args)
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Re-hash cached series; exit status 1 when any was damaged."""
+    from .cache import SeriesCache
+    from .config import Settings
+
+    cache = SeriesCache(Settings.from_env(cache_dir=getattr(args, "cache_dir", None)).cache_dir)
+    uids = args.series_uids or cache.series_uids()
+    bad = 0
+    for uid in uids:
+        if uid not in cache:
+            print(f"{args.prog}: not in the cache (or changed since): {uid}", file=sys.stderr)
+        elif not cache.verify(uid):
+            print(f"{args.prog}: damaged, removed from the cache: {uid}", file=sys.stderr)
+        else:
+            continue
+        bad += 1
+    print(f"{len(uids) - bad} of {len(uids)} series verified in {cache.root}")
+    return 1 if bad else 0
 
 
 def _demo(args: argparse.Namespace) -> int:
