@@ -299,12 +299,12 @@ def test_an_answer_cut_inside_its_headers_is_retried(hostile, tmp_path):
 
     server = hostile(cut_once)
     with client_for(server.url, tmp_path, retries=1, backoff_factor=0.01) as client:
-        assert list(client.patients()["PatientID"]) == ["P1"]
+        assert list(client.patients("C")["PatientID"]) == ["P1"]
     assert len(server.seen) == 2
     with client_for(server.url, tmp_path) as client:
         server.seen.clear()
         with pytest.raises(TCIAConnectionError, match="inside its headers"):
-            client.patients()
+            client.patients("C")
 
 
 @pytest.mark.slow
