@@ -18,6 +18,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -40,6 +41,7 @@ import pandas as pd
 from ._validate import is_reserved_name, validate_uid
 from .cache import (
     LICENSE_NAME,
+    RECORD_NAME,
     CachedInstance,
     CachedSeries,
     copy_file,
@@ -512,6 +514,7 @@ class _Request:
     metadata: dict[str, Any]
     cached: CachedSeries | None = None
     path: Path | None = None
+    problem: str | None = None  # why it cannot be placed (its folder), found before any fetch
 
 
 def download(
@@ -545,7 +548,11 @@ def download(
             request.metadata = {**request.cached.metadata, **request.metadata}
     _add_metadata(client, requests, fields - {"SeriesInstanceUID"})
     for request in requests:
-        request.path = _series_folder(root, layout, request)
+        try:
+            request.path = _series_folder(root, layout, request)
+        except ValueError as exc:  # e.g. a symbolic link of the user's leads out: this series only
+            request.problem = str(exc)
+    _refuse_shared_folders(requests, layout)
 
     bar = _ProgressBar(progress, requests)
     # `workers` zips arrive at once; as many more threads check and extract those that arrived.
@@ -586,7 +593,9 @@ def _download_one(
     client: TCIAClient, request: _Request, bar: _ProgressBar, slots: threading.Semaphore
 ) -> tuple[Any, ...]:
     """One status row: the series made complete in its folder, or the reason it failed."""
-    assert request.path is not None
+    if request.problem is not None or request.path is None:
+        bar.finish(request.uid)
+        return (request.uid, "failed", None, 0, 0, f"ValueError: {request.problem}")
     placed = read_series_folder(request.path, request.uid)
     if placed is not None:
         bar.finish(request.uid)
@@ -614,6 +623,29 @@ def _download_one(
     return (request.uid, status, str(request.path), len(series.instances), series.bytes, None)
 
 
+def _refuse_shared_folders(requests: list[_Request], layout: str) -> None:
+    """ValueError when the layout puts two series in one folder, or one inside another's
+    (``x/{SeriesInstanceUID}/..``, or ``{PatientID}{SeriesInstanceUID}`` where '1' + '23.45' and
+    '12' + '3.45' meet): the second would replace the first's files."""
+    owner: dict[Path, str] = {}
+    for request in requests:
+        if request.path is None:
+            continue
+        other = owner.setdefault(request.path, request.uid)
+        if other != request.uid:
+            raise ValueError(
+                f"layout {layout!r} puts series {other} and {request.uid} in one folder, "
+                f"{request.path}; use a layout that ends in /{{SeriesInstanceUID}}"
+            )
+    for request in requests:
+        for parent in request.path.parents if request.path is not None else ():
+            if parent in owner:
+                raise ValueError(
+                    f"layout {layout!r} puts series {request.uid} inside the folder of series "
+                    f"{owner[parent]} ({parent})"
+                )
+
+
 def _place(series: CachedSeries, folder: Path) -> None:
     """Copy (reflink where possible, never hard-link) a cached series' files into ``folder``;
     its record last. A file already there at its recorded size, and no link to the cache, stays.
@@ -622,6 +654,7 @@ def _place(series: CachedSeries, folder: Path) -> None:
     placing are removed first.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    _refuse_foreign_folder(series.series_uid, folder)
     for stale in folder.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
     names = [i.name for i in series.instances]
@@ -641,6 +674,18 @@ def _place(series: CachedSeries, folder: Path) -> None:
         finally:
             temporary.unlink(missing_ok=True)
     _write_record(folder, stamped(replace(series, path=folder)))
+
+
+def _refuse_foreign_folder(series_uid: str, folder: Path) -> None:
+    """ValueError when ``folder`` already holds another series (an earlier download whose
+    layout gave the same folder): its files are not replaced."""
+    try:
+        record = json.loads((folder / RECORD_NAME).read_text(encoding="utf-8"))
+        holder = record["series_uid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if holder != series_uid:
+        raise ValueError(f"{folder} already holds series {holder}; series {series_uid} not placed")
 
 
 def _requests(series: Any) -> list[_Request]:

@@ -11,6 +11,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pydicom
 import pytest
 
@@ -360,6 +361,43 @@ def test_a_cached_file_changed_in_place_is_noticed_and_fetched_again(
     assert client.cache.get(ct_uid) is not None
     assert not client.cache.verify(ct_uid)
     assert client.cache.get(ct_uid) is None
+
+
+def test_layouts_that_let_two_series_share_a_folder_are_refused(
+    server: ArchiveServer, client: TCIAClient, tmp_path: Path
+) -> None:
+    uids = server.archive.series_uids(CT_COLLECTION)[:2]
+    with pytest.raises(ValueError, match="in one folder"):
+        client.download(uids, tmp_path, layout="x/{SeriesInstanceUID}/..", progress=False)
+    glued = pd.DataFrame({"SeriesInstanceUID": ["23.45", "3.45"], "PatientID": ["1", "12"]})
+    with pytest.raises(ValueError, match="in one folder"):
+        client.download(glued, tmp_path, layout="{PatientID}{SeriesInstanceUID}", progress=False)
+    assert server.count() == 0
+    # across two calls: the second series is not put over the first
+    first = client.download(uids[0], tmp_path, layout="x/{SeriesInstanceUID}/..", progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "x").iterdir()}
+    second = client.download(uids[1], tmp_path, layout="x/{SeriesInstanceUID}/..",
+                             on_error="return", progress=False)
+    assert first.loc[0, "status"] == "downloaded" and second.loc[0, "status"] == "failed"
+    assert "already holds series" in second.loc[0, "error"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "x").iterdir()} == before
+
+
+def test_a_user_symlink_under_dest_fails_only_the_series_below_it(
+    server: ArchiveServer, client: TCIAClient, tmp_path: Path
+) -> None:
+    rows = server.archive.series.drop_duplicates("PatientID").head(2)
+    assert len(rows) == 2
+    dest, elsewhere = tmp_path / "dest", tmp_path / "elsewhere"
+    dest.mkdir()
+    elsewhere.mkdir()
+    (dest / rows.iloc[0]["PatientID"]).symlink_to(elsewhere)
+    table = client.download(rows, dest, layout="{PatientID}/{SeriesInstanceUID}",
+                            on_error="return", progress=False)
+    assert table["status"].tolist() == ["failed", "downloaded"]
+    assert "outside" in table.loc[0, "error"]
+    assert list(elsewhere.iterdir()) == []
+    assert server.count("getImage") == 1
 
 
 def test_windows_reserved_names_are_never_folder_names(
