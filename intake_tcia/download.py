@@ -52,7 +52,9 @@ from .cache import write_record as _write_record
 from .errors import (
     DownloadError,
     TCIAConnectionError,
+    TCIAError,
     TCIAIntegrityError,
+    TCIAStorageError,
     UnsafeArchiveError,
 )
 from .manifest import series_uid_values
@@ -99,6 +101,7 @@ _RATIO_MIN_SIZE = 1 << 20
 #: A zip may hold this much more than getSeriesSize promised (LICENSE, md5hashes.csv, drift).
 _SIZE_TOLERANCE = 0.5
 _SIZE_SLACK = 1 << 20
+_MAX_NAME_BYTES = 255  # a file name's limit on every common file system
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._+=@,-]+")
 
 Progress = Callable[[int], None]
@@ -179,15 +182,21 @@ def fetch_series(
         found = cache.get(uid)  # another thread or process may have fetched it meanwhile
         if found is not None:
             return found
-        limit = _size_limit(client, uid, metadata)
+        limit, count = _size_limit(client, uid, metadata)
         keep = {k: str(v) for k, v in metadata.items() if k in LAYOUT_FIELDS and v is not None}
-        return _fetch_with_retries(client, uid, limit, keep, progress or _ignore, slots)
+        try:
+            return _fetch_with_retries(client, uid, (limit, count), keep, progress or _ignore,
+                                       slots)
+        except OSError as exc:
+            if isinstance(exc, TCIAError):
+                raise
+            raise _storage_error(uid, exc) from exc
 
 
 def _fetch_with_retries(
     client: TCIAClient,
     uid: str,
-    limit: int,
+    limits: tuple[int, int],
     metadata: dict[str, str],
     progress: Progress,
     slots: threading.Semaphore | None,
@@ -197,7 +206,7 @@ def _fetch_with_retries(
         counter = _Counter(progress)
         try:
             with client.cache.staging(uid) as staging:
-                series = _fetch_once(client, uid, staging, limit, counter, budget, slots)
+                series = _fetch_once(client, uid, staging, limits, counter, budget, slots)
                 return client.cache.publish(replace(series, metadata=metadata))
         except BaseException as exc:
             counter.take_back()
@@ -211,7 +220,7 @@ def _fetch_with_retries(
                     TCIAConnectionError
                 )
                 raise kind(f"series {uid}: failed {budget.used + 1} time(s); last: {exc}") from exc
-            log.warning("series %s: %s; retrying in %.2f s", uid, exc, pause)
+            log.info("series %s: %s; retrying in %.2f s", uid, exc, pause)
         time.sleep(pause)
 
 
@@ -236,12 +245,14 @@ def _fetch_once(
     client: TCIAClient,
     uid: str,
     staging: Path,
-    limit: int,
+    limits: tuple[int, int],
     progress: Progress,
     budget: RetryBudget,
     slots: threading.Semaphore | None,
 ) -> CachedSeries:
-    """Stream the zip into ``staging``, then check, extract and verify it there."""
+    """Stream the zip into ``staging``, then check, extract and verify it there; ``limits``
+    are the most bytes and DICOM files the series may have."""
+    limit, count = limits
     zip_path = staging / "series.zip"
     params = {"SeriesInstanceUID": uid, "NewFileNames": "Yes", "IncludeMD5": "Yes"}
     transport = client._transport
@@ -270,18 +281,19 @@ def _fetch_once(
 
     client.on_series_host(uid, stream)
     folder = staging / "series"
-    series = extract_series(zip_path, folder, uid, limit=limit)
+    series = extract_series(zip_path, folder, uid, limit=limit, max_files=count)
     zip_path.unlink()
     return series
 
 
-def _size_limit(client: TCIAClient, uid: str, metadata: Mapping[str, Any]) -> int:
-    """The most bytes a series' zip may hold: getSeriesSize's promise plus a tolerance."""
+def _size_limit(client: TCIAClient, uid: str, metadata: Mapping[str, Any]) -> tuple[int, int]:
+    """The most bytes a series' zip may hold (getSeriesSize's promise plus a tolerance), and
+    the number of DICOM files it promises."""
     size, count = metadata.get("FileSize"), metadata.get("ImageCount")
     if size is None or count is None:
         promised = client.series_size(uid)
         size, count = promised["TotalSizeInBytes"], promised["ObjectCount"]
-    return int(int(size) * (1 + _SIZE_TOLERANCE)) + _SIZE_SLACK + 256 * int(count)
+    return int(int(size) * (1 + _SIZE_TOLERANCE)) + _SIZE_SLACK + 256 * int(count), int(count)
 
 
 def _plain(value: Any) -> Any:
@@ -368,10 +380,14 @@ def _name_problem(name: str) -> str | None:
         return "is in a folder (a series zip is flat)"
     if not name or name.startswith(".") or "\0" in name:
         return "is not a plain file name"
+    if len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES or is_reserved_name(name):
+        return "cannot be a file name (over 255 bytes, or a name Windows reserves)"
     return None
 
 
-def extract_series(zip_path: Path, folder: Path, uid: str, *, limit: int) -> CachedSeries:
+def extract_series(
+    zip_path: Path, folder: Path, uid: str, *, limit: int, max_files: int | None = None
+) -> CachedSeries:
     """Check a series zip, extract it into ``folder`` and verify every file's MD5.
 
     Parameters
@@ -384,6 +400,8 @@ def extract_series(zip_path: Path, folder: Path, uid: str, *, limit: int) -> Cac
         The series (named in errors).
     limit : int
         The most uncompressed bytes the zip may hold.
+    max_files : int, optional
+        The most DICOM files it may hold (getSeriesSize's ObjectCount).
 
     Returns
     -------
@@ -393,15 +411,22 @@ def extract_series(zip_path: Path, folder: Path, uid: str, *, limit: int) -> Cac
     Raises
     ------
     UnsafeArchiveError
-        See :func:`check_members`.
+        See :func:`check_members`; also for more DICOM files than ``max_files``.
     TCIAIntegrityError
-        If the zip is truncated or corrupt, has no ``md5hashes.csv``, or a file's MD5 differs
-        from it or is missing from it.
+        If the zip is truncated or corrupt, has no ``md5hashes.csv``, a file's MD5 differs
+        from it or is missing from it, a member is shorter or longer than its declared size,
+        or a file is not DICOM.
     """
     try:
         with zipfile.ZipFile(zip_path) as zf:
             members = zf.infolist()
             check_members(uid, members, limit)
+            files = [i for i in members if i.filename not in (MD5_MEMBER, LICENSE_NAME)]
+            if max_files is not None and len(files) > max_files:
+                raise UnsafeArchiveError(
+                    f"series {uid}: the zip holds {len(files)} files, getSeriesSize promised "
+                    f"{max_files}; refusing it"
+                )
             md5s = _read_md5s(zf, uid)
             folder.mkdir()
             instances = []
@@ -409,11 +434,13 @@ def extract_series(zip_path: Path, folder: Path, uid: str, *, limit: int) -> Cac
             for info in members:
                 if info.filename == MD5_MEMBER:
                     continue
-                digest = _extract_member(zf, info, folder / info.filename)
-                if info.filename == LICENSE_NAME:
-                    has_license = True
-                    continue
+                digest = _extract_member(zf, info, folder / info.filename, uid)
                 expected = md5s.pop(info.filename, None)
+                if info.filename == LICENSE_NAME:  # listed in md5hashes.csv or not
+                    has_license = True
+                    if expected is not None and digest != expected:
+                        raise TCIAIntegrityError(f"series {uid}: MD5 of {LICENSE_NAME} differs")
+                    continue
                 if expected is None:
                     raise TCIAIntegrityError(
                         f"series {uid}: {info.filename} has no MD5 in {MD5_MEMBER}"
@@ -424,6 +451,11 @@ def extract_series(zip_path: Path, folder: Path, uid: str, *, limit: int) -> Cac
                         f"{MD5_MEMBER} says {expected}"
                     )
                 sop = _sop_instance_uid(folder / info.filename)
+                if not sop and not _has_dicom_prefix(folder / info.filename):
+                    raise TCIAIntegrityError(
+                        f"series {uid}: {info.filename} is not DICOM (its MD5 matches, so the "
+                        "archive holds it so); refusing the series"
+                    )
                 instances.append(CachedInstance(info.filename, sop, info.file_size, digest))
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise TCIAIntegrityError(f"series {uid}: the zip is truncated or corrupt: {exc}") from exc
@@ -458,16 +490,37 @@ def _read_md5s(zf: zipfile.ZipFile, uid: str) -> dict[str, str]:
     return md5s
 
 
-def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> str:
-    """Copy one member to ``target`` (flushed to disk) and return its MD5 (hex)."""
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, uid: str) -> str:
+    """Copy one member to ``target`` (flushed to disk) and return its MD5 (hex);
+    TCIAIntegrityError when it holds other than its declared size."""
     digest = hashlib.md5(usedforsecurity=False)
+    size = 0
     with zf.open(info) as source, open(target, "xb") as sink:
         while chunk := source.read(_EXTRACT_CHUNK):
+            size += len(chunk)
             digest.update(chunk)
             sink.write(chunk)
         sink.flush()
         os.fsync(sink.fileno())
+    if size != info.file_size:
+        raise TCIAIntegrityError(
+            f"series {uid}: zip member {info.filename} holds {size} bytes, declares "
+            f"{info.file_size}"
+        )
     return digest.hexdigest()
+
+
+def _has_dicom_prefix(path: Path) -> bool:
+    """bool: the file starts with the 128-byte preamble and ``DICM`` (PS3.10 section 7.1)."""
+    with open(path, "rb") as f:
+        return f.read(132)[128:] == b"DICM"
+
+
+def _storage_error(uid: str, exc: OSError) -> TCIAStorageError:
+    """A file-system failure (no space, name too long, another device) naming series and path."""
+    where = exc.filename or "the cache or destination"
+    reason = exc.strerror or str(exc)
+    return TCIAStorageError(exc.errno or 0, f"series {uid}: {reason}: {where}")
 
 
 def _sop_instance_uid(path: Path) -> str:
@@ -614,7 +667,12 @@ def _download_one(
         )
         status = "cached" if request.cached is not None else "downloaded"
         with client.cache.lock(request.uid):
-            _place(series, request.path)
+            try:
+                _place(series, request.path)
+            except OSError as exc:
+                if isinstance(exc, TCIAError):
+                    raise
+                raise _storage_error(request.uid, exc) from exc
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row; the caller raises
         log.debug("series %s failed", request.uid, exc_info=True)
         bar.finish(request.uid)

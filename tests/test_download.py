@@ -485,8 +485,16 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+DICOM_LIKE = b"\0" * 128 + b"DICM" + b"\0" * 40  # the DICOM prefix, no SOPInstanceUID
+
+
+def _md5_csv(members: dict[str, bytes]) -> bytes:
+    rows = [f"{name},{hashlib.md5(body).hexdigest()}" for name, body in members.items()]
+    return ("Filename,MD5Hash\n" + "\n".join(rows) + "\n").encode()
+
+
 def test_a_zip_without_md5s_or_with_missing_files_is_refused(tmp_path: Path) -> None:
-    body = b"DICM" * 10
+    body = DICOM_LIKE
     bare = _zip(tmp_path / "a.zip", {"LICENSE": b"x", "1-1.dcm": body})
     with pytest.raises(TCIAIntegrityError, match="md5hashes.csv"):
         extract_series(bare, tmp_path / "a", "1.2.3", limit=10**6)
@@ -503,6 +511,61 @@ def test_a_zip_without_md5s_or_with_missing_files_is_refused(tmp_path: Path) -> 
     too_big = _zip(tmp_path / "d.zip", {"1-1.dcm": body})
     with pytest.raises(UnsafeArchiveError, match="zip bomb"):
         extract_series(too_big, tmp_path / "d", "1.2.3", limit=len(body) - 1)
+
+
+def test_md5hashes_listing_the_license_is_accepted(tmp_path: Path) -> None:
+    files = {"1-1.dcm": DICOM_LIKE, "LICENSE": b"CC BY 4.0"}
+    made = _zip(tmp_path / "a.zip", {**files, "md5hashes.csv": _md5_csv(files)})
+    series = extract_series(made, tmp_path / "a", "1.2.3", limit=10**6)
+    assert series.license_text == "CC BY 4.0" and len(series.instances) == 1
+
+
+def test_a_non_dicom_member_with_a_matching_md5_is_refused(tmp_path: Path) -> None:
+    files = {"1-1.dcm": b"<html>not an image</html>"}
+    made = _zip(tmp_path / "a.zip", {**files, "md5hashes.csv": _md5_csv(files)})
+    with pytest.raises(TCIAIntegrityError, match="not DICOM"):
+        extract_series(made, tmp_path / "a", "1.2.3", limit=10**6)
+
+
+def test_more_files_than_promised_are_refused(tmp_path: Path) -> None:
+    files = {f"1-{i}.dcm": DICOM_LIKE for i in range(3)}
+    made = _zip(tmp_path / "a.zip", {**files, "md5hashes.csv": _md5_csv(files)})
+    with pytest.raises(UnsafeArchiveError, match="promised 2"):
+        extract_series(made, tmp_path / "a", "1.2.3", limit=10**6, max_files=2)
+    assert len(extract_series(made, tmp_path / "b", "1.2.3", limit=10**6, max_files=3).instances)
+
+
+def test_a_member_shorter_than_it_declares_is_refused(tmp_path: Path) -> None:
+    files = {"1-1.dcm": DICOM_LIKE}
+    made = _zip(tmp_path / "a.zip", {**files, "md5hashes.csv": _md5_csv(files)})
+    data = bytearray(made.read_bytes())
+    size = len(DICOM_LIKE).to_bytes(4, "little")
+    bigger = (len(DICOM_LIKE) + 100).to_bytes(4, "little")
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = data.index(signature) + offset  # the first member's uncompressed size
+        assert data[at:at + 4] == size
+        data[at:at + 4] = bigger
+    made.write_bytes(bytes(data))
+    with pytest.raises(TCIAIntegrityError, match="holds 172 bytes, declares 272"):
+        extract_series(made, tmp_path / "a", "1.2.3", limit=10**6)
+
+
+def test_a_member_name_too_long_for_a_file_is_refused(tmp_path: Path) -> None:
+    files = {"x" * 300 + ".dcm": DICOM_LIKE}
+    made = _zip(tmp_path / "a.zip", {**files, "md5hashes.csv": _md5_csv(files)})
+    with pytest.raises(UnsafeArchiveError, match="over 255 bytes"):
+        extract_series(made, tmp_path / "a", "1.2.3", limit=10**6)
+
+
+def test_a_dest_the_file_system_refuses_is_a_storage_error_naming_series_and_path(
+    client: TCIAClient, ct_uid: str, tmp_path: Path
+) -> None:
+    layout = "{SeriesInstanceUID}" + "x" * 300  # a folder name over the 255-byte limit
+    dest = tmp_path / "dest"
+    table = client.download(ct_uid, dest, layout=layout, on_error="return", progress=False)
+    error = table.loc[0, "error"]
+    assert error.startswith("TCIAStorageError") and ct_uid in error and "xxxx" in error
+    assert not any(p.name.endswith(".tmp") for p in dest.rglob("*"))
 
 
 def test_download_clears_staging_left_by_dead_processes(
