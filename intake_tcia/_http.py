@@ -371,7 +371,7 @@ class Transport:
         *,
         budget: RetryBudget | None = None,
     ) -> Iterator[requests.Response]:
-        """Open a GET whose body is read by the caller (``iter_content``); closed on exit.
+        """Open a GET whose body is read by the caller (:meth:`iter_body`); closed on exit.
 
         Errors in the body itself (a reset, a short read) surface as
         :class:`TCIAConnectionError` from :meth:`iter_body`; a caller that retries them spends
@@ -383,28 +383,26 @@ class Transport:
         finally:
             response.close()
 
-    def iter_body(self, response: requests.Response, chunk_size: int = _CHUNK) -> Iterator[bytes]:
-        """Yield the body of a streamed response, mapping transport failures to TCIA errors."""
-        try:
-            yield from response.iter_content(chunk_size)
-        except requests.RequestException as exc:
-            raise TCIAConnectionError(f"connection lost reading {response.url}: {exc}") from exc
+    def iter_body(
+        self,
+        response: requests.Response,
+        chunk_size: int = _CHUNK,
+        *,
+        deadline: float | None = None,
+    ) -> Iterator[bytes]:
+        """Yield the body of a streamed response as it arrives, mapping transport failures to
+        TCIA errors.
 
-    def _iter_bounded(self, response: requests.Response, deadline: float) -> Iterator[bytes]:
-        """The body as it arrives (each read returns what is there), so that ``deadline``
-        (monotonic seconds) is checked however slowly the bytes come."""
+        Each read returns what is there (at most ``chunk_size`` bytes), so ``deadline``
+        (monotonic seconds; :class:`TCIAResponseError` once passed) holds however slowly the
+        bytes come.
+        """
         raw = response.raw
         try:
-            while True:
-                chunk = raw.read1(_CHUNK, decode_content=True)
-                if not chunk:
-                    return
+            while chunk := raw.read1(chunk_size, decode_content=True):
                 yield chunk
-                if time.monotonic() > deadline:
-                    raise TCIAResponseError(
-                        f"{response.url} was still sending after "
-                        f"{self.settings.query_timeout:g} s; giving up"
-                    )
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TCIAResponseError(f"{response.url} was still sending at its deadline")
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TCIAConnectionError(f"connection lost reading {response.url}: {exc}") from exc
 
@@ -458,7 +456,7 @@ class Transport:
             deadline = time.monotonic() + self.settings.query_timeout
             target = _Head(sink())
             try:
-                for chunk in self._iter_bounded(response, deadline):
+                for chunk in self.iter_body(response, deadline=deadline):
                     target.feed(chunk)
                     if target.size > limit:
                         raise TCIAResponseError(

@@ -54,6 +54,7 @@ from .errors import (
     TCIAConnectionError,
     TCIAError,
     TCIAIntegrityError,
+    TCIAResponseError,
     TCIAStorageError,
     UnsafeArchiveError,
 )
@@ -202,11 +203,13 @@ def _fetch_with_retries(
     slots: threading.Semaphore | None,
 ) -> CachedSeries:
     budget = client._transport.budget()  # one budget for statuses, resets and bad zips alike
+    deadline = time.monotonic() + client.settings.series_timeout  # retries included
     while True:
         counter = _Counter(progress)
         try:
             with client.cache.staging(uid) as staging:
-                series = _fetch_once(client, uid, staging, limits, counter, budget, slots)
+                series = _fetch_once(client, uid, staging, limits, counter, budget, slots,
+                                     deadline)
                 return client.cache.publish(replace(series, metadata=metadata))
         except BaseException as exc:
             counter.take_back()
@@ -215,6 +218,8 @@ def _fetch_with_retries(
             ):
                 raise
             pause = budget.spend()
+            if pause is not None and time.monotonic() + pause > deadline:
+                pause = None  # no time left for another attempt
             if pause is None:
                 kind = TCIAIntegrityError if isinstance(exc, TCIAIntegrityError) else (
                     TCIAConnectionError
@@ -249,9 +254,11 @@ def _fetch_once(
     progress: Progress,
     budget: RetryBudget,
     slots: threading.Semaphore | None,
+    deadline: float,
 ) -> CachedSeries:
     """Stream the zip into ``staging``, then check, extract and verify it there; ``limits``
-    are the most bytes and DICOM files the series may have."""
+    are the most bytes and DICOM files the series may have, ``deadline`` (monotonic seconds)
+    when the zip must have arrived."""
     limit, count = limits
     zip_path = staging / "series.zip"
     params = {"SeriesInstanceUID": uid, "NewFileNames": "Yes", "IncludeMD5": "Yes"}
@@ -266,7 +273,7 @@ def _fetch_once(
         ):
             size = 0
             try:
-                for chunk in transport.iter_body(response, _STREAM_CHUNK):
+                for chunk in transport.iter_body(response, _STREAM_CHUNK, deadline=deadline):
                     size += len(chunk)
                     if size > limit:
                         raise UnsafeArchiveError(
@@ -277,6 +284,11 @@ def _fetch_once(
                     progress(len(chunk))
             except TCIAConnectionError as exc:
                 raise _BodyLost(f"series {uid}: {exc}") from exc
+            except TCIAResponseError as exc:  # the deadline passed
+                raise TCIAResponseError(
+                    f"series {uid}: not received within series_timeout "
+                    f"({client.settings.series_timeout:g} s): {exc}"
+                ) from exc
             f.flush()
 
     client.on_series_host(uid, stream)

@@ -400,6 +400,20 @@ def test_a_user_symlink_under_dest_fails_only_the_series_below_it(
     assert server.count("getImage") == 1
 
 
+def test_a_slow_zip_meets_series_timeout(
+    server: ArchiveServer, ct_uid: str, tmp_path: Path
+) -> None:
+    client = TCIAClient(api_url=server.api_url, nlst_api_url=server.nlst_api_url,
+                        cache_dir=tmp_path / "cache", retries=2, series_timeout=1.0)
+    server.faults.bandwidth = 20_000  # the series' zip would take about 30 s
+    start = time.monotonic()
+    table = client.download(ct_uid, tmp_path / "dest", on_error="return", progress=False)
+    server.faults.bandwidth = None
+    assert time.monotonic() - start < 6
+    assert "series_timeout" in table.loc[0, "error"] and table.loc[0, "status"] == "failed"
+    assert client.cache.get(ct_uid) is None
+
+
 def test_windows_reserved_names_are_never_folder_names(
     server: ArchiveServer, client: TCIAClient, ct_uid: str, tmp_path: Path
 ) -> None:
