@@ -6,19 +6,36 @@ draws from: 429 and 5xx answers (waiting as Retry-After says, up to ``max_backof
 timed-out connections, and bodies cut off mid-way. So an operation never makes more than
 ``1 + retries`` requests, whatever the mix of failures. Every failure leaves as a
 :class:`~intake_tcia.errors.TCIAError`; no requests or urllib3 exception escapes.
+
+What cannot mend itself fails at once, unretried: an unknown host name, a refused connection to
+a host that has never answered (a mistyped URL, not a restarting server), a URL of another
+scheme, 4xx answers other than 408 and 429, too many redirects. Retries are logged at INFO on
+the ``intake_tcia`` logger.
+
+Bounds: the status line and headers must arrive within ``read_timeout`` in all (not only
+between two bytes); a metadata answer must arrive within ``query_timeout`` and hold at most
+``max_answer_bytes``; an answer cut inside its headers is a lost connection, retried. Redirects
+are followed here, at most :data:`MAX_REDIRECTS`, and every hop is asked anew so the credential
+policy of :mod:`intake_tcia._auth` decides for its own URL.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
 from . import __version__
@@ -32,12 +49,15 @@ from .errors import (
     TCIAResponseError,
 )
 
-__all__ = ["Transport", "RetryBudget", "RETRY_STATUSES"]
+__all__ = ["Transport", "RetryBudget", "RETRY_STATUSES", "MAX_REDIRECTS"]
 
 log = logging.getLogger("intake_tcia")
 
-#: Statuses worth asking again: rate limiting and passing server trouble.
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Statuses worth asking again: a request timeout, rate limiting and passing server trouble.
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: Redirects followed for one request before giving up.
+MAX_REDIRECTS = 10
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 # What NBIA answers (with status 400) for a UID it does not hold or will not show.
 _NOT_FOUND_MARKERS = ("not been granted the access", "is not in public domain")
@@ -132,6 +152,71 @@ def _error_for(status: int, text: str, url: str) -> TCIAHTTPError:
     return TCIAHTTPError(status, text, url)
 
 
+class _HeaderDeadline:
+    """Mixin of urllib3 connections: the status line and headers must arrive within the read
+    timeout in all, however slowly they trickle (the socket timeout bounds only each wait)."""
+
+    timeout: Any
+    sock: socket.socket | None
+
+    def getresponse(self) -> Any:
+        limit = self.timeout if isinstance(self.timeout, (int, float)) else None
+        expired = threading.Event()
+
+        def cut() -> None:
+            expired.set()
+            if self.sock is not None:
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(limit, cut) if limit else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            response = super().getresponse()  # type: ignore[misc]
+        except Exception:  # OSError, or http.client's BadStatusLine on a status line cut short
+            if expired.is_set():
+                raise TimeoutError(f"headers not received within {limit:g} s") from None
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if expired.is_set():
+            response.close()
+            raise TimeoutError(f"headers not received within {limit:g} s")
+        return response
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = type("_Connection", (_HeaderDeadline, HTTPConnection), {})
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = type("_SConnection", (_HeaderDeadline, HTTPSConnection), {})
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter with :class:`_HeaderDeadline` connections."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname or "", parts.port
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """The urllib3 reason inside a requests exception (MaxRetryError.reason), if any."""
+    inner = exc.args[0] if exc.args else None
+    return getattr(inner, "reason", inner) if isinstance(inner, BaseException) else None
+
+
 class Transport:
     """A pooled HTTP session with timeouts, retries and intake-tcia's error mapping.
 
@@ -162,10 +247,11 @@ class Transport:
         if self.session.auth is None:
             self.session.auth = auth
         # Retries are counted here, per operation (RetryBudget), not by urllib3 per request.
-        adapter = HTTPAdapter(max_retries=0, pool_maxsize=max(10, 2 * settings.workers))
+        adapter = _Adapter(max_retries=0, pool_maxsize=max(10, 2 * settings.workers))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.setdefault("User-Agent", f"intake-tcia/{__version__}")
+        self._answered: set[tuple[str, str, int | None]] = set()  # origins that have answered
 
     @property
     def timeout(self) -> tuple[float, float]:
@@ -189,17 +275,17 @@ class Transport:
             url, params = self.route(url, params)
         while True:
             try:
-                response = self.session.request(
-                    method, url, params=params, data=data, stream=True, timeout=self.timeout
-                )
+                response = self._follow(method, url, params, data)
             except requests.RequestException as exc:
-                failure = (
-                    "timed out asking" if isinstance(exc, requests.Timeout) else "could not reach"
-                )
-                error = TCIAConnectionError(f"{failure} {_full_url(url, params)}: {exc}")
-                pause = budget.spend()
+                error = self._connection_error(exc, url, params)
+                pause = None if error.permanent else budget.spend()
                 if pause is None:
                     raise error from exc
+            except TCIAConnectionError as exc:
+                error = exc
+                pause = budget.spend()
+                if pause is None:
+                    raise
             else:
                 if response.status_code < 400:
                     return response
@@ -207,10 +293,66 @@ class Transport:
                 if response.status_code not in RETRY_STATUSES or pause is None:
                     raise self._error(response)
                 error = self._error(response)
-            log.warning(
+            log.info(
                 "%s; retry %d of %d in %.2f s", error, budget.used, budget.settings.retries, pause
             )
             time.sleep(pause)
+
+    def _follow(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        data: Mapping[str, str] | None,
+    ) -> requests.Response:
+        """One answer that is no redirect: redirects are followed here, each hop a new request
+        (so credentials are chosen for its own URL), at most :data:`MAX_REDIRECTS`."""
+        first = url
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self.session.request(
+                method, url, params=params, data=data, stream=True, timeout=self.timeout,
+                allow_redirects=False,
+            )
+            self._answered.add(_origin(url))
+            if not response.headers:
+                response.close()
+                raise TCIAConnectionError(f"the answer from {response.url} ended inside its headers")
+            location = response.headers.get("Location")
+            if response.status_code not in _REDIRECTS or location is None:
+                return response
+            response.close()
+            url, params = urljoin(response.url, location), None
+            if response.status_code in (301, 302, 303) and method != "GET":
+                method, data = "GET", None
+        raise TCIAHTTPError(
+            response.status_code, f"more than {MAX_REDIRECTS} redirects (a loop?); last to {url}",
+            _full_url(first, None),
+        )
+
+    def _connection_error(
+        self, exc: requests.RequestException, url: str, params: Mapping[str, str] | None
+    ) -> TCIAConnectionError:
+        """The TCIA error for a failed request, ``.permanent`` when asking again cannot help."""
+        cause = _cause(exc)
+        full = _full_url(url, params)
+        permanent = None
+        if isinstance(exc, (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
+                            requests.exceptions.MissingSchema)):
+            permanent = "cannot ask"
+        elif isinstance(cause, urllib3.exceptions.NameResolutionError):
+            permanent = f"unknown host {urlsplit(url).hostname!r}: cannot ask"
+        elif (
+            isinstance(cause, urllib3.exceptions.NewConnectionError)
+            and isinstance(cause.__cause__, ConnectionRefusedError)
+            and _origin(url) not in self._answered
+        ):
+            permanent = "connection refused: nothing listens at"
+        failure = permanent or (
+            "timed out asking" if isinstance(exc, requests.Timeout) else "could not reach"
+        )
+        error = TCIAConnectionError(f"{failure} {full}" if permanent else f"{failure} {full}: {exc}")
+        error.permanent = permanent is not None
+        return error
 
     @staticmethod
     def _error(response: requests.Response) -> TCIAHTTPError:
@@ -229,7 +371,7 @@ class Transport:
         *,
         budget: RetryBudget | None = None,
     ) -> Iterator[requests.Response]:
-        """Open a GET whose body is read by the caller (``iter_content``); closed on exit.
+        """Open a GET whose body is read by the caller (:meth:`iter_body`); closed on exit.
 
         Errors in the body itself (a reset, a short read) surface as
         :class:`TCIAConnectionError` from :meth:`iter_body`; a caller that retries them spends
@@ -241,11 +383,27 @@ class Transport:
         finally:
             response.close()
 
-    def iter_body(self, response: requests.Response, chunk_size: int = _CHUNK) -> Iterator[bytes]:
-        """Yield the body of a streamed response, mapping transport failures to TCIA errors."""
+    def iter_body(
+        self,
+        response: requests.Response,
+        chunk_size: int = _CHUNK,
+        *,
+        deadline: float | None = None,
+    ) -> Iterator[bytes]:
+        """Yield the body of a streamed response as it arrives, mapping transport failures to
+        TCIA errors.
+
+        Each read returns what is there (at most ``chunk_size`` bytes), so ``deadline``
+        (monotonic seconds; :class:`TCIAResponseError` once passed) holds however slowly the
+        bytes come.
+        """
+        raw = response.raw
         try:
-            yield from response.iter_content(chunk_size)
-        except requests.RequestException as exc:
+            while chunk := raw.read1(chunk_size, decode_content=True):
+                yield chunk
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TCIAResponseError(f"{response.url} was still sending at its deadline")
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TCIAConnectionError(f"connection lost reading {response.url}: {exc}") from exc
 
     def fetch(
@@ -288,27 +446,29 @@ class Transport:
     ) -> tuple[_Head, str]:
         """Feed a whole answer into a new ``sink()``, asking again when a body is cut off mid-way.
 
-        The body must arrive within ``settings.query_timeout`` seconds in all.
+        Each answer must arrive within ``settings.query_timeout`` seconds in all and hold at
+        most ``settings.max_answer_bytes`` bytes.
         """
         budget = self.budget()
+        limit = self.settings.max_answer_bytes
         while True:
             response = self._send(method, url, params, data, budget)
+            deadline = time.monotonic() + self.settings.query_timeout
             target = _Head(sink())
             try:
-                deadline = time.monotonic() + self.settings.query_timeout
-                for chunk in self.iter_body(response):
+                for chunk in self.iter_body(response, deadline=deadline):
                     target.feed(chunk)
-                    if time.monotonic() > deadline:
+                    if target.size > limit:
                         raise TCIAResponseError(
-                            f"{response.url} was still sending after "
-                            f"{self.settings.query_timeout:g} s ({target.size} bytes); giving up"
+                            f"{response.url} sent more than {limit} bytes (max_answer_bytes); "
+                            "giving up"
                         )
                 return target, response.headers.get("Content-Type", "")
             except TCIAConnectionError as exc:
                 pause = budget.spend()
                 if pause is None:
                     raise
-                log.warning("%s; retrying in %.2f s", exc, pause)
+                log.info("%s; retrying in %.2f s", exc, pause)
                 time.sleep(pause)
             finally:
                 response.close()

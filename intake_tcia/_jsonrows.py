@@ -39,16 +39,21 @@ class JSONRows:
         self.rows: list[Any] = []
 
     def feed(self, data: bytes) -> None:
-        """Take the next bytes of the body and parse the rows they complete."""
-        self._text += self._decoder.decode(data)
+        """Take the next bytes of the body and parse the rows they complete.
+
+        Linear in the body: leading white space is dropped as it arrives, and only the new text
+        is searched for the end of a row.
+        """
+        new = self._decoder.decode(data)
         if self._state == "start":
-            text = self._text.lstrip(_SPACE)
-            if not text:
+            new = new.lstrip(_SPACE)
+            if not new:
                 return
-            self._state = "rows" if text[0] == "[" else "whole"
-            self._text = text[1:] if self._state == "rows" else text
+            self._state = "rows" if new[0] == "[" else "whole"
+            new = new[1:] if self._state == "rows" else new
+        self._text += new
         if self._state == "rows" and len(self._text) >= self._retry_at:
-            self._parse_batch()
+            self._parse_batch(len(self._text) - len(new))
 
     def close(self) -> list[Any]:
         """Parse what is left and return the rows; ``ValueError`` if the body is not JSON."""
@@ -64,8 +69,10 @@ class JSONRows:
         self.rows.extend(json.loads("[" + rest))  # rest ends with the array's "]"
         return self.rows
 
-    def _parse_batch(self) -> None:
-        end = self._text.rfind("}") + 1
+    def _parse_batch(self, new_from: int) -> None:
+        """Parse the rows up to the last ``}``; when the new text (from ``new_from``) has none,
+        an earlier attempt already saw the same one."""
+        end = self._text.rfind("}", new_from if self._retry_at == 0 else 0) + 1
         if end == 0:
             return
         try:

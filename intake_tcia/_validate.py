@@ -6,7 +6,14 @@ import datetime as dt
 import re
 from typing import Any
 
-__all__ = ["validate_uid", "validate_text", "validate_date", "format_query_date"]
+__all__ = [
+    "validate_uid",
+    "validate_text",
+    "validate_date",
+    "format_query_date",
+    "is_reserved_name",
+    "validate_file_name",
+]
 
 # A DICOM UID (PS3.5 section 9.1): numeric components separated by ".", at most 64 characters.
 # The standard also forbids leading zeros ("1.02"), but archives hold such UIDs from real
@@ -16,6 +23,36 @@ _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _UID_MAX_LENGTH = 64
 _ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 _US_DATE = re.compile(r"([0-9]{2})-([0-9]{2})-([0-9]{4})")
+# Names Windows gives to devices, with any extension ("aux.txt"), in any case.
+_RESERVED = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?", re.IGNORECASE)
+
+
+def is_reserved_name(name: str) -> bool:
+    """bool: True for a name Windows reserves for a device (``CON``, ``aux.txt``, ``com1``)."""
+    return _RESERVED.fullmatch(name.rstrip(" .")) is not None
+
+
+def validate_file_name(value: str, name: str) -> str:
+    """Check that ``value`` is one plain file name, safe on every platform, and return it.
+
+    Raises
+    ------
+    ValueError
+        For a path (``/`` or ``\\``), ``.`` or ``..``, a control character, a name Windows
+        reserves, or more than 255 characters.
+    """
+    problem = None
+    if not value or value in (".", "..") or "/" in value or "\\" in value:
+        problem = "is not a plain file name"
+    elif any(ord(ch) < 32 for ch in value) or ":" in value:
+        problem = "holds a control character or ':'"
+    elif is_reserved_name(value):
+        problem = "is a name Windows reserves for a device"
+    elif len(value.encode()) > 255:
+        problem = "is longer than 255 bytes"
+    if problem:
+        raise ValueError(f"{name} {value[:100]!r} {problem}")
+    return value
 
 
 def validate_uid(value: Any, name: str = "SeriesInstanceUID") -> str:

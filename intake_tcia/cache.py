@@ -13,18 +13,25 @@ A series is built in its own staging folder, verified there, and published by re
 folder into ``series/`` (the same file system, so the rename is atomic). Finding a cached series
 reads its record and stats its files: no request. Staging folders of dead processes are removed
 once nobody holds their series' lock.
+
+The cache cannot be changed through a download destination: ``dest`` gets copies (reflinks
+where the file system has them, :func:`copy_file`), never hard links. A cached file changed
+anyway (size or modification time other than recorded) makes its series count as absent, so it
+is fetched again; :meth:`SeriesCache.verify` re-hashes every file on request (``intake-tcia
+verify``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import secrets
 import shutil
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +39,15 @@ from filelock import FileLock, Timeout
 
 from ._validate import validate_uid
 
-__all__ = ["CachedInstance", "CachedSeries", "SeriesCache", "RECORD_NAME", "LICENSE_NAME"]
+__all__ = [
+    "CachedInstance",
+    "CachedSeries",
+    "SeriesCache",
+    "RECORD_NAME",
+    "LICENSE_NAME",
+    "copy_file",
+    "stamped",
+]
 
 log = logging.getLogger("intake_tcia")
 
@@ -57,12 +72,16 @@ class CachedInstance:
         Its size in bytes.
     md5 : str
         Its MD5 digest (hex), as the server published and the download verified.
+    mtime_ns : int, optional
+        Its modification time when it was recorded (nanoseconds); a file with another one has
+        been changed.
     """
 
     name: str
     sop_instance_uid: str
     size: int
     md5: str
+    mtime_ns: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -115,7 +134,7 @@ class CachedSeries:
             "series_uid": self.series_uid,
             "instances": [
                 {"name": i.name, "sop_instance_uid": i.sop_instance_uid, "size": i.size,
-                 "md5": i.md5}
+                 "md5": i.md5, "mtime_ns": i.mtime_ns}
                 for i in self.instances
             ],
             "license": LICENSE_NAME if self.license_text is not None else None,
@@ -124,7 +143,8 @@ class CachedSeries:
 
 
 def read_series_folder(folder: Path, series_uid: str | None = None) -> CachedSeries | None:
-    """The series a folder holds according to its record, if every file is there at its size.
+    """The series a folder holds according to its record, if every file is there at its size
+    and recorded modification time.
 
     Parameters
     ----------
@@ -137,7 +157,7 @@ def read_series_folder(folder: Path, series_uid: str | None = None) -> CachedSer
     -------
     CachedSeries or None
         None when the record is missing, unreadable or for another series, or a file is
-        missing or has another size.
+        missing or has another size or modification time (it was changed after it was verified).
     """
     try:
         record = json.loads((folder / RECORD_NAME).read_text(encoding="utf-8"))
@@ -147,7 +167,9 @@ def read_series_folder(folder: Path, series_uid: str | None = None) -> CachedSer
             return None
         instances = tuple(CachedInstance(**item) for item in record["instances"])
         for instance in instances:
-            if (folder / instance.name).stat().st_size != instance.size:
+            stat = (folder / instance.name).stat()
+            if stat.st_size != instance.size or instance.mtime_ns not in (None, stat.st_mtime_ns):
+                log.info("%s changed after it was verified", folder / instance.name)
                 return None
         license_text = None
         if record.get("license"):
@@ -157,6 +179,40 @@ def read_series_folder(folder: Path, series_uid: str | None = None) -> CachedSer
     return CachedSeries(
         record["series_uid"], folder, instances, license_text, dict(record.get("metadata") or {})
     )
+
+
+def stamped(series: CachedSeries) -> CachedSeries:
+    """``series`` with the modification time of each of its files as they are now."""
+    instances = tuple(
+        replace(i, mtime_ns=(series.path / i.name).stat().st_mtime_ns) for i in series.instances
+    )
+    return replace(series, instances=instances)
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to a new file ``target``: a reflink where the file system has them
+    (Linux FICLONE), else a plain copy. Never a hard link, so ``target`` can be edited without
+    changing ``source``."""
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        try:
+            import fcntl
+
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+            return
+        except (ImportError, OSError):
+            pass
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+_FICLONE = 0x40049409  # Linux ioctl: share the source's extents (btrfs, XFS, bcachefs)
+
+
+def _md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_record(folder: Path, series: CachedSeries) -> None:
@@ -247,6 +303,7 @@ class SeriesCache:
         CachedSeries
             The same series, at its place in the cache.
         """
+        series = stamped(series)
         write_record(series.path, series)
         fsync_dir(series.path)
         target = self.series_path(series.series_uid)
@@ -258,6 +315,33 @@ class SeriesCache:
         return CachedSeries(
             series.series_uid, target, series.instances, series.license_text, series.metadata
         )
+
+    def verify(self, series_uid: str) -> bool:
+        """Re-hash every file of a cached series against its recorded MD5 (under its lock).
+
+        A series that fails is removed from the cache, so the next use fetches it again.
+
+        Returns
+        -------
+        bool
+            True if the series is cached and every file matches; False if it is not cached or
+            was damaged (and is now removed).
+        """
+        with self.lock(series_uid):
+            series = self.get(series_uid)
+            if series is None:
+                return False
+            bad = [i.name for i in series.instances if _md5_of(series.path / i.name) != i.md5]
+        if bad:
+            log.warning("series %s: %d file(s) changed in the cache (%s); removed",
+                        series_uid, len(bad), ", ".join(bad[:3]))
+            self.remove(series_uid)
+        return not bad
+
+    def series_uids(self) -> list[str]:
+        """list of str: the UIDs of the series published in the cache (checked or not)."""
+        folder = self.root / "series"
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
     def remove(self, series_uid: str) -> bool:
         """Remove a series from the cache (under its lock); True if it was there."""

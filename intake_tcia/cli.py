@@ -9,8 +9,10 @@ usage error, 1 for anything else (a failed request, a malformed UID, a failed do
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -98,6 +100,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
+    with _verbose(getattr(args, "verbose", False), args.prog):
+        return _run(args)
+
+
+@contextmanager
+def _verbose(on: bool, prog: str) -> Iterator[None]:
+    """Print the library's INFO messages (retries) on stderr while the command runs, if ``on``."""
+    if not on:
+        yield
+        return
+    logger = logging.getLogger("intake_tcia")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names; exceptions become one ``error:`` line and a status."""
     try:
         return args.run(args)
     except UsageError as exc:
@@ -164,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--datacite-url", metavar="URL", help="base URL of the DataCite REST API "
                      "(default: INTAKE_TCIA_DATACITE_URL, else DataCite's)")
 
+    sub = command("verify", _verify, "re-hash cached series against their MD5s; a damaged "
+                  "series is removed, so it is fetched again when next used")
+    sub.add_argument("series_uids", nargs="*", metavar="UID", type=_uid,
+                     help="the series to check (default: every series in the cache)")
+
     sub = command("demo", _demo, "a tour of intake-tcia against the built-in sample archive "
                   "(offline; a temporary cache unless --cache-dir)")
     sub.add_argument("-o", "--output", type=Path, default=Path("intake-tcia-demo.png"),
@@ -185,6 +217,8 @@ def _connection_options() -> argparse.ArgumentParser:
     group.add_argument("--api-url", metavar="URL", help="base URL of the NBIA v4 API")
     group.add_argument("--nlst-api-url", metavar="URL", help="base URL of the NLST host")
     group.add_argument("--cache-dir", type=Path, metavar="DIR", help="the series cache")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="print retries and other progress messages on stderr")
     return parent
 
 
@@ -372,6 +406,26 @@ def _cite(args: argparse.Namespace) -> int:
     else:
         _print_frame(table, args)
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Re-hash cached series; exit status 1 when any was damaged."""
+    from .cache import SeriesCache
+    from .config import Settings
+
+    cache = SeriesCache(Settings.from_env(cache_dir=getattr(args, "cache_dir", None)).cache_dir)
+    uids = args.series_uids or cache.series_uids()
+    bad = 0
+    for uid in uids:
+        if uid not in cache:
+            print(f"{args.prog}: not in the cache (or changed since): {uid}", file=sys.stderr)
+        elif not cache.verify(uid):
+            print(f"{args.prog}: damaged, removed from the cache: {uid}", file=sys.stderr)
+        else:
+            continue
+        bad += 1
+    print(f"{len(uids) - bad} of {len(uids)} series verified in {cache.root}")
+    return 1 if bad else 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import platformdirs
 
@@ -31,9 +33,13 @@ _ENVIRONMENT = {
     "api_key": "INTAKE_TCIA_API_KEY",
     "username": "INTAKE_TCIA_USERNAME",
     "password": "INTAKE_TCIA_PASSWORD",
+    "nlst_username": "INTAKE_TCIA_NLST_USERNAME",
+    "nlst_password": "INTAKE_TCIA_NLST_PASSWORD",
 }
 #: Settings that are secrets: never in repr, str, logs or pickles (re-read from the environment).
-SECRETS = ("api_key", "username", "password")
+SECRETS = ("api_key", "username", "password", "nlst_username", "nlst_password")
+_URLS = ("api_url", "nlst_api_url", "datacite_url")
+_POSITIVE = ("connect_timeout", "read_timeout", "query_timeout", "series_timeout")
 
 
 def is_nlst(collection: str | None) -> bool:
@@ -45,8 +51,27 @@ def _default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("intake-tcia", appauthor=False))
 
 
-def _with_slash(url: str) -> str:
-    return url if url.endswith("/") else url + "/"
+def _base_url(name: str, url: Any) -> str:
+    """``url`` ending in ``/``; ValueError unless it is an http(s) URL with a host."""
+    text = str(url)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{name} must be an http:// or https:// URL with a host name, not {text[:200]!r}"
+        )
+    return text if text.endswith("/") else text + "/"
+
+
+def _check_secret(name: str, value: str | None) -> str | None:
+    """A secret as it can be sent in a header or form, or ValueError (never showing it)."""
+    if value is None:
+        return None
+    value = str(value)
+    if name == "api_key":
+        value = value.strip()  # a key read from a file keeps its newline
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError(f"{name} holds a line break or another control character (not shown)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -62,7 +87,13 @@ class Settings:
     connect_timeout, read_timeout : float
         Seconds to wait for a connection, and between two bytes of an answer.
     query_timeout : float
-        Seconds a whole metadata answer may take (an endless body is cut off after this).
+        Seconds a whole metadata answer may take, headers and body (an endless or trickled
+        answer is cut off after this).
+    series_timeout : float
+        Seconds the download of one series may take in all, retries included.
+    max_answer_bytes : int
+        Bytes a metadata answer may hold (default 4 GiB, far above the largest real answer,
+        getSeries of all 150k NLST series at about 100 MB).
     retries : int
         How many times a request is retried on 429, 5xx and connection errors.
     backoff_factor, max_backoff : float
@@ -77,8 +108,11 @@ class Settings:
     api_key : str, optional
         The ``api_key`` header of the legacy TCIA REST API.
     username, password : str, optional
-        An NBIA login, for deployments that want a token (default: the guest login
-        ``nbia_guest`` with an empty password). Giving a username asks for tokens.
+        An NBIA login for the ``api_url`` host, for deployments that want a token (default: the
+        guest login ``nbia_guest`` with an empty password). Giving a username asks for tokens.
+    nlst_username, nlst_password : str, optional
+        The login for the NLST host. ``username``/``password`` are never sent there: without
+        these the NLST host is asked with the guest login.
 
     Notes
     -----
@@ -93,6 +127,8 @@ class Settings:
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
     query_timeout: float = 600.0
+    series_timeout: float = 6 * 3600.0
+    max_answer_bytes: int = 4 << 30
     retries: int = 5
     backoff_factor: float = 0.5
     max_backoff: float = 60.0
@@ -102,19 +138,29 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
+    nlst_username: str | None = field(default=None, repr=False)
+    nlst_password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "api_url", _with_slash(str(self.api_url)))
-        object.__setattr__(self, "nlst_api_url", _with_slash(str(self.nlst_api_url)))
-        object.__setattr__(self, "datacite_url", _with_slash(str(self.datacite_url)))
+        for name in _URLS:
+            object.__setattr__(self, name, _base_url(name, getattr(self, name)))
+        for name in SECRETS:
+            object.__setattr__(self, name, _check_secret(name, getattr(self, name)))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, not {self.retries}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, not {self.workers}")
-        for name in ("connect_timeout", "read_timeout", "query_timeout"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
+        if self.max_answer_bytes < 1:
+            raise ValueError(f"max_answer_bytes must be >= 1, not {self.max_answer_bytes}")
+        for name in _POSITIVE:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number of seconds > 0, not {value}")
+        for name in ("backoff_factor", "max_backoff"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value}")
         if self.api_version is not None:
             from .flavours import flavour_for
 

@@ -8,8 +8,8 @@ promised), each file is extracted while its MD5 is computed and compared with th
 MD5 or a lost connection is retried with exponential backoff; an unsafe zip is not.
 
 Many series (:func:`download`): a bounded pool of threads fetches what the cache lacks, then
-fills a folder layout under ``dest`` from the cache with hard links (copies across file
-systems), and returns one status row per series.
+fills a folder layout under ``dest`` from the cache with copies (reflinks where the file
+system has them; never hard links), and returns one status row per series.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import contextlib
 import csv
 import hashlib
 import io
+import json
 import logging
 import os
 import re
 import secrets
-import shutil
 import stat
 import string
 import sys
@@ -38,13 +38,24 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ._validate import validate_uid
-from .cache import LICENSE_NAME, CachedInstance, CachedSeries, read_series_folder
+from ._validate import is_reserved_name, validate_uid
+from .cache import (
+    LICENSE_NAME,
+    RECORD_NAME,
+    CachedInstance,
+    CachedSeries,
+    copy_file,
+    read_series_folder,
+    stamped,
+)
 from .cache import write_record as _write_record
 from .errors import (
     DownloadError,
     TCIAConnectionError,
+    TCIAError,
     TCIAIntegrityError,
+    TCIAResponseError,
+    TCIAStorageError,
     UnsafeArchiveError,
 )
 from .manifest import series_uid_values
@@ -91,6 +102,7 @@ _RATIO_MIN_SIZE = 1 << 20
 #: A zip may hold this much more than getSeriesSize promised (LICENSE, md5hashes.csv, drift).
 _SIZE_TOLERANCE = 0.5
 _SIZE_SLACK = 1 << 20
+_MAX_NAME_BYTES = 255  # a file name's limit on every common file system
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._+=@,-]+")
 
 Progress = Callable[[int], None]
@@ -171,25 +183,33 @@ def fetch_series(
         found = cache.get(uid)  # another thread or process may have fetched it meanwhile
         if found is not None:
             return found
-        limit = _size_limit(client, uid, metadata)
+        limit, count = _size_limit(client, uid, metadata)
         keep = {k: str(v) for k, v in metadata.items() if k in LAYOUT_FIELDS and v is not None}
-        return _fetch_with_retries(client, uid, limit, keep, progress or _ignore, slots)
+        try:
+            return _fetch_with_retries(client, uid, (limit, count), keep, progress or _ignore,
+                                       slots)
+        except OSError as exc:
+            if isinstance(exc, TCIAError):
+                raise
+            raise _storage_error(uid, exc) from exc
 
 
 def _fetch_with_retries(
     client: TCIAClient,
     uid: str,
-    limit: int,
+    limits: tuple[int, int],
     metadata: dict[str, str],
     progress: Progress,
     slots: threading.Semaphore | None,
 ) -> CachedSeries:
     budget = client._transport.budget()  # one budget for statuses, resets and bad zips alike
+    deadline = time.monotonic() + client.settings.series_timeout  # retries included
     while True:
         counter = _Counter(progress)
         try:
             with client.cache.staging(uid) as staging:
-                series = _fetch_once(client, uid, staging, limit, counter, budget, slots)
+                series = _fetch_once(client, uid, staging, limits, counter, budget, slots,
+                                     deadline)
                 return client.cache.publish(replace(series, metadata=metadata))
         except BaseException as exc:
             counter.take_back()
@@ -198,12 +218,14 @@ def _fetch_with_retries(
             ):
                 raise
             pause = budget.spend()
+            if pause is not None and time.monotonic() + pause > deadline:
+                pause = None  # no time left for another attempt
             if pause is None:
                 kind = TCIAIntegrityError if isinstance(exc, TCIAIntegrityError) else (
                     TCIAConnectionError
                 )
                 raise kind(f"series {uid}: failed {budget.used + 1} time(s); last: {exc}") from exc
-            log.warning("series %s: %s; retrying in %.2f s", uid, exc, pause)
+            log.info("series %s: %s; retrying in %.2f s", uid, exc, pause)
         time.sleep(pause)
 
 
@@ -228,12 +250,16 @@ def _fetch_once(
     client: TCIAClient,
     uid: str,
     staging: Path,
-    limit: int,
+    limits: tuple[int, int],
     progress: Progress,
     budget: RetryBudget,
     slots: threading.Semaphore | None,
+    deadline: float,
 ) -> CachedSeries:
-    """Stream the zip into ``staging``, then check, extract and verify it there."""
+    """Stream the zip into ``staging``, then check, extract and verify it there; ``limits``
+    are the most bytes and DICOM files the series may have, ``deadline`` (monotonic seconds)
+    when the zip must have arrived."""
+    limit, count = limits
     zip_path = staging / "series.zip"
     params = {"SeriesInstanceUID": uid, "NewFileNames": "Yes", "IncludeMD5": "Yes"}
     transport = client._transport
@@ -247,7 +273,7 @@ def _fetch_once(
         ):
             size = 0
             try:
-                for chunk in transport.iter_body(response, _STREAM_CHUNK):
+                for chunk in transport.iter_body(response, _STREAM_CHUNK, deadline=deadline):
                     size += len(chunk)
                     if size > limit:
                         raise UnsafeArchiveError(
@@ -258,22 +284,28 @@ def _fetch_once(
                     progress(len(chunk))
             except TCIAConnectionError as exc:
                 raise _BodyLost(f"series {uid}: {exc}") from exc
+            except TCIAResponseError as exc:  # the deadline passed
+                raise TCIAResponseError(
+                    f"series {uid}: not received within series_timeout "
+                    f"({client.settings.series_timeout:g} s): {exc}"
+                ) from exc
             f.flush()
 
     client.on_series_host(uid, stream)
     folder = staging / "series"
-    series = extract_series(zip_path, folder, uid, limit=limit)
+    series = extract_series(zip_path, folder, uid, limit=limit, max_files=count)
     zip_path.unlink()
     return series
 
 
-def _size_limit(client: TCIAClient, uid: str, metadata: Mapping[str, Any]) -> int:
-    """The most bytes a series' zip may hold: getSeriesSize's promise plus a tolerance."""
+def _size_limit(client: TCIAClient, uid: str, metadata: Mapping[str, Any]) -> tuple[int, int]:
+    """The most bytes a series' zip may hold (getSeriesSize's promise plus a tolerance), and
+    the number of DICOM files it promises."""
     size, count = metadata.get("FileSize"), metadata.get("ImageCount")
     if size is None or count is None:
         promised = client.series_size(uid)
         size, count = promised["TotalSizeInBytes"], promised["ObjectCount"]
-    return int(int(size) * (1 + _SIZE_TOLERANCE)) + _SIZE_SLACK + 256 * int(count)
+    return int(int(size) * (1 + _SIZE_TOLERANCE)) + _SIZE_SLACK + 256 * int(count), int(count)
 
 
 def _plain(value: Any) -> Any:
@@ -360,10 +392,14 @@ def _name_problem(name: str) -> str | None:
         return "is in a folder (a series zip is flat)"
     if not name or name.startswith(".") or "\0" in name:
         return "is not a plain file name"
+    if len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES or is_reserved_name(name):
+        return "cannot be a file name (over 255 bytes, or a name Windows reserves)"
     return None
 
 
-def extract_series(zip_path: Path, folder: Path, uid: str, *, limit: int) -> CachedSeries:
+def extract_series(
+    zip_path: Path, folder: Path, uid: str, *, limit: int, max_files: int | None = None
+) -> CachedSeries:
     """Check a series zip, extract it into ``folder`` and verify every file's MD5.
 
     Parameters
@@ -376,6 +412,8 @@ def extract_series(zip_path: Path, folder: Path, uid: str, *, limit: int) -> Cac
         The series (named in errors).
     limit : int
         The most uncompressed bytes the zip may hold.
+    max_files : int, optional
+        The most DICOM files it may hold (getSeriesSize's ObjectCount).
 
     Returns
     -------
@@ -385,15 +423,22 @@ def extract_series(zip_path: Path, folder: Path, uid: str, *, limit: int) -> Cac
     Raises
     ------
     UnsafeArchiveError
-        See :func:`check_members`.
+        See :func:`check_members`; also for more DICOM files than ``max_files``.
     TCIAIntegrityError
-        If the zip is truncated or corrupt, has no ``md5hashes.csv``, or a file's MD5 differs
-        from it or is missing from it.
+        If the zip is truncated or corrupt, has no ``md5hashes.csv``, a file's MD5 differs
+        from it or is missing from it, a member is shorter or longer than its declared size,
+        or a file is not DICOM.
     """
     try:
         with zipfile.ZipFile(zip_path) as zf:
             members = zf.infolist()
             check_members(uid, members, limit)
+            files = [i for i in members if i.filename not in (MD5_MEMBER, LICENSE_NAME)]
+            if max_files is not None and len(files) > max_files:
+                raise UnsafeArchiveError(
+                    f"series {uid}: the zip holds {len(files)} files, getSeriesSize promised "
+                    f"{max_files}; refusing it"
+                )
             md5s = _read_md5s(zf, uid)
             folder.mkdir()
             instances = []
@@ -401,11 +446,13 @@ def extract_series(zip_path: Path, folder: Path, uid: str, *, limit: int) -> Cac
             for info in members:
                 if info.filename == MD5_MEMBER:
                     continue
-                digest = _extract_member(zf, info, folder / info.filename)
-                if info.filename == LICENSE_NAME:
-                    has_license = True
-                    continue
+                digest = _extract_member(zf, info, folder / info.filename, uid)
                 expected = md5s.pop(info.filename, None)
+                if info.filename == LICENSE_NAME:  # listed in md5hashes.csv or not
+                    has_license = True
+                    if expected is not None and digest != expected:
+                        raise TCIAIntegrityError(f"series {uid}: MD5 of {LICENSE_NAME} differs")
+                    continue
                 if expected is None:
                     raise TCIAIntegrityError(
                         f"series {uid}: {info.filename} has no MD5 in {MD5_MEMBER}"
@@ -416,6 +463,11 @@ def extract_series(zip_path: Path, folder: Path, uid: str, *, limit: int) -> Cac
                         f"{MD5_MEMBER} says {expected}"
                     )
                 sop = _sop_instance_uid(folder / info.filename)
+                if not sop and not _has_dicom_prefix(folder / info.filename):
+                    raise TCIAIntegrityError(
+                        f"series {uid}: {info.filename} is not DICOM (its MD5 matches, so the "
+                        "archive holds it so); refusing the series"
+                    )
                 instances.append(CachedInstance(info.filename, sop, info.file_size, digest))
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise TCIAIntegrityError(f"series {uid}: the zip is truncated or corrupt: {exc}") from exc
@@ -450,16 +502,37 @@ def _read_md5s(zf: zipfile.ZipFile, uid: str) -> dict[str, str]:
     return md5s
 
 
-def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> str:
-    """Copy one member to ``target`` (flushed to disk) and return its MD5 (hex)."""
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, uid: str) -> str:
+    """Copy one member to ``target`` (flushed to disk) and return its MD5 (hex);
+    TCIAIntegrityError when it holds other than its declared size."""
     digest = hashlib.md5(usedforsecurity=False)
+    size = 0
     with zf.open(info) as source, open(target, "xb") as sink:
         while chunk := source.read(_EXTRACT_CHUNK):
+            size += len(chunk)
             digest.update(chunk)
             sink.write(chunk)
         sink.flush()
         os.fsync(sink.fileno())
+    if size != info.file_size:
+        raise TCIAIntegrityError(
+            f"series {uid}: zip member {info.filename} holds {size} bytes, declares "
+            f"{info.file_size}"
+        )
     return digest.hexdigest()
+
+
+def _has_dicom_prefix(path: Path) -> bool:
+    """bool: the file starts with the 128-byte preamble and ``DICM`` (PS3.10 section 7.1)."""
+    with open(path, "rb") as f:
+        return f.read(132)[128:] == b"DICM"
+
+
+def _storage_error(uid: str, exc: OSError) -> TCIAStorageError:
+    """A file-system failure (no space, name too long, another device) naming series and path."""
+    where = exc.filename or "the cache or destination"
+    reason = exc.strerror or str(exc)
+    return TCIAStorageError(exc.errno or 0, f"series {uid}: {reason}: {where}")
 
 
 def _sop_instance_uid(path: Path) -> str:
@@ -506,6 +579,7 @@ class _Request:
     metadata: dict[str, Any]
     cached: CachedSeries | None = None
     path: Path | None = None
+    problem: str | None = None  # why it cannot be placed (its folder), found before any fetch
 
 
 def download(
@@ -539,7 +613,11 @@ def download(
             request.metadata = {**request.cached.metadata, **request.metadata}
     _add_metadata(client, requests, fields - {"SeriesInstanceUID"})
     for request in requests:
-        request.path = _series_folder(root, layout, request)
+        try:
+            request.path = _series_folder(root, layout, request)
+        except ValueError as exc:  # e.g. a symbolic link of the user's leads out: this series only
+            request.problem = str(exc)
+    _refuse_shared_folders(requests, layout)
 
     bar = _ProgressBar(progress, requests)
     # `workers` zips arrive at once; as many more threads check and extract those that arrived.
@@ -580,7 +658,9 @@ def _download_one(
     client: TCIAClient, request: _Request, bar: _ProgressBar, slots: threading.Semaphore
 ) -> tuple[Any, ...]:
     """One status row: the series made complete in its folder, or the reason it failed."""
-    assert request.path is not None
+    if request.problem is not None or request.path is None:
+        bar.finish(request.uid)
+        return (request.uid, "failed", None, 0, 0, f"ValueError: {request.problem}")
     placed = read_series_folder(request.path, request.uid)
     if placed is not None:
         bar.finish(request.uid)
@@ -599,7 +679,12 @@ def _download_one(
         )
         status = "cached" if request.cached is not None else "downloaded"
         with client.cache.lock(request.uid):
-            _place(series, request.path)
+            try:
+                _place(series, request.path)
+            except OSError as exc:
+                if isinstance(exc, TCIAError):
+                    raise
+                raise _storage_error(request.uid, exc) from exc
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row; the caller raises
         log.debug("series %s failed", request.uid, exc_info=True)
         bar.finish(request.uid)
@@ -608,13 +693,38 @@ def _download_one(
     return (request.uid, status, str(request.path), len(series.instances), series.bytes, None)
 
 
+def _refuse_shared_folders(requests: list[_Request], layout: str) -> None:
+    """ValueError when the layout puts two series in one folder, or one inside another's
+    (``x/{SeriesInstanceUID}/..``, or ``{PatientID}{SeriesInstanceUID}`` where '1' + '23.45' and
+    '12' + '3.45' meet): the second would replace the first's files."""
+    owner: dict[Path, str] = {}
+    for request in requests:
+        if request.path is None:
+            continue
+        other = owner.setdefault(request.path, request.uid)
+        if other != request.uid:
+            raise ValueError(
+                f"layout {layout!r} puts series {other} and {request.uid} in one folder, "
+                f"{request.path}; use a layout that ends in /{{SeriesInstanceUID}}"
+            )
+    for request in requests:
+        for parent in request.path.parents if request.path is not None else ():
+            if parent in owner:
+                raise ValueError(
+                    f"layout {layout!r} puts series {request.uid} inside the folder of series "
+                    f"{owner[parent]} ({parent})"
+                )
+
+
 def _place(series: CachedSeries, folder: Path) -> None:
-    """Hard-link (else copy) a cached series' files into ``folder``; its record last.
+    """Copy (reflink where possible, never hard-link) a cached series' files into ``folder``;
+    its record last. A file already there at its recorded size, and no link to the cache, stays.
 
     Call it with the series' lock held: temporaries left in ``folder`` by a run killed while
     placing are removed first.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    _refuse_foreign_folder(series.series_uid, folder)
     for stale in folder.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
     names = [i.name for i in series.instances]
@@ -622,18 +732,30 @@ def _place(series: CachedSeries, folder: Path) -> None:
         names.append(LICENSE_NAME)
     for name in names:
         source, target = series.path / name, folder / name
-        try:
-            if os.path.samefile(source, target):
+        with contextlib.suppress(OSError):
+            if not os.path.samefile(source, target) and (
+                target.stat().st_size == source.stat().st_size
+            ):
                 continue
-        except OSError:
-            pass
         temporary = folder / f".{name}.{secrets.token_hex(4)}.tmp"
         try:
-            os.link(source, temporary)
-        except OSError:  # another file system, or links not allowed
-            shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
-    _write_record(folder, replace(series, path=folder))
+            copy_file(source, temporary)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+    _write_record(folder, stamped(replace(series, path=folder)))
+
+
+def _refuse_foreign_folder(series_uid: str, folder: Path) -> None:
+    """ValueError when ``folder`` already holds another series (an earlier download whose
+    layout gave the same folder): its files are not replaced."""
+    try:
+        record = json.loads((folder / RECORD_NAME).read_text(encoding="utf-8"))
+        holder = record["series_uid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if holder != series_uid:
+        raise ValueError(f"{folder} already holds series {holder}; series {series_uid} not placed")
 
 
 def _requests(series: Any) -> list[_Request]:
@@ -701,13 +823,14 @@ def _add_metadata(client: TCIAClient, requests: list[_Request], fields: set[str]
 
 
 def _field_text(value: Any) -> str:
-    """A metadata value as a safe folder name part (no separators, no leading dots)."""
+    """A metadata value as a safe folder name part (no separators, no leading dots, no name
+    Windows reserves: ``CON`` becomes ``_CON``)."""
     if value is None:
         return "unknown"
     if isinstance(value, pd.Timestamp):
         value = value.strftime("%Y-%m-%d")
     text = _UNSAFE_CHARACTERS.sub("_", str(value).strip()).lstrip(".")[:128]
-    return text or "_"
+    return "_" + text if is_reserved_name(text) else text or "_"
 
 
 def _series_folder(root: Path, layout: str, request: _Request) -> Path:

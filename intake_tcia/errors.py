@@ -13,6 +13,8 @@ Every exception the package raises on purpose derives from :class:`TCIAError`::
     ├── TCIAResponseError (also ValueError) an answer that cannot be parsed (HTML, bad JSON, ...)
     ├── TCIAIntegrityError                  a download that fails verification (MD5, truncated zip)
     │   └── UnsafeArchiveError              a zip that tries to write outside its folder, or a bomb
+    ├── TCIAStorageError (also OSError)     the cache or destination cannot be written (no space,
+    │                                       a name too long, ...); names the series and the path
     ├── DownloadError                       one or more series of a download failed; ``.results``
     └── MissingDependencyError (also ImportError)
                                             an optional extra is not installed
@@ -34,6 +36,7 @@ __all__ = [
     "TCIAResponseError",
     "TCIAIntegrityError",
     "UnsafeArchiveError",
+    "TCIAStorageError",
     "DownloadError",
     "MissingDependencyError",
 ]
@@ -113,7 +116,16 @@ class TCIAAuthError(TCIAHTTPError):
 
 
 class TCIAConnectionError(TCIAError, OSError):
-    """No usable answer: connection refused or reset, or a timeout, after every retry."""
+    """No usable answer: connection refused or reset, or a timeout, after every retry.
+
+    Attributes
+    ----------
+    permanent : bool
+        True when asking again cannot help (an unknown host, nothing listening at a URL that
+        never answered, a URL that cannot be asked); such errors are not retried.
+    """
+
+    permanent = False
 
 
 class TCIAResponseError(TCIAError, ValueError):
@@ -126,6 +138,11 @@ class TCIAIntegrityError(TCIAError):
 
 class UnsafeArchiveError(TCIAIntegrityError):
     """A zip member would escape its folder, is a link, is duplicated, or inflates too much."""
+
+
+class TCIAStorageError(TCIAError, OSError):
+    """A series could not be written to the cache or the destination (ENOSPC, ENAMETOOLONG,
+    EXDEV, ...); the message names the series and the path, ``errno`` is the system's."""
 
 
 class DownloadError(TCIAError):

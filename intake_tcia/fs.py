@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import errno
 import inspect
+import logging
 import os
 import shutil
 import tempfile
@@ -44,6 +45,8 @@ from .config import SECRETS, Settings
 from .errors import TCIAIntegrityError, TCIANotFoundError
 
 __all__ = ["TCIAFileSystem", "FETCH_POLICIES", "AUTO_SERIES_AFTER", "INSTANCES_DIR"]
+
+log = logging.getLogger("intake_tcia")
 
 #: Values of the ``fetch`` option.
 FETCH_POLICIES = ("auto", "instance", "series")
@@ -240,7 +243,7 @@ class TCIAFileSystem(AbstractFileSystem):
                 "size": sizes.get(uid),
                 "SOPInstanceUID": uid,
             }
-            for uid in dict.fromkeys(self.client.sop_instance_uids(series_uid))
+            for uid in _uids_only(self.client.sop_instance_uids(series_uid), series_uid)
         ]
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -460,6 +463,19 @@ class TCIAFileSystem(AbstractFileSystem):
 
     def _rm(self, path: str) -> None:
         raise NotImplementedError(f"tcia:// is read-only: cannot remove {path!r}")
+
+
+def _uids_only(values: list[str], series_uid: str) -> list[str]:
+    """The distinct values that are DICOM UIDs: a server's ``../../x`` is no path to list (it
+    could not be opened), so it is left out, with a warning."""
+    uids = []
+    for value in dict.fromkeys(values):
+        try:
+            uids.append(validate_uid(value, "SOPInstanceUID"))
+        except (TypeError, ValueError):
+            log.warning("series %s: the server listed %.80r, no SOPInstanceUID; left out",
+                        series_uid, value)
+    return uids
 
 
 def _checked(data: bytes, sop_uid: str) -> bytes:

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import pandas as pd
 
-from ._validate import validate_uid
+from ._validate import validate_file_name, validate_uid
 from .config import is_nlst
 
 __all__ = [
@@ -126,11 +126,18 @@ class Manifest:
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the manifest to ``path`` and return it as a :class:`~pathlib.Path`.
 
-        An existing directory gets a file named after ``databasketId``.
+        An existing directory gets a file named after ``databasketId``, which must then be a
+        plain file name (a manifest from elsewhere may hold ``../../x.tcia``).
+
+        Raises
+        ------
+        ValueError
+            If the file would be named after a ``databasketId`` that is no plain file name.
         """
         path = Path(path)
         if path.is_dir():
-            path = path / (self.databasket_id or _new_databasket_id())
+            name = self.databasket_id or _new_databasket_id()
+            path = path / validate_file_name(name, "databasketId")
         path.write_bytes(self.to_text().encode("ascii"))
         return path
 
@@ -307,9 +314,12 @@ def _parse(text: str, source: str) -> Manifest:
         i += 1
         if not line or line[0] in "#!":
             continue
-        while _continues(line):
-            line = line[:-1] + (lines[i].lstrip(_BLANKS) if i < len(lines) else "")
+        parts = [line]
+        while _continues(parts[-1]):  # joined once at the end: linear however many there are
+            parts[-1] = parts[-1][:-1]
+            parts.append(lines[i].lstrip(_BLANKS) if i < len(lines) else "")
             i += 1
+        line = "".join(parts)
         key, value = _split_property(line, source, lineno)
         if key == LIST_KEY:
             if value.strip():  # a UID on the same line, as a few hand-made manifests have
@@ -329,7 +339,8 @@ def _parse(text: str, source: str) -> Manifest:
 
 
 def _continues(line: str) -> bool:
-    """Whether a properties line ends in an odd number of backslashes (continues below)."""
+    """Whether a physical properties line ends in an odd number of backslashes (continues
+    below), as java.util.Properties counts them."""
     return (len(line) - len(line.rstrip("\\"))) % 2 == 1
 
 
@@ -357,7 +368,10 @@ def _unescape(text: str) -> str:
         if code.startswith("u") and len(code) == 5:
             return chr(int(code[1:], 16))
         if code == "u":
-            raise ValueError(f"malformed \\uXXXX escape in {text!r}")
+            near = text[max(0, match.start() - 20) : match.end() + 20]
+            raise ValueError(
+                f"malformed \\uXXXX escape at character {match.start()}, near {near!r}"
+            )
         return _NAMED.get(code, code)
 
     result = _ESCAPE.sub(one, text)

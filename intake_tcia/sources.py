@@ -644,7 +644,8 @@ class TCIACatalog(_ClientSource, Catalog):
             levels[_LEVELS.index(self.level)] = key
             args.update(zip(("collection", "patient_id", "study_uid"), levels, strict=True))
             args["ttl"] = self.ttl
-        return LocalCatalogEntry(
+        secrets = {k: args.pop(k) for k in SECRETS if k in args}
+        entry = _Entry(
             name=key,
             description=_describe(self.level, meta),
             driver=driver,
@@ -653,3 +654,17 @@ class TCIACatalog(_ClientSource, Catalog):
             metadata=meta,
             getenv=False,
         )
+        entry._secrets = secrets
+        return entry
+
+
+class _Entry(LocalCatalogEntry):
+    """A child entry whose secrets (the parent's ``api_key``, ``username``, ``password``) are
+    passed to the source it opens but kept out of its args, so ``describe()``, ``repr``,
+    ``serialize()`` and ``save()`` never show them."""
+
+    _secrets: dict[str, Any]  # set by TCIACatalog._make_entry; a pickled copy goes without
+
+    def _create_open_args(self, user_parameters: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        plugin, open_args = super()._create_open_args(user_parameters)
+        return plugin, {**open_args, **getattr(self, "_secrets", {})}

@@ -134,7 +134,7 @@ def test_credentials_go_only_to_the_api_hosts(tmp_path):
                       ("https://api.datacite.org/dois/10.7937/x", False)):
         prepared = requests.Request("GET", url).prepare()
         assert ("api_key" in key(prepared).headers) is sent
-    tokens = TokenAuth(requests.Session(), Settings(cache_dir=tmp_path), (base,))
+    tokens = TokenAuth(requests.Session(), Settings(cache_dir=tmp_path), {base: ("u", "p")})
     prepared = requests.Request("GET", "https://api.datacite.org/dois/10.7937/x").prepare()
     assert "Authorization" not in tokens(prepared).headers  # and no token was asked for
 

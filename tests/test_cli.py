@@ -293,3 +293,22 @@ def test_demo_tours_another_archive_given_a_collection(run, server, tmp_path):
     assert code == 0, err
     assert "sample archive is serving" not in out
     assert server.count("getImage") == 1 and (tmp_path / "d.png").exists()
+
+
+def test_verify_rehashes_the_cache_and_removes_a_damaged_series(run, server, tmp_cache, tmp_path):
+    uids = list(archive_series(server, Collection=CT_COLLECTION)["SeriesInstanceUID"])[:2]
+    assert run("download", *uids, "-o", str(tmp_path / "out"), "-q")[0] == 0
+    code, out, err = run("verify")
+    assert (code, err) == (0, "") and "2 of 2 series verified" in out
+    from intake_tcia.cache import SeriesCache
+
+    victim = SeriesCache(tmp_cache).get(uids[1]).files[0]
+    stat = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # size and mtime as before
+    code, out, err = run("verify", *uids)
+    assert code == 1 and "1 of 2 series verified" in out
+    assert err.strip() == f"intake-tcia verify: damaged, removed from the cache: {uids[1]}"
+    assert uids[1] not in SeriesCache(tmp_cache) and uids[0] in SeriesCache(tmp_cache)

@@ -247,15 +247,19 @@ def test_a_silent_server_times_out(server, tmp_cache):
     assert time.monotonic() - start < 10
 
 
-def test_a_refused_connection_is_a_connection_error(tmp_cache):
+def test_a_refused_connection_to_a_typed_url_fails_at_once(tmp_cache):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     client = TCIAClient(
-        api_url=f"http://127.0.0.1:{port}/", cache_dir=tmp_cache, retries=1, backoff_factor=0.01
+        api_url=f"http://127.0.0.1:{port}/", cache_dir=tmp_cache, retries=3, backoff_factor=5
     )
-    with pytest.raises(TCIAConnectionError, match="could not reach"):
+    start = time.monotonic()
+    with pytest.raises(TCIAConnectionError, match="nothing listens at") as err:
         client.collections()
+    assert err.value.permanent
+    assert time.monotonic() - start < 4  # not retried (the first backoff alone is 5 s)
+    assert len(str(err.value)) < 120
 
 
 def test_the_client_pickles_and_works_after(client, server):

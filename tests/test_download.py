@@ -11,6 +11,8 @@ import time
 import zipfile
 from pathlib import Path
 
+import pandas as pd
+import pydicom
 import pytest
 
 from intake_tcia.cache import LICENSE_NAME, RECORD_NAME
@@ -214,7 +216,7 @@ def test_two_processes_fetch_one_series_once(
 # -- many series into a folder -------------------------------------------------------------------
 
 
-def test_download_layout_hard_links_and_statuses(
+def test_download_layout_copies_and_statuses(
     server: ArchiveServer, client: TCIAClient, tmp_path: Path
 ) -> None:
     uids = server.archive.series_uids(CT_COLLECTION) + server.archive.series_uids("NLST")[:1]
@@ -233,7 +235,8 @@ def test_download_layout_hard_links_and_statuses(
         cached = client.cache.get(row.SeriesInstanceUID)
         for source, placed in zip(cached.files, sorted(expected.glob("*.dcm")), strict=True):
             assert source.name == placed.name
-            assert os.stat(source).st_ino == os.stat(placed).st_ino  # hard link, no copy
+            assert os.stat(source).st_ino != os.stat(placed).st_ino  # a copy, never a link
+            assert source.read_bytes() == placed.read_bytes()
         assert (expected / LICENSE_NAME).exists()
     assert server.count("getImage") == len(uids)
     assert server.count("getSeriesMetadata") <= 2  # the layout's fields, all in one go per host
@@ -324,6 +327,104 @@ def test_layout_fields_cannot_escape_dest(
     assert server.count("getSeriesSize") == 0  # and the size, for the zip-bomb limit
 
 
+def test_editing_a_downloaded_file_leaves_the_verified_cache_alone(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str, tmp_path: Path
+) -> None:
+    table = client.download(ct_uid, tmp_path / "dest", progress=False)
+    placed = sorted(Path(table.loc[0, "path"]).glob("*.dcm"))[0]
+    ds = pydicom.dcmread(placed)
+    ds.PatientName = "Edited^InDest"
+    ds.save_as(placed)
+    cached = client.cache.get(ct_uid)
+    assert cached is not None
+    assert all(b"Edited^InDest" not in f.read_bytes() for f in cached.files)
+    assert client.cache.verify(ct_uid)
+    assert "Edited" not in str(client.read_series(ct_uid)[0].PatientName)
+
+
+def test_a_cached_file_changed_in_place_is_noticed_and_fetched_again(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str, tmp_path: Path
+) -> None:
+    cached = client.fetch_series(ct_uid)
+    victim = cached.files[0]
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF  # same size
+    victim.write_bytes(bytes(data))
+    assert client.cache.get(ct_uid) is None  # its modification time gave it away
+    server.clear_log()
+    again = client.fetch_series(ct_uid)
+    assert server.count("getImage") == 1 and again.files[0].read_bytes() != bytes(data)
+    # a change that keeps size and mtime is found by the full re-hash, which drops the series
+    stat = again.files[0].stat()
+    again.files[0].write_bytes(bytes(data))
+    os.utime(again.files[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert client.cache.get(ct_uid) is not None
+    assert not client.cache.verify(ct_uid)
+    assert client.cache.get(ct_uid) is None
+
+
+def test_layouts_that_let_two_series_share_a_folder_are_refused(
+    server: ArchiveServer, client: TCIAClient, tmp_path: Path
+) -> None:
+    uids = server.archive.series_uids(CT_COLLECTION)[:2]
+    with pytest.raises(ValueError, match="in one folder"):
+        client.download(uids, tmp_path, layout="x/{SeriesInstanceUID}/..", progress=False)
+    glued = pd.DataFrame({"SeriesInstanceUID": ["23.45", "3.45"], "PatientID": ["1", "12"]})
+    with pytest.raises(ValueError, match="in one folder"):
+        client.download(glued, tmp_path, layout="{PatientID}{SeriesInstanceUID}", progress=False)
+    assert server.count() == 0
+    # across two calls: the second series is not put over the first
+    first = client.download(uids[0], tmp_path, layout="x/{SeriesInstanceUID}/..", progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "x").iterdir()}
+    second = client.download(uids[1], tmp_path, layout="x/{SeriesInstanceUID}/..",
+                             on_error="return", progress=False)
+    assert first.loc[0, "status"] == "downloaded" and second.loc[0, "status"] == "failed"
+    assert "already holds series" in second.loc[0, "error"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "x").iterdir()} == before
+
+
+def test_a_user_symlink_under_dest_fails_only_the_series_below_it(
+    server: ArchiveServer, client: TCIAClient, tmp_path: Path
+) -> None:
+    rows = server.archive.series.drop_duplicates("PatientID").head(2)
+    assert len(rows) == 2
+    dest, elsewhere = tmp_path / "dest", tmp_path / "elsewhere"
+    dest.mkdir()
+    elsewhere.mkdir()
+    (dest / rows.iloc[0]["PatientID"]).symlink_to(elsewhere)
+    table = client.download(rows, dest, layout="{PatientID}/{SeriesInstanceUID}",
+                            on_error="return", progress=False)
+    assert table["status"].tolist() == ["failed", "downloaded"]
+    assert "outside" in table.loc[0, "error"]
+    assert list(elsewhere.iterdir()) == []
+    assert server.count("getImage") == 1
+
+
+def test_a_slow_zip_meets_series_timeout(
+    server: ArchiveServer, ct_uid: str, tmp_path: Path
+) -> None:
+    client = TCIAClient(api_url=server.api_url, nlst_api_url=server.nlst_api_url,
+                        cache_dir=tmp_path / "cache", retries=2, series_timeout=1.0)
+    server.faults.bandwidth = 20_000  # the series' zip would take about 30 s
+    start = time.monotonic()
+    table = client.download(ct_uid, tmp_path / "dest", on_error="return", progress=False)
+    server.faults.bandwidth = None
+    assert time.monotonic() - start < 6
+    assert "series_timeout" in table.loc[0, "error"] and table.loc[0, "status"] == "failed"
+    assert client.cache.get(ct_uid) is None
+
+
+def test_windows_reserved_names_are_never_folder_names(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str, tmp_path: Path
+) -> None:
+    row = server.archive.series.set_index("SeriesInstanceUID").loc[[ct_uid]].reset_index()
+    row["Collection"] = "CON"
+    row["PatientID"] = "aux.txt"
+    table = client.download(row, tmp_path, progress=False)
+    parts = Path(table.loc[0, "path"]).relative_to(tmp_path).parts
+    assert parts[:2] == ("_CON", "_aux.txt")
+
+
 def test_dataframe_collection_routes_nlst(
     server: ArchiveServer, client: TCIAClient, tmp_path: Path
 ) -> None:
@@ -372,7 +473,7 @@ def test_the_progress_bar_is_drawn_only_for_transfers_and_only_moves_forward(
     server.faults.bandwidth = None
     drawn = _bar_percentages(capsys.readouterr().err)
     assert server.count("getImage") == 2
-    assert len(drawn) > 3 and drawn == sorted(drawn) and drawn[-1] == 100, drawn
+    assert len(drawn) >= 3 and drawn == sorted(drawn) and drawn[-1] == 100, drawn
     client.download([ct_uid], tmp_path / "b")  # from the cache: no transfer, no bar
     assert capsys.readouterr().err == ""
 
@@ -398,8 +499,16 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+DICOM_LIKE = b"\0" * 128 + b"DICM" + b"\0" * 40  # the DICOM prefix, no SOPInstanceUID
+
+
+def _md5_csv(members: dict[str, bytes]) -> bytes:
+    rows = [f"{name},{hashlib.md5(body).hexdigest()}" for name, body in members.items()]
+    return ("Filename,MD5Hash\n" + "\n".join(rows) + "\n").encode()
+
+
 def test_a_zip_without_md5s_or_with_missing_files_is_refused(tmp_path: Path) -> None:
-    body = b"DICM" * 10
+    body = DICOM_LIKE
     bare = _zip(tmp_path / "a.zip", {"LICENSE": b"x", "1-1.dcm": body})
     with pytest.raises(TCIAIntegrityError, match="md5hashes.csv"):
         extract_series(bare, tmp_path / "a", "1.2.3", limit=10**6)
@@ -416,6 +525,61 @@ def test_a_zip_without_md5s_or_with_missing_files_is_refused(tmp_path: Path) -> 
     too_big = _zip(tmp_path / "d.zip", {"1-1.dcm": body})
     with pytest.raises(UnsafeArchiveError, match="zip bomb"):
         extract_series(too_big, tmp_path / "d", "1.2.3", limit=len(body) - 1)
+
+
+def test_md5hashes_listing_the_license_is_accepted(tmp_path: Path) -> None:
+    files = {"1-1.dcm": DICOM_LIKE, "LICENSE": b"CC BY 4.0"}
+    made = _zip(tmp_path / "a.zip", {**files, "md5hashes.csv": _md5_csv(files)})
+    series = extract_series(made, tmp_path / "a", "1.2.3", limit=10**6)
+    assert series.license_text == "CC BY 4.0" and len(series.instances) == 1
+
+
+def test_a_non_dicom_member_with_a_matching_md5_is_refused(tmp_path: Path) -> None:
+    files = {"1-1.dcm": b"<html>not an image</html>"}
+    made = _zip(tmp_path / "a.zip", {**files, "md5hashes.csv": _md5_csv(files)})
+    with pytest.raises(TCIAIntegrityError, match="not DICOM"):
+        extract_series(made, tmp_path / "a", "1.2.3", limit=10**6)
+
+
+def test_more_files_than_promised_are_refused(tmp_path: Path) -> None:
+    files = {f"1-{i}.dcm": DICOM_LIKE for i in range(3)}
+    made = _zip(tmp_path / "a.zip", {**files, "md5hashes.csv": _md5_csv(files)})
+    with pytest.raises(UnsafeArchiveError, match="promised 2"):
+        extract_series(made, tmp_path / "a", "1.2.3", limit=10**6, max_files=2)
+    assert len(extract_series(made, tmp_path / "b", "1.2.3", limit=10**6, max_files=3).instances)
+
+
+def test_a_member_shorter_than_it_declares_is_refused(tmp_path: Path) -> None:
+    files = {"1-1.dcm": DICOM_LIKE}
+    made = _zip(tmp_path / "a.zip", {**files, "md5hashes.csv": _md5_csv(files)})
+    data = bytearray(made.read_bytes())
+    size = len(DICOM_LIKE).to_bytes(4, "little")
+    bigger = (len(DICOM_LIKE) + 100).to_bytes(4, "little")
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = data.index(signature) + offset  # the first member's uncompressed size
+        assert data[at:at + 4] == size
+        data[at:at + 4] = bigger
+    made.write_bytes(bytes(data))
+    with pytest.raises(TCIAIntegrityError, match="holds 172 bytes, declares 272"):
+        extract_series(made, tmp_path / "a", "1.2.3", limit=10**6)
+
+
+def test_a_member_name_too_long_for_a_file_is_refused(tmp_path: Path) -> None:
+    files = {"x" * 300 + ".dcm": DICOM_LIKE}
+    made = _zip(tmp_path / "a.zip", {**files, "md5hashes.csv": _md5_csv(files)})
+    with pytest.raises(UnsafeArchiveError, match="over 255 bytes"):
+        extract_series(made, tmp_path / "a", "1.2.3", limit=10**6)
+
+
+def test_a_dest_the_file_system_refuses_is_a_storage_error_naming_series_and_path(
+    client: TCIAClient, ct_uid: str, tmp_path: Path
+) -> None:
+    layout = "{SeriesInstanceUID}" + "x" * 300  # a folder name over the 255-byte limit
+    dest = tmp_path / "dest"
+    table = client.download(ct_uid, dest, layout=layout, on_error="return", progress=False)
+    error = table.loc[0, "error"]
+    assert error.startswith("TCIAStorageError") and ct_uid in error and "xxxx" in error
+    assert not any(p.name.endswith(".tmp") for p in dest.rglob("*"))
 
 
 def test_download_clears_staging_left_by_dead_processes(

@@ -348,3 +348,30 @@ def test_written_header_is_plain_and_read_back(series_uids, url, include_annotat
         url, include_annotation, retries,
     )
     assert back.series_uids == list(dict.fromkeys(series_uids))
+
+
+@pytest.mark.parametrize("basket", ["../../x.tcia", "/tmp/abs.tcia", "..", "sub\\\\x.tcia",
+                                    "CON", "aux.txt", "nul.tcia"])
+def test_a_hostile_databasket_id_cannot_name_a_file_outside_the_folder(tmp_path, basket):
+    folder = tmp_path / "inside"
+    folder.mkdir()
+    text = f"databasketId={basket}\nListOfSeriesToDownload=\n1.2.3\n"
+    manifest = read_manifest(io.StringIO(text))
+    with pytest.raises(ValueError, match="databasketId"):
+        write_manifest(manifest, folder)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["inside"]
+
+
+def test_many_continuation_lines_are_read_in_linear_time():
+    text = "downloadServerUrl=a" + "\\\n b" * 200_000 + "\nListOfSeriesToDownload=\n1.2.3\n"
+    start = time.monotonic()
+    manifest = read_manifest(io.StringIO(text))
+    assert time.monotonic() - start < 5  # quadratic joining took minutes
+    assert manifest.download_server_url == "a" + "b" * 200_000
+
+
+def test_a_malformed_unicode_escape_error_is_short():
+    text = "downloadServerUrl=" + "x" * 1_000_000 + "\\u12\nListOfSeriesToDownload=\n1.2.3\n"
+    with pytest.raises(ValueError, match="malformed") as err:
+        read_manifest(io.StringIO(text))
+    assert len(str(err.value)) < 300

@@ -485,3 +485,26 @@ def test_series_source_annotations_and_segmentation_sources(cat, env):
     dose = _browse(cat, dose_row).to_xarray()
     np.testing.assert_allclose(dose.values, env.archive.annotation_truth(
         dose_row["SeriesInstanceUID"]), rtol=1e-6)
+
+
+def test_catalog_secrets_stay_out_of_saved_and_described_entries(tmp_path):
+    from intake_tcia.testing import ArchiveServer
+
+    with ArchiveServer(flavour="token") as server:
+        server.users = {"nbia_guest": "", "alice": "s3cret-pw"}
+        cat = intake.open_tcia_cat(api_url=server.api_url, nlst_api_url=server.nlst_api_url,
+                                   cache_dir=tmp_path, retries=0, api_version="token",
+                                   username="alice",
+                                   password="s3cret-pw", api_key="k3y-123")
+        collection = next(iter(cat))
+        child = cat[collection]
+        shown = [cat.serialize(), repr(cat._entries[collection]),
+                 str(cat._entries[collection].describe()), child.yaml()]
+        cat.save(str(tmp_path / "saved.yaml"))
+        shown.append((tmp_path / "saved.yaml").read_text())
+        patient = next(iter(child))  # the child asks with alice's token, given to it in memory
+        shown += [child.serialize(), repr(child._entries[patient])]
+        for text in shown:
+            assert "s3cret-pw" not in text and "k3y-123" not in text and "alice" not in text
+        logins = {r.params.get("username") for r in server.requests if r.endpoint == "oauth/token"}
+        assert logins == {"alice", "nbia_guest"}  # NLST: the guest, not alice
