@@ -158,8 +158,10 @@ def _patients(view: HostView, params: dict[str, str]) -> list[dict[str, Any]]:
     totals = view.table.assign(_patient=patient_ids).groupby("_patient").agg(
         studies=("StudyInstanceUID", "nunique"), series=("SeriesInstanceUID", "size"))
     patients = []
-    for pk, group in rows.assign(_patient=patient_ids, _study=study_ids).groupby(
-            "_patient", sort=True):
+    # .to_numpy(): assigning a Series to an empty frame would take the Series' index
+    keyed = rows.assign(_patient=patient_ids.loc[rows.index].to_numpy(),
+                        _study=study_ids.loc[rows.index].to_numpy())
+    for pk, group in keyed.groupby("_patient", sort=True):
         studies = []
         for study_pk, series in group.groupby("_study", sort=True):
             pairs = [{"seriesId": int(s + 1), "modality": m}
