@@ -206,3 +206,38 @@ def test_series_for_doi_refuses_bad_input(server, client):
     with pytest.raises(ValueError, match="level"):
         client.series_for_doi("10.7937/X", level="patient")
     assert server.requests == []
+
+
+def test_cli_search_table_csv_json_and_manifest(env, capsys, tmp_path):
+    import json
+
+    from intake_tcia.cli import main
+    from intake_tcia.manifest import read_manifest
+
+    uids = expected(env, lambda t: (t["Collection"] == "NLST") & t["Modality"].isin(["CT", "MR"]))
+    assert main(["search", "--collection", "NLST", "--modality", "CT", "--modality", "MR",
+                 "--csv"]) == 0
+    frame = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out), dtype=str)
+    assert sorted(frame["SeriesInstanceUID"]) == uids
+    assert main(["search", "--collection", "NLST", "--min-studies", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["PatientID"] for r in rows} == {"100002"}
+    assert main(["search", "--species", "human", "--collection", "Pydicom-CT-Series"]) == 0
+    assert "PYCT-001" in capsys.readouterr().out
+    target = tmp_path / "found.tcia"
+    assert main(["search", "--collection", "NLST", "--modality", "CT", "--modality", "MR",
+                 "--manifest", str(target)]) == 0
+    assert sorted(read_manifest(target).series_uids) == uids
+    assert main(["search", "--released-from", "2020/01/01"]) == 1
+    assert "released_from" in capsys.readouterr().err
+    assert main(["search", "--manifest", str(target), "--csv"]) == 2
+
+
+def test_catalog_search_entry(env):
+    import intake
+
+    cat = intake.open_catalog("catalogs/tcia.yaml")
+    frame = cat["search"](collection="NLST", modality="CT").read()
+    uids = expected(env, lambda t: (t["Collection"] == "NLST") & (t["Modality"] == "CT"))
+    assert sorted(frame["SeriesInstanceUID"]) == uids
+    assert len(cat["search"]().read()) == len(env.archive.table)
