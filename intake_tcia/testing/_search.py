@@ -150,7 +150,18 @@ def _ids(view: HostView) -> tuple[pd.Series, pd.Series]:
 
 
 def _patients(view: HostView, params: dict[str, str]) -> list[dict[str, Any]]:
-    """The patients the criteria select, sorted as ``sortField``/``sortDirection`` ask."""
+    """The patients the criteria select, sorted as ``sortField``/``sortDirection`` ask; kept
+    per criteria, as NBIA's PatientResultSetCache keeps them, so later pages cost little."""
+    key = tuple(sorted((k, v) for k, v in params.items() if k not in ("start", "size")))
+    cache = view.__dict__.setdefault("_search_cache", {})
+    if key not in cache:
+        if len(cache) > 64:
+            cache.clear()
+        cache[key] = _select_patients(view, params)
+    return cache[key]
+
+
+def _select_patients(view: HostView, params: dict[str, str]) -> list[dict[str, Any]]:
     rows, min_studies, anded = _matching(view, params)
     sort_field = _field(params, "sortField").lower()
     descending = _field(params, "sortDirection").lower() != "ascending"
