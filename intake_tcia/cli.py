@@ -1,4 +1,4 @@
-"""The ``intake-tcia`` command line: query the archive, download, write manifests, cite, demo.
+"""The ``intake-tcia`` command line: query and search the archive, download, write manifests, cite, demo.
 
 Every subcommand goes through one :class:`~intake_tcia.client.TCIAClient`, configured by
 ``--api-url``, ``--nlst-api-url`` and ``--cache-dir`` (before or after the subcommand) or the
@@ -69,6 +69,18 @@ QUERIES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
          "ImageCount", "FileSize", "SeriesInstanceUID"),
     ),
 }
+
+
+#: ``search`` criteria that take several values: option name -> help.
+SEARCH_LISTS = {
+    "collection": FILTERS["collection"],
+    "patient_id": FILTERS["patient_id"],
+    "modality": FILTERS["modality"],
+    "body_part": FILTERS["body_part"] + " (NOT SPECIFIED: none recorded)",
+    "manufacturer": FILTERS["manufacturer"],
+    "species": "human, mouse, dog or an NCI species code",
+}
+SEARCH_OPTIONS = (*SEARCH_LISTS, "released_from", "released_to", "min_studies")
 
 
 class UsageError(Exception):
@@ -170,6 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "series":
             _add_cart_option(sub)
         sub.set_defaults(method=name.replace("-", "_"), filters=filters, table_columns=columns)
+
+    sub = command("search", _search, "find series with NBIA's advanced search (each option may "
+                  "be repeated: any value matches; different options must all match)",
+                  output="a table")
+    group = sub.add_argument_group("criteria")
+    for name, help in SEARCH_LISTS.items():
+        group.add_argument("--" + name.replace("_", "-"), action="append", metavar="TEXT",
+                           help=help)
+    group.add_argument("--released-from", metavar="DATE", help="DateReleased on or after "
+                       "(YYYY-MM-DD)")
+    group.add_argument("--released-to", metavar="DATE", help="DateReleased on or before")
+    group.add_argument("--min-studies", type=_positive_int, metavar="N",
+                       help="patients with at least N matching studies")
+    group.add_argument("--all-modalities", action="store_true",
+                       help="patients with a series of every --modality given")
+    sub.add_argument("--manifest", type=Path, metavar="PATH",
+                     help="write the series found to a .tcia manifest (a file or a folder) "
+                     "instead of printing them")
+    sub.set_defaults(table_columns=QUERIES["series"][2])
 
     sub = command("download", _download, "download series into a folder", selection=True)
     sub.add_argument("-o", "--dest", type=Path, default=Path("."), metavar="DIR",
@@ -359,6 +390,26 @@ def _query(args: argparse.Namespace) -> int:
         else:
             frame = getattr(client, args.method)(**_given(args, args.filters))
     _print_frame(frame, args, args.table_columns)
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    """Advanced search: the series found, printed or written to a manifest."""
+    if args.manifest and (args.format or args.columns):
+        raise UsageError("--manifest writes a file; it takes no --csv, --json or --columns")
+    criteria = _given(args, SEARCH_OPTIONS)
+    if args.all_modalities:
+        criteria["all_modalities"] = True
+    with _client(args) as client:
+        frame = client.search(**criteria)
+    if args.manifest:
+        from .manifest import write_manifest
+
+        if frame.empty:
+            raise ValueError("no series found; no manifest written")
+        print(f"wrote {len(frame)} series to {write_manifest(frame, args.manifest)}")
+    else:
+        _print_frame(frame, args, args.table_columns)
     return 0
 
 

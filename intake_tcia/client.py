@@ -446,6 +446,71 @@ class TCIAClient:
         params = {"name": validate_text(name, "name")}
         return self._both_hosts("getContentsByName", params)
 
+    def search(self, *, page_size: int = 1000, **criteria: Any) -> pd.DataFrame:
+        """Series found by NBIA's advanced search (getSimpleSearch), in v4 getSeries columns.
+
+        Parameters
+        ----------
+        collection, patient_id, study_uid, series_uid, modality, body_part, manufacturer, species
+            : str or list of str, optional
+            One value or several (any of them matches); criteria of different names must all
+            match. Names match case-insensitively; ``body_part="NOT SPECIFIED"`` matches a
+            missing body part; ``species`` is ``"human"``, ``"mouse"``, ``"dog"`` or an NCI code.
+        released_from, released_to : datetime.date or str, optional
+            DateReleased between these dates, both included (``YYYY-MM-DD`` or ``MM-DD-YYYY``).
+        min_studies : int, optional
+            Only patients with at least this many studies matching the other criteria.
+        all_modalities : bool
+            Only patients with a series of *every* modality given; then all their series.
+        page_size : int
+            Patients asked per manifest page (paging is transparent).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per series, columns and dtypes as :meth:`series`, sorted by Collection,
+            PatientID, StudyInstanceUID and SeriesInstanceUID.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Before any request, for an unknown keyword or a malformed value (named).
+        """
+        from .search import search
+
+        return search(self, page_size=page_size, **criteria)
+
+    def collection_descriptions(self, collection: str | None = None) -> pd.DataFrame:
+        """collectionName, description (HTML, as kept by NBIA), descriptionURI, id, and
+        descriptionText (the description as plain text), of one collection or of all."""
+        from .search import description_text
+
+        params = {} if collection is None else {"collectionName": validate_text(
+            collection, "collection")}
+        hosts = None if collection is None else [self.settings.host_for(collection)]
+        frame = self._both_hosts("getCollectionDescriptions", params, hosts=hosts)
+        frame["descriptionText"] = frame["description"].map(description_text).astype(
+            frame["description"].dtype)
+        return frame
+
+    def series_for_doi(self, doi: str, *, level: str = "series") -> pd.DataFrame:
+        """What a DOI (``10.7937/...``, ``https://doi.org/...`` or ``doi:...``) names in NBIA.
+
+        ``level="series"``: one row per series (SeriesInstanceUID, Collection,
+        ThirdPartyAnalysis, Authorized); ``level="collection"``: one row per collection, the
+        same columns with SeriesInstanceUID null. Empty when no series carries the DOI.
+        """
+        from .search import doi_url
+
+        if level not in ("series", "collection"):
+            raise ValueError(f"level must be 'series' or 'collection', not {level!r}")
+        form = {"DOI": doi_url(doi), "CollectionOrSeries": level}
+        schema = SCHEMAS["getCollectionOrSeriesForDOI"]
+        frames = [frame_from_records(self._transport.get_json(
+            host + "getCollectionOrSeriesForDOI", data=form), schema)
+            for host in self.settings.hosts]
+        return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+
     def series_size(self, series_uid: str, *, collection: str | None = None) -> dict[str, int]:
         """``{"TotalSizeInBytes": int, "ObjectCount": int}`` of one series (uncompressed bytes).
 

@@ -147,6 +147,12 @@ SCHEMAS: dict[str, EndpointSchema] = {
     "getCollectionDescriptions": EndpointSchema(
         _kinds("collectionName description descriptionURI id:int")
     ),
+    "getCollectionOrSeriesForDOI": EndpointSchema(
+        _kinds("SeriesInstanceUID Collection ThirdPartyAnalysis Authorized:int"),
+        {"seriesInstanceUID": "SeriesInstanceUID", "collection": "Collection",
+         "thirdPartyAnanlysis": "ThirdPartyAnalysis", "thirdPartyAnalysis": "ThirdPartyAnalysis",
+         "authorized": "Authorized"},  # the server's key is spelt "Ananlysis"
+    ),
     "getCollectionValuesAndCounts": _counts("Collection", "collection"),
     "getModalityValuesAndCounts": _counts("Modality", "modality"),
     "getBodyPartValuesAndCounts": _counts("BodyPartExamined", "bodyPart"),

@@ -52,6 +52,7 @@ ENDPOINTS: dict[str, tuple[str, dict[str, str]]] = {
             "collections", "modalities", "body_parts", "manufacturers", "patients",
             "patients_by_modality", "new_patients", "studies", "new_studies", "series",
             "updated_series", "series_metadata", "dicom_tags", "value_counts", "shared_cart",
+            "search", "collection_descriptions", "series_for_doi",
         )
     },
     "getContentsByName": ("shared_cart", {}),
@@ -68,6 +69,8 @@ ENDPOINTS: dict[str, tuple[str, dict[str, str]]] = {
     "getUpdatedSeries": ("updated_series", {}),
     "getSeriesMetadata": ("series_metadata", {}),
     "getDicomTags": ("dicom_tags", {}),
+    "getSimpleSearch": ("search", {}),
+    "getCollectionDescriptions": ("collection_descriptions", {}),
     "getCollectionValuesAndCounts": ("value_counts", {"of": "collection"}),
     "getModalityValuesAndCounts": ("value_counts", {"of": "modality"}),
     "getBodyPartValuesAndCounts": ("value_counts", {"of": "body_part"}),
@@ -180,7 +183,7 @@ class TCIAQuerySource(_ClientSource, DataSource):
                 f"unknown endpoint {endpoint!r}; choose one of {', '.join(sorted(ENDPOINTS))}"
             )
         method, fixed = ENDPOINTS[endpoint]
-        given = {k: v for k, v in (parameters or {}).items() if v is not None and v != ""}
+        given = {k: v for k, v in (parameters or {}).items() if v not in (None, "", [])}
         self.endpoint = endpoint
         self.parameters = {**given, **fixed}
         # Unknown names fail now; a required one still missing (a catalog entry opened with its

@@ -54,7 +54,8 @@ def _positions(datasets) -> list[float]:
 
 
 def test_open_catalog_lists_entries_without_requests(cat, env):
-    assert list(cat) == ["tcia", "collections", "patients", "studies", "series", "shared_cart"]
+    assert list(cat) == ["tcia", "collections", "patients", "studies", "series", "shared_cart",
+                        "search"]
     assert cat.tcia.container == "catalog"
     assert {cat[name].container for name in list(cat)[1:]} == {"dataframe"}
     assert env.count() == 0
@@ -228,6 +229,7 @@ def test_walk_and_search(cat, env):
         "studies",
         "series",
         "shared_cart",
+        "search",
     }
     walked = cat.tcia.walk(depth=2)
     assert {CT, "NLST", f"{CT}.PYCT-001", "NLST.100003"} <= set(walked)
@@ -416,7 +418,8 @@ def test_examples_series_entry_is_the_sample_ct(examples, env):
 
 def test_examples_nest_the_archive_catalog(examples, env):
     nested = examples.archive
-    assert list(nested) == ["tcia", "collections", "patients", "studies", "series", "shared_cart"]
+    assert list(nested) == ["tcia", "collections", "patients", "studies", "series", "shared_cart",
+                        "search"]
     row = _row(env)
     assert isinstance(_browse(nested, row), TCIASeriesSource)
     assert env.count("getImage") == 0

@@ -174,20 +174,6 @@ def get_series_metadata(view: HostView, params: dict[str, str]) -> pd.DataFrame:
     return rows.reindex(columns=list(METADATA_COLUMNS)).reset_index(drop=True)
 
 
-def get_collection_descriptions(view: HostView, params: dict[str, str]) -> pd.DataFrame:
-    """collectionName, description (HTML), id, descriptionURI of this host's collections."""
-    names = sorted(view.table["Collection"].dropna().unique())
-    wanted = params.get("collectionName")
-    infos = [view.archive.collection(n) for n in names
-             if wanted is None or n.upper() == wanted.upper()]
-    return pd.DataFrame({
-        "collectionName": [i.name for i in infos],
-        "description": [i.description for i in infos],
-        "id": [sorted(view.archive.collections).index(i.name) + 1 for i in infos],
-        "descriptionURI": [i.doi_url for i in infos],
-    })
-
-
 def get_dicom_tags(view: HostView, params: dict[str, str]) -> pd.DataFrame:
     """The tags of a series' first instance: element, name, data (nested items prefixed '>')."""
     uid = params["SeriesUID"]
@@ -217,6 +203,8 @@ def get_dicom_tags(view: HostView, params: dict[str, str]) -> pd.DataFrame:
 
 
 Query = Callable[[HostView, dict[str, str]], pd.DataFrame]
+#: An answer that is not a table: (body, content type).
+Answer = Callable[[HostView, dict[str, str]], tuple[bytes, str]]
 
 
 @dataclass(frozen=True)
@@ -224,12 +212,15 @@ class Endpoint:
     """An endpoint's name, parameters and what answers it."""
 
     name: str
-    allowed: tuple[str, ...]
+    allowed: tuple[str, ...] | None  # None: the endpoint checks its own parameters
     required: tuple[str, ...] = ()
     query: Query | None = None
     method: str = "GET"
     formatted: bool = True  # honours ``format``
+    answer: Answer | None = None  # answers a body of its own rather than a table
 
+
+from . import _search  # noqa: E402 - it builds on HostView and ApiError above
 
 ENDPOINTS: dict[str, Endpoint] = {e.name: e for e in (
     Endpoint("getCollectionValues", ("format",),
@@ -272,8 +263,14 @@ ENDPOINTS: dict[str, Endpoint] = {e.name: e for e in (
              query=get_series_size),
     Endpoint("getSOPInstanceUIDs", ("SeriesInstanceUID", "format"), ("SeriesInstanceUID",),
              query=get_sop_instance_uids),
-    Endpoint("getCollectionDescriptions", ("collectionName", "format"),
-             query=get_collection_descriptions),
+    Endpoint("getCollectionDescriptions", None, answer=_search.collection_descriptions,
+             formatted=False),
+    Endpoint("getSimpleSearch", None, answer=_search.simple_search, method="POST",
+             formatted=False),
+    Endpoint("getManifestForSimpleSearch", None, answer=_search.manifest_for_simple_search,
+             method="POST", formatted=False),
+    Endpoint("getCollectionOrSeriesForDOI", None, answer=_search.collection_or_series_for_doi,
+             method="POST", formatted=False),
     Endpoint("getDicomTags", ("SeriesUID",), ("SeriesUID",), query=get_dicom_tags,
              formatted=False),
     Endpoint("getSeriesMetadata", ("list",), ("list",), query=get_series_metadata,
@@ -290,7 +287,7 @@ ENDPOINTS["getSeriesMetaData"] = ENDPOINTS["getSeriesMetadata"]
 
 def check_params(endpoint: Endpoint, params: dict[str, str]) -> None:
     """Raise the server's 400 for an unknown or missing parameter."""
-    for name in params:
+    for name in params if endpoint.allowed is not None else ():
         if name not in endpoint.allowed:
             raise ApiError(400, f"Invalid query parameter: '{name}'. Allowed parameters are: "
                                 f"[{', '.join(endpoint.allowed)}]")

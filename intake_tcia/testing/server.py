@@ -252,6 +252,10 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(500, "Server was not able to process your request")
         check_params(endpoint, params)
         view = self.owner._view(self.host)
+        if endpoint.answer is not None:
+            body, content_type = endpoint.answer(view, params)
+            self._stream(record, 200, [body], content_type, {}, fault=fault)
+            return
         if endpoint.query is None:
             self._image(record, endpoint, params, view, fault)
             return

@@ -1,0 +1,110 @@
+"""NBIA's advanced search at scale: the same getSimpleSearch by intake-tcia and by tcia_utils.
+
+The sample archive is seeded with real TCIA metadata (``idc-index-data``: NLST's series), then
+the same search (collection NLST, modality CT) is run by intake-tcia (``TCIAClient.search``: a
+typed getSeries-shaped DataFrame, manifest pages of 1,000 patients, getSeriesMetadata) and by
+tcia_utils (``nbia.getSimpleSearch(..., format="uids")``: one manifest request, a list of UIDs;
+and its default JSON page of 10 patients), each in its own processes, interleaved: the best of
+``--rounds`` processes of ``--repeat`` searches each (peak memory: the largest seen).
+
+    python benchmarks/search.py [--rows 50000] [--repeat 3] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import current_rss_mb, peak_rss_mb, print_table, run_contender  # noqa: E402
+
+COLLECTION, MODALITY = "NLST", "CT"
+
+
+def measure_ours(api_url: str, repeat: int) -> dict:
+    from intake_tcia import TCIAClient
+
+    client = TCIAClient(api_url=api_url, nlst_api_url=api_url)
+    baseline = current_rss_mb()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        frame = client.search(collection=COLLECTION, modality=MODALITY)
+        times.append(time.perf_counter() - start)
+        rows, peak = len(frame), peak_rss_mb() - baseline
+        del frame
+    return {"contender": "intake-tcia search", "gives": "typed series DataFrame", "rows": rows,
+            "seconds": min(times), "peak_mb": peak}
+
+
+def measure_tcia_utils(api_url: str, repeat: int, fmt: str) -> dict:
+    import logging
+
+    from tcia_utils import nbia
+
+    logging.getLogger().setLevel(logging.WARNING)
+    nbia.setApiUrl = lambda endpoint, api_url_=None: api_url  # point it at the same server
+    baseline = current_rss_mb()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        found = nbia.getSimpleSearch(collections=[COLLECTION], modalities=[MODALITY], format=fmt)
+        times.append(time.perf_counter() - start)
+        rows = len(found) if fmt == "uids" else len(found["resultSet"])
+        peak = peak_rss_mb() - baseline
+        del found
+    gives = "list of UIDs" if fmt == "uids" else "JSON page of patients"
+    return {"contender": f"tcia_utils getSimpleSearch({fmt or 'json'})", "gives": gives,
+            "rows": rows, "seconds": min(times), "peak_mb": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=50_000, help="series to seed")
+    parser.add_argument("--repeat", type=int, default=3, help="searches per process")
+    parser.add_argument("--rounds", type=int, default=3, help="processes per contender")
+    parser.add_argument("--contender", help=argparse.SUPPRESS)
+    parser.add_argument("--api-url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.contender:
+        import json
+
+        if args.contender == "ours":
+            result = measure_ours(args.api_url, args.repeat)
+        else:
+            fmt = args.contender.removeprefix("tcia_utils")
+            result = measure_tcia_utils(args.api_url, args.repeat, fmt.lstrip(":"))
+        print(json.dumps(result))
+        return
+
+    from intake_tcia.testing import ArchiveServer, SampleArchive, idc_series_table
+
+    table = idc_series_table(collection=COLLECTION, limit=args.rows)
+    archive = SampleArchive()
+    archive.seed_series_metadata(table)
+    with ArchiveServer(archive=archive) as server:
+        url = server.nlst_api_url
+        print(f"seeded {len(table):,} real {COLLECTION} series "
+              f"({table['PatientID'].nunique():,} patients); search via {url}")
+        runs: dict[str, list[dict]] = {"tcia_utils:uids": [], "tcia_utils": [], "ours": []}
+        for _ in range(args.rounds):  # interleaved, so drift favours neither
+            for name, found in runs.items():
+                options = ["--contender", name, "--api-url", url, "--repeat", str(args.repeat)]
+                found.append(run_contender(__file__, options))
+    results = [
+        {**min(found, key=lambda r: r["seconds"]), "peak_mb": max(r["peak_mb"] for r in found),
+         "spread_s": f"{min(r['seconds'] for r in found):.2f}-"
+                     f"{max(r['seconds'] for r in found):.2f}"}
+        for found in runs.values()
+    ]
+    print_table(results, ["contender", "gives", "rows", "seconds", "spread_s", "peak_mb"])
+    uids, _, ours = results
+    print(f"\nintake-tcia / tcia_utils(uids): time {ours['seconds'] / uids['seconds']:.2f}x, "
+          f"peak memory {ours['peak_mb'] / max(uids['peak_mb'], 0.01):.2f}x (lower is better)")
+
+
+if __name__ == "__main__":
+    main()
