@@ -40,6 +40,31 @@ def run_contender(script: str, args: Sequence[str]) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def run_on_seeded_archive(
+    script: str, collection: str, rows: int, contenders: Sequence[str], *, rounds: int,
+    repeat: int,
+) -> dict[str, list[dict[str, Any]]]:
+    """Seed a sample archive with ``rows`` real series of ``collection`` (idc-index-data), then
+    run each contender ``rounds`` times in its own process, interleaved so that drift favours
+    none; each contender's results, in order. A contender is run as ``script --contender NAME
+    --api-url URL --repeat N`` against the host that serves ``collection``."""
+    from intake_tcia.testing import ArchiveServer, SampleArchive, idc_series_table
+
+    table = idc_series_table(collection=collection, limit=rows)
+    archive = SampleArchive()
+    archive.seed_series_metadata(table)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
+    with ArchiveServer(archive=archive) as server:
+        url = server.nlst_api_url if collection == "NLST" else server.api_url
+        print(f"seeded {len(table):,} real {collection} series "
+              f"({table['PatientID'].nunique():,} patients), served at {url}")
+        for _ in range(rounds):
+            for name, found in runs.items():
+                options = ["--contender", name, "--api-url", url, "--repeat", str(repeat)]
+                found.append(run_contender(script, options))
+    return runs
+
+
 def print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     """Print rows as an aligned text table."""
     cells = [[str(c) for c in columns]] + [[_fmt(r.get(c)) for c in columns] for r in rows]

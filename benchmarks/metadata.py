@@ -17,7 +17,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import current_rss_mb, peak_rss_mb, print_table, run_contender  # noqa: E402
+from _measure import (  # noqa: E402
+    current_rss_mb,
+    peak_rss_mb,
+    print_table,
+    run_on_seeded_archive,
+)
 
 COLLECTION = "NLST"
 
@@ -82,19 +87,8 @@ def main() -> None:
         print(json.dumps(measure(args.api_url, args.repeat)))
         return
 
-    from intake_tcia.testing import ArchiveServer, SampleArchive, idc_series_table
-
-    table = idc_series_table(collection=COLLECTION, limit=args.rows)
-    archive = SampleArchive()
-    archive.seed_series_metadata(table)
-    with ArchiveServer(archive=archive) as server:
-        url = server.nlst_api_url
-        print(f"seeded {len(table):,} real {COLLECTION} series; getSeries via {url}")
-        runs: dict[str, list[dict]] = {"tcia_utils": [], "ours": []}
-        for _ in range(args.rounds):  # interleaved, so drift favours neither
-            for name, found in runs.items():
-                options = ["--contender", name, "--api-url", url, "--repeat", str(args.repeat)]
-                found.append(run_contender(__file__, options))
+    runs = run_on_seeded_archive(__file__, COLLECTION, args.rows, ["tcia_utils", "ours"],
+                                 rounds=args.rounds, repeat=args.repeat)
     # each contender's fastest process; its peak memory as the largest seen
     peer, ours = (
         {**min(found, key=lambda r: r["seconds"]), "peak_mb": max(r["peak_mb"] for r in found)}

@@ -316,7 +316,8 @@ class Transport:
             self._answered.add(_origin(url))
             if not response.headers:
                 response.close()
-                raise TCIAConnectionError(f"the answer from {response.url} ended inside its headers")
+                raise TCIAConnectionError(
+                    f"the answer from {response.url} ended inside its headers")
             location = response.headers.get("Location")
             if response.status_code not in _REDIRECTS or location is None:
                 return response
@@ -350,7 +351,8 @@ class Transport:
         failure = permanent or (
             "timed out asking" if isinstance(exc, requests.Timeout) else "could not reach"
         )
-        error = TCIAConnectionError(f"{failure} {full}" if permanent else f"{failure} {full}: {exc}")
+        message = f"{failure} {full}" if permanent else f"{failure} {full}: {exc}"
+        error = TCIAConnectionError(message)
         error.permanent = permanent is not None
         return error
 

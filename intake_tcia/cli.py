@@ -1,4 +1,5 @@
-"""The ``intake-tcia`` command line: query and search the archive, download, write manifests, cite, demo.
+"""The ``intake-tcia`` command line: query and search the archive, download, write manifests,
+cite, demo.
 
 Every subcommand goes through one :class:`~intake_tcia.client.TCIAClient`, configured by
 ``--api-url``, ``--nlst-api-url`` and ``--cache-dir`` (before or after the subcommand) or the

@@ -317,7 +317,7 @@ def test_leading_whitespace_is_parsed_in_linear_time(hostile, tmp_path):
     assert time.monotonic() - start < 20
 
 
-# -- what is retried, and how it is told ------------------------------------------------------------
+# -- what is retried, and how it is told --------------------------------------------------------
 
 
 def test_4xx_answers_are_not_retried_but_408_is(hostile, tmp_path):

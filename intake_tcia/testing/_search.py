@@ -77,7 +77,7 @@ def _failure(message: object) -> ApiError:
 
 
 def _field(params: dict[str, str], name: str) -> str:
-    """A form field the server reads with ``get(name).get(0)``: missing is a NullPointerException."""
+    """A form field the server reads with ``get(name).get(0)``: missing, a NullPointerException."""
     if name not in params:
         raise _failure("null")
     return params[name]
