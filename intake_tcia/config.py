@@ -17,6 +17,8 @@ __all__ = [
     "DEFAULT_NLST_API_URL",
     "NLST_COLLECTION",
     "SECRETS",
+    "BACKENDS",
+    "DEFAULT_IDC_URL",
     "is_nlst",
 ]
 
@@ -35,10 +37,16 @@ _ENVIRONMENT = {
     "password": "INTAKE_TCIA_PASSWORD",
     "nlst_username": "INTAKE_TCIA_NLST_USERNAME",
     "nlst_password": "INTAKE_TCIA_NLST_PASSWORD",
+    "backend": "INTAKE_TCIA_BACKEND",
+    "idc_url": "INTAKE_TCIA_IDC_URL",
+    "idc_index": "INTAKE_TCIA_IDC_INDEX",
 }
 #: Settings that are secrets: never in repr, str, logs or pickles (re-read from the environment).
 SECRETS = ("api_key", "username", "password", "nlst_username", "nlst_password")
-_URLS = ("api_url", "nlst_api_url", "datacite_url")
+_URLS = ("api_url", "nlst_api_url", "datacite_url", "idc_url")
+#: Where data comes from (design.md, "Two backends").
+BACKENDS = ("nbia", "idc", "auto")
+DEFAULT_IDC_URL = "https://s3.amazonaws.com/"
 _POSITIVE = ("connect_timeout", "read_timeout", "query_timeout", "series_timeout")
 
 
@@ -113,6 +121,14 @@ class Settings:
     nlst_username, nlst_password : str, optional
         The login for the NLST host. ``username``/``password`` are never sent there: without
         these the NLST host is asked with the guest login.
+    backend : {"auto", "nbia", "idc"}
+        Where data comes from: the NBIA API, the Imaging Data Commons (a local index and public
+        buckets), or NBIA with IDC as the fallback and the faster path for series files.
+    idc_url : str
+        The S3-compatible endpoint of IDC's buckets (anonymous, path-style).
+    idc_index : Path, optional
+        A folder laid out like the ``idc-index-data`` package (``idc_index.parquet``,
+        ``collections_index.parquet``); by default that installed package's folder.
 
     Notes
     -----
@@ -140,6 +156,9 @@ class Settings:
     password: str | None = field(default=None, repr=False)
     nlst_username: str | None = field(default=None, repr=False)
     nlst_password: str | None = field(default=None, repr=False)
+    backend: str = "auto"
+    idc_url: str = DEFAULT_IDC_URL
+    idc_index: Path | None = None
 
     def __post_init__(self) -> None:
         for name in _URLS:
@@ -147,6 +166,12 @@ class Settings:
         for name in SECRETS:
             object.__setattr__(self, name, _check_secret(name, getattr(self, name)))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
+        backend = str(self.backend).strip().lower()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        object.__setattr__(self, "backend", backend)
+        if self.idc_index is not None:
+            object.__setattr__(self, "idc_index", Path(self.idc_index).expanduser())
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, not {self.retries}")
         if self.workers < 1:

@@ -46,3 +46,21 @@ def test_errors_share_one_base_and_pickle():
     assert (copy.status, copy.text, copy.url) == (400, error.text, error.url)
     with pytest.raises(errors.MissingDependencyError, match=r"intake-tcia\[nothing\]"):
         errors.import_optional("no_such_module_xyz", "nothing", "A feature")
+
+
+def test_backend_settings_from_keywords_and_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("INTAKE_TCIA_BACKEND", "IDC")
+    monkeypatch.setenv("INTAKE_TCIA_IDC_URL", "http://127.0.0.1:9/")
+    monkeypatch.setenv("INTAKE_TCIA_IDC_INDEX", str(tmp_path))
+    settings = Settings.from_env()
+    assert (settings.backend, settings.idc_url, settings.idc_index) == (
+        "idc", "http://127.0.0.1:9/", tmp_path)
+    assert Settings.from_env(backend="nbia").backend == "nbia"
+
+
+def test_backend_settings_are_checked():
+    with pytest.raises(ValueError, match="backend must be one of nbia, idc, auto, not 'nbai'"):
+        Settings(backend="nbai")
+    with pytest.raises(ValueError, match="idc_url"):
+        Settings(idc_url="s3://idc-open-data")
+    assert Settings().backend == "auto" and Settings().idc_url == "https://s3.amazonaws.com/"
