@@ -54,7 +54,10 @@ def test_backend_settings_from_keywords_and_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("INTAKE_TCIA_IDC_INDEX", str(tmp_path))
     settings = Settings.from_env()
     assert (settings.backend, settings.idc_url, settings.idc_index) == (
-        "idc", "http://127.0.0.1:9/", tmp_path)
+        "idc",
+        "http://127.0.0.1:9/",
+        tmp_path,
+    )
     assert Settings.from_env(backend="nbia").backend == "nbia"
 
 
