@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from isal import isal_zlib
 
 from ._validate import is_reserved_name
-from .errors import TCIAIntegrityError, UnsafeArchiveError
+from .errors import TCIAIntegrityError, TCIAResponseError, UnsafeArchiveError
 
-__all__ = ["ZipMember", "iter_members", "check_members", "name_problem", "MAX_COMPRESSION_RATIO"]
+__all__ = ["ZipMember", "NotAZipError", "iter_members", "check_members", "name_problem", "MAX_COMPRESSION_RATIO"]
 
 #: A member inflating more than this (deflate's own limit is about 1032) is a zip bomb.
 MAX_COMPRESSION_RATIO = 200
@@ -51,6 +51,11 @@ _MASK32 = 0xFFFFFFFF
 _FLAG_ENCRYPTED = 0x1
 _FLAG_DESCRIPTOR = 0x8
 _FLAG_UTF8 = 0x800
+
+
+class NotAZipError(UnsafeArchiveError, TCIAResponseError):
+    """An answer that is no zip at all (an HTML page, zeros from the first byte): not the
+    endpoint's format, refused at its first bytes and not retried, as an unsafe zip is."""
 
 
 @dataclass
@@ -155,6 +160,8 @@ def iter_members(chunks: Iterable[bytes], uid: str, *, limit: int | None = None)
     seen: list[_Local] = []
     while True:
         signature = stream.read(4, "a header")
+        if not seen and signature not in (_LOCAL, _END):
+            raise NotAZipError(f"series {uid}: the answer is no zip (it starts {signature!r})")
         if signature == _LOCAL:
             local = _read_local(stream)
             seen.append(local)
