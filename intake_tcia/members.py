@@ -28,7 +28,14 @@ from isal import isal_zlib
 from ._validate import is_reserved_name
 from .errors import TCIAIntegrityError, TCIAResponseError, UnsafeArchiveError
 
-__all__ = ["ZipMember", "NotAZipError", "iter_members", "check_members", "name_problem", "MAX_COMPRESSION_RATIO"]
+__all__ = [
+    "ZipMember",
+    "NotAZipError",
+    "iter_members",
+    "check_members",
+    "name_problem",
+    "MAX_COMPRESSION_RATIO",
+]
 
 #: A member inflating more than this (deflate's own limit is about 1032) is a zip bomb.
 MAX_COMPRESSION_RATIO = 200
@@ -131,9 +138,9 @@ class _Local:
     streamed_compressed: int = 0
 
 
-def iter_members(chunks: Iterable[bytes], uid: str, *, limit: int | None = None) -> Iterator[
-    ZipMember
-]:
+def iter_members(
+    chunks: Iterable[bytes], uid: str, *, limit: int | None = None
+) -> Iterator[ZipMember]:
     """The members of a zip arriving as ``chunks``, each as soon as its header is in.
 
     The central directory is checked (:func:`check_members`) once the last member is read, so
@@ -180,8 +187,8 @@ def iter_members(chunks: Iterable[bytes], uid: str, *, limit: int | None = None)
 
 def _read_local(stream: _Stream) -> _Local:
     header = stream.read(_LOCAL_HEADER.size - 4, "a local header")
-    (_, _, flags, method, _, _, crc, csize, size, name_length, extra_length) = (
-        _LOCAL_HEADER.unpack(_LOCAL + header)
+    (_, _, flags, method, _, _, crc, csize, size, name_length, extra_length) = _LOCAL_HEADER.unpack(
+        _LOCAL + header
     )
     name = _decode_name(stream.read(name_length, "a member name"), flags)
     extra = stream.read(extra_length, "a local header")
@@ -335,8 +342,25 @@ def _read_central(stream: _Stream, seen: list[_Local], limit: int | None) -> Non
     infos = []
     while (signature := stream.read(4, "the central directory")) == _CENTRAL:
         fields = _CENTRAL_HEADER.unpack(_CENTRAL + stream.read(42, "the central directory"))
-        (_, made_by, _, flags, method, _, _, crc, csize, size, name_length, extra_length,
-         comment_length, _, _, external, _) = fields
+        (
+            _,
+            made_by,
+            _,
+            flags,
+            method,
+            _,
+            _,
+            crc,
+            csize,
+            size,
+            name_length,
+            extra_length,
+            comment_length,
+            _,
+            _,
+            external,
+            _,
+        ) = fields
         if name_length > _NAME_LIMIT:  # pragma: no cover - the field is 16 bits
             raise stream.truncated("a central directory name is too long")
         name = _decode_name(stream.read(name_length, "the central directory"), flags)
@@ -352,7 +376,10 @@ def _read_central(stream: _Stream, seen: list[_Local], limit: int | None) -> Non
         info = zipfile.ZipInfo(name)
         info.create_system, info.flag_bits, info.compress_type = made_by >> 8, flags, method
         info.CRC, info.compress_size, info.file_size, info.external_attr = (
-            crc, csize, size, external
+            crc,
+            csize,
+            size,
+            external,
         )
         infos.append(info)
     check_members(stream.uid, infos, limit)

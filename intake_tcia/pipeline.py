@@ -102,8 +102,9 @@ class SeriesFolder:
         folder.mkdir()
 
     def _refuse(self, name: str, problem: str) -> UnsafeArchiveError:
-        return UnsafeArchiveError(f"series {self.series_uid}: member {name!r} {problem}; "
-                                  "refusing it")
+        return UnsafeArchiveError(
+            f"series {self.series_uid}: member {name!r} {problem}; refusing it"
+        )
 
     def _claim(self, name: str) -> None:
         problem = name_problem(name)
@@ -256,8 +257,9 @@ class SeriesFolder:
         )
         license_text = None
         if LICENSE_NAME in files:
-            license_text = (self.folder / LICENSE_NAME).read_text(encoding="utf-8",
-                                                                  errors="replace")
+            license_text = (self.folder / LICENSE_NAME).read_text(
+                encoding="utf-8", errors="replace"
+            )
         return CachedSeries(uid, self.folder, tuple(instances), license_text)
 
 
@@ -331,10 +333,15 @@ class SeriesWriter(SeriesFolder):
         """
         series = self.complete()
         try:
-            return self.cache.publish(CachedSeries(
-                series.series_uid, series.path, series.instances, series.license_text,
-                self.metadata,
-            ))
+            return self.cache.publish(
+                CachedSeries(
+                    series.series_uid,
+                    series.path,
+                    series.instances,
+                    series.license_text,
+                    self.metadata,
+                )
+            )
         except OSError as exc:
             if isinstance(exc, TCIAError):
                 raise
@@ -385,8 +392,12 @@ def _header_uids_leniently(path: Path) -> tuple[str, str]:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
-                             specific_tags=["SOPInstanceUID", "SeriesInstanceUID"])
+        ds = pydicom.dcmread(
+            path,
+            stop_before_pixels=True,
+            force=True,
+            specific_tags=["SOPInstanceUID", "SeriesInstanceUID"],
+        )
         sop = ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID", "")
         return str(sop), str(ds.get("SeriesInstanceUID") or "")
     except Exception as exc:  # noqa: BLE001 - a file the archive holds but pydicom cannot read

@@ -124,10 +124,15 @@ def fetch_series(
 
             def attempt() -> CachedSeries:
                 counter.take_back()  # what a failed attempt counted
-                with SeriesWriter(cache, uid, expected_count=count, size_limit=limit,
-                                  metadata=keep) as writer:
-                    client.on_series_host(uid, lambda host: _receive(
-                        client, host, writer, limit, counter, budget, deadline))
+                with SeriesWriter(
+                    cache, uid, expected_count=count, size_limit=limit, metadata=keep
+                ) as writer:
+                    client.on_series_host(
+                        uid,
+                        lambda host: _receive(
+                            client, host, writer, limit, counter, budget, deadline
+                        ),
+                    )
                     return writer.publish()
 
             try:

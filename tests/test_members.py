@@ -31,13 +31,38 @@ def _java_zip(members: dict[str, bytes]) -> bytes:
         packer = zlib.compressobj(6, zlib.DEFLATED, -15)
         data = packer.compress(body) + packer.flush()
         crc, raw, offset = zlib.crc32(body), name.encode(), len(out)
-        out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0x808, 8, 0, 0, 0, 0, 0,
-                           len(raw), 0) + raw + data
+        out += (
+            struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0x808, 8, 0, 0, 0, 0, 0, len(raw), 0)
+            + raw
+            + data
+        )
         out += struct.pack("<4sIII", b"PK\x07\x08", crc, len(data), len(body))
-        central += struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0x808, 8, 0, 0,
-                               crc, len(data), len(body), len(raw), 0, 0, 0, 0, 0, offset) + raw
-    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(members), len(members),
-                      len(central), len(out), 0)
+        central += (
+            struct.pack(
+                "<4sHHHHHHIIIHHHHHII",
+                b"PK\x01\x02",
+                20,
+                20,
+                0x808,
+                8,
+                0,
+                0,
+                crc,
+                len(data),
+                len(body),
+                len(raw),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+            + raw
+        )
+    end = struct.pack(
+        "<4sHHHHIIH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central), len(out), 0
+    )
     return bytes(out + central + end)
 
 
@@ -55,8 +80,9 @@ class _Pipe:
         pass
 
 
-def _python_zip(members: dict[str, bytes], compression: int, *, zip64: bool = False,
-                seekable: bool = False) -> bytes:
+def _python_zip(
+    members: dict[str, bytes], compression: int, *, zip64: bool = False, seekable: bool = False
+) -> bytes:
     import io
 
     sink = io.BytesIO() if seekable else _Pipe()
@@ -72,7 +98,7 @@ def _chunks(data: bytes, seed: int) -> Iterator[bytes]:
     at = 0
     while at < len(data):
         n = rng.choice([1, 3, 7, 100, 4096, 65536])
-        yield data[at:at + n]
+        yield data[at : at + n]
         at += n
 
 
@@ -80,8 +106,9 @@ def _read(data: bytes, seed: int = 0, **options: object) -> dict[str, bytes]:
     return {m.name: b"".join(m.chunks) for m in iter_members(_chunks(data, seed), UID, **options)}
 
 
-@pytest.mark.parametrize("layout", ["java", "deflated", "stored", "deflated64", "stored64",
-                                    "seekable"])
+@pytest.mark.parametrize(
+    "layout", ["java", "deflated", "stored", "deflated64", "stored64", "seekable"]
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_every_layout_reads_back_in_any_chunking(layout: str, seed: int) -> None:
     made = {
@@ -105,8 +132,8 @@ def test_members_are_handed_over_before_the_zip_has_arrived() -> None:
 
     def source() -> Iterator[bytes]:
         for at in range(0, len(made), 100):
-            arrived[0] += len(made[at:at + 100])
-            yield made[at:at + 100]
+            arrived[0] += len(made[at : at + 100])
+            yield made[at : at + 100]
 
     members = iter_members(source(), UID)
     first = next(members)
@@ -128,7 +155,7 @@ def test_corrupt_data_and_disagreeing_sizes_are_refused() -> None:
     with pytest.raises(TCIAIntegrityError):
         _read(flipped)
     at = made.index(b"PK\x07\x08") + 12  # the descriptor's uncompressed size
-    made[at:at + 4] = (9_999).to_bytes(4, "little")
+    made[at : at + 4] = (9_999).to_bytes(4, "little")
     with pytest.raises(TCIAIntegrityError, match="data descriptor says 9999"):
         _read(bytes(made))
 
@@ -164,7 +191,13 @@ def test_a_bomb_stops_while_it_inflates() -> None:
 
 def test_name_problems() -> None:
     assert name_problem("1-01.dcm") is None
-    for bad, why in [("/x.dcm", "absolute"), ("C:x", "absolute"), ("../x", ".."),
-                     ("a/b.dcm", "folder"), (".hidden", "plain"), ("CON", "reserves"),
-                     ("x" * 256, "255")]:
+    for bad, why in [
+        ("/x.dcm", "absolute"),
+        ("C:x", "absolute"),
+        ("../x", ".."),
+        ("a/b.dcm", "folder"),
+        (".hidden", "plain"),
+        ("CON", "reserves"),
+        ("x" * 256, "255"),
+    ]:
         assert why in name_problem(bad), bad
