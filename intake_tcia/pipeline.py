@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ._dicomhead import header_uids
 from .cache import LICENSE_NAME, CachedInstance, CachedSeries, SeriesCache
 from .errors import TCIAError, TCIAIntegrityError, TCIAStorageError, UnsafeArchiveError
 from .members import name_problem
@@ -39,6 +40,8 @@ log = logging.getLogger("intake_tcia")
 
 #: The member of an NBIA zip listing every file's MD5 (``Filename,MD5Hash``); never a file.
 MD5_MEMBER = "md5hashes.csv"
+#: The first bytes of each file kept in memory, to check its header without reading it again.
+_HEAD = 1 << 16
 _flusher: ThreadPoolExecutor | None = None
 _flusher_lock = threading.Lock()
 
@@ -161,6 +164,7 @@ class SeriesFolder:
         path = self.folder / name
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
+        head = b""
         try:
             with open(path, "xb") as sink:
                 for chunk in chunks:
@@ -168,6 +172,8 @@ class SeriesFolder:
                     digest.update(chunk)
                     sink.write(chunk)
                     size += len(chunk)
+                    if len(head) < _HEAD:
+                        head += chunk[: _HEAD - len(head)]
         except OSError as exc:
             if isinstance(exc, TCIAError):
                 raise
@@ -175,7 +181,7 @@ class SeriesFolder:
         md5 = digest.hexdigest()
         sop, problem = "", None
         if name != LICENSE_NAME:
-            sop, problem = _instance_problem(path, self.series_uid)
+            sop, problem = _instance_problem(path, head, size, self.series_uid)
         entry = _File(name, size, md5, sop, problem, _flush_later(path))
         with self._lock:
             self._files[name] = entry
@@ -348,21 +354,17 @@ class SeriesWriter(SeriesFolder):
             raise TCIAStorageError.naming(self.series_uid, exc) from exc
 
 
-def _instance_problem(path: Path, series_uid: str) -> tuple[str, str | None]:
+def _instance_problem(
+    path: Path, head: bytes, size: int, series_uid: str
+) -> tuple[str, str | None]:
     """A written file's (0008,0018) *SOP Instance UID* ("" when it has none), and why it is no
-    instance of the series (None when it is)."""
-    sop, series = _header_uids(path)
-    if not sop and not _has_dicom_prefix(path):
+    instance of the series (None when it is); ``head`` holds its first bytes."""
+    sop, series = header_uids(head, whole=size <= len(head)) or _header_uids(path)
+    if not sop and head[128:132] != b"DICM":  # no DICOM prefix (PS3.10 section 7.1)
         return "", "is not DICOM"
     if series and series != series_uid:
         return sop, f"is an instance of series {series}"
     return sop, None
-
-
-def _has_dicom_prefix(path: Path) -> bool:
-    """bool: the file starts with the 128-byte preamble and ``DICM`` (PS3.10 section 7.1)."""
-    with open(path, "rb") as f:
-        return f.read(132)[128:] == b"DICM"
 
 
 def _header_uids(path: Path) -> tuple[str, str]:

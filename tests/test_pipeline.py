@@ -139,3 +139,25 @@ def test_a_non_dicom_file_is_corrupt_data_until_its_md5_confirms_it(cache: Serie
         with pytest.raises(TCIAIntegrityError, match="is not DICOM") as confirmed:
             w.expect_md5s({"1.dcm": _md5(b"<html>")})
         assert not confirmed.value.retryable
+
+
+def test_header_uids_agree_with_pydicom_on_its_test_files() -> None:
+    from pydicom.data.data_manager import DATA_ROOT
+
+    from intake_tcia._dicomhead import header_uids
+
+    read = 0
+    for path in sorted(Path(DATA_ROOT, "test_files").rglob("*.dcm")):  # shipped, no download
+        data = Path(path).read_bytes()
+        found = header_uids(data[:65536], whole=len(data) <= 65536)
+        if found is None:
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - files pydicom itself refuses are not compared
+            continue
+        assert found == (str(ds.get("SOPInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))), (
+            path
+        )
+        read += 1
+    assert read > 50  # most files are read by the fast path
