@@ -214,13 +214,14 @@ def atomic_path(target: Path, *, suffix: str = ".tmp", durable: bool = False) ->
     try:
         yield temporary
         if durable:
-            _fsync_file(temporary)
+            fsync_file(temporary)
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a written file to disk."""
     fd = os.open(path, os.O_RDWR)
     try:
         os.fsync(fd)

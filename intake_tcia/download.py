@@ -299,8 +299,8 @@ def _layout_fields(layout: str) -> set[str]:
 
 
 def _add_metadata(client: TCIAClient, requests: list[_Request], fields: set[str]) -> None:
-    """Fill the fields missing from what was given or cached, in as few requests as possible
-    (getSeriesMetadata, thousands of UIDs per request)."""
+    """Fill the layout fields missing from what was given or cached, in as few requests as
+    possible (getSeriesMetadata, thousands of UIDs per request)."""
     lacking = [r for r in requests if not fields <= r.metadata.keys()]
     if not lacking:
         return

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,7 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from ._dicomhead import header_uids
-from .cache import LICENSE_NAME, CachedInstance, CachedSeries, SeriesCache
+from .cache import LICENSE_NAME, CachedInstance, CachedSeries, SeriesCache, fsync_file
 from .errors import TCIAError, TCIAIntegrityError, TCIAStorageError, UnsafeArchiveError
 from .members import name_problem
 
@@ -52,15 +51,7 @@ def _flush_later(path: Path) -> Future[None]:
     with _flusher_lock:
         if _flusher is None:
             _flusher = ThreadPoolExecutor(2, thread_name_prefix="intake-tcia-flush")
-    return _flusher.submit(_fsync, path)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return _flusher.submit(fsync_file, path)
 
 
 @dataclass
