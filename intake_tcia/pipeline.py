@@ -30,7 +30,7 @@ from typing import Any
 
 from ._dicomhead import header_uids
 from .cache import LICENSE_NAME, CachedInstance, CachedSeries, SeriesCache, fsync_file
-from .errors import TCIAError, TCIAIntegrityError, TCIAStorageError, UnsafeArchiveError
+from .errors import TCIAIntegrityError, TCIAStorageError, UnsafeArchiveError, storage_errors
 from .members import name_problem
 
 __all__ = ["SeriesWriter", "SeriesFolder", "MD5_MEMBER"]
@@ -156,19 +156,14 @@ class SeriesFolder:
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
         head = b""
-        try:
-            with open(path, "xb") as sink:
-                for chunk in chunks:
-                    self._reserve(len(chunk))
-                    digest.update(chunk)
-                    sink.write(chunk)
-                    size += len(chunk)
-                    if len(head) < _HEAD:
-                        head += chunk[: _HEAD - len(head)]
-        except OSError as exc:
-            if isinstance(exc, TCIAError):
-                raise
-            raise TCIAStorageError.naming(self.series_uid, exc) from exc
+        with storage_errors(self.series_uid), open(path, "xb") as sink:
+            for chunk in chunks:
+                self._reserve(len(chunk))
+                digest.update(chunk)
+                sink.write(chunk)
+                size += len(chunk)
+                if len(head) < _HEAD:
+                    head += chunk[: _HEAD - len(head)]
         md5 = digest.hexdigest()
         sop, problem = "", None
         if name != LICENSE_NAME:
@@ -292,6 +287,7 @@ class SeriesWriter(SeriesFolder):
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         self.cache = cache
+        self.series_uid = series_uid
         self.metadata = {k: str(v) for k, v in (metadata or {}).items() if v is not None}
         self._staging: Any = None
         self._pending = (series_uid, expected_count, size_limit)
@@ -329,7 +325,7 @@ class SeriesWriter(SeriesFolder):
             The series at its place in the cache.
         """
         series = self.complete()
-        try:
+        with storage_errors(self.series_uid):
             return self.cache.publish(
                 CachedSeries(
                     series.series_uid,
@@ -339,10 +335,6 @@ class SeriesWriter(SeriesFolder):
                     self.metadata,
                 )
             )
-        except OSError as exc:
-            if isinstance(exc, TCIAError):
-                raise
-            raise TCIAStorageError.naming(self.series_uid, exc) from exc
 
 
 def _instance_problem(
