@@ -226,7 +226,7 @@ def main() -> None:
     parser.add_argument("--bandwidth-mb", type=float, default=25.0,
                         help="MB/s per connection (25 = 200 Mbit/s)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds before answers")
-    parser.add_argument("--big-slices", type=int, default=1000,
+    parser.add_argument("--big-slices", type=int, default=600,
                         help="slices of the big series of the memory part (0: skip it)")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="3 series of 60 slices, once")
