@@ -42,7 +42,6 @@ __all__ = [
     "TCIAStorageError",
     "DownloadError",
     "MissingDependencyError",
-    "RETRY_STATUSES",
 ]
 
 #: Statuses worth asking again: a request timeout, rate limiting and passing server trouble.
