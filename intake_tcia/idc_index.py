@@ -213,14 +213,13 @@ class IDCIndex:
 
     def _v4(self, raw: pa.Table, constants: bool = True) -> pa.Table:
         """Index rows as v4 columns (those their index columns allow), typed as
-        :mod:`intake_tcia.schema` says; index columns of :data:`LOCATION_COLUMNS` kept too."""
+        :mod:`intake_tcia.schema` says (and ``collection_id``)."""
         pa, pc = self.pa, self.pc
         text = pa.large_string()
         have = set(raw.column_names)
         same = ["SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription",
                 "BodyPartExamined", "PatientID", "PatientSex", "PatientAge", "Manufacturer",
-                "ManufacturerModelName", "aws_bucket", "crdc_series_uuid", "series_aws_url",
-                "series_size_MB"]
+                "ManufacturerModelName"]
         out = {name: raw[name] for name in same if name in have}
         derived: dict[str, tuple[str, Callable[[Any], Any]]] = {
             "SeriesDate": ("SeriesDate", self._date),
@@ -312,7 +311,7 @@ class IDCIndex:
         return self.cache_dir / "idc-index" / self._fingerprint
 
     def _collection_rows(self, collection_id: str) -> pa.Table:
-        """One collection's rows in v4 columns, sorted; from the cached Arrow file when there."""
+        """One collection's rows in v4 columns; from the cached Arrow file when there."""
         with self._lock:
             if collection_id in self._tables:
                 return self._tables[collection_id]
@@ -320,14 +319,33 @@ class IDCIndex:
             path = root / f"{collection_id}.arrow" if root else None
             table = self._read_cached(path) if path else None
             if table is None:
-                raw = self._dataset.to_table(
-                    filter=self.ds.field("collection_id") == collection_id)
-                table = self._v4(raw).sort_by([(c, "ascending") for c in _ORDER])
+                raw = self._read_collection(collection_id)
+                table = self._v4(raw)
                 del raw
                 if path is not None and self._write_cached(path, table):
                     table = self._read_cached(path) or table
             self._tables[collection_id] = table
             return table
+
+    def _read_collection(self, collection_id: str) -> pa.Table:
+        """One collection's index rows, decoded a batch at a time and filtered as they come
+        (the real file is one row group): batches past the collection's last row are not read,
+        so a collection stored together (as IDC sorts the file) costs only the rows up to it."""
+        pc = self.pc
+        ids = self._dataset.to_table(columns=["collection_id"])["collection_id"]
+        rows = pc.indices_nonzero(pc.fill_null(pc.equal(ids, collection_id), False))
+        end = pc.max(rows).as_py() + 1 if len(rows) else 0
+        batches, seen = [], 0
+        for batch in self.pq.ParquetFile(self.path).iter_batches(65536, columns=_READ):
+            if seen >= end:
+                break
+            seen += batch.num_rows
+            keep = pc.fill_null(pc.equal(batch["collection_id"], collection_id), False)
+            if pc.any(keep).as_py():
+                batches.append(batch.filter(keep))
+        schema = self._dataset.schema
+        return self.pa.Table.from_batches(batches, schema=self.pa.schema(
+            [schema.field(c) for c in _READ]))
 
     def _read_cached(self, path: Path) -> pa.Table | None:
         try:
@@ -352,8 +370,7 @@ class IDCIndex:
         return True
 
     def rows(self, params: dict[str, str], columns: Iterable[str] | None = None) -> pa.Table:
-        """The series rows matching v4 filter parameters, in v4 columns, sorted by
-        Collection, PatientID and UIDs.
+        """The series rows matching v4 filter parameters, in v4 columns, in index order.
 
         A ``Collection`` is read through its cached copy; without one, the index is scanned
         reading only the index columns ``columns`` (v4 names; all when None) need.
@@ -365,12 +382,10 @@ class IDCIndex:
                 return self._v4(self._dataset.schema.empty_table())
             table = self.pa.concat_tables(tables) if len(tables) > 1 else tables[0]
             return table if where is None else table.filter(where)
-        raw_columns = None if columns is None else sorted(_raw_columns(columns, params))
+        raw_columns = _READ if columns is None else sorted(_raw_columns(columns, params))
         raw = self._dataset.to_table(columns=raw_columns, filter=where)
-        table = self._v4(raw, constants=columns is None or bool(
+        return self._v4(raw, constants=columns is None or bool(
             {"SpeciesCode", "SpeciesDescription", "Phantom", "LicenseName"} & set(columns)))
-        keys = [(c, "ascending") for c in _ORDER if c in table.column_names]
-        return table.sort_by(keys) if keys else table
 
     def _since(self, table: pa.Table, from_date: str, *, strict: bool) -> pa.Table:
         """Rows released after (``strict``) or on/after ``from_date`` (``MM-DD-YYYY``)."""
@@ -537,9 +552,9 @@ class IDCIndex:
             table["Collection"].cast(pa.large_string()),
             table["PatientID"].cast(pa.large_string()), pa.scalar("\0", pa.large_string()))
 
-    def _by_uid(self, uids: list[str], columns: list[str] | None = None) -> pa.Table:
+    def _by_uid(self, uids: list[str]) -> pa.Table:
         raw = self._dataset.to_table(
-            columns=columns, filter=self.ds.field("SeriesInstanceUID").isin(uids))
+            columns=_READ, filter=self.ds.field("SeriesInstanceUID").isin(uids))
         return self._v4(raw)
 
     # -- for IDC retrieval -------------------------------------------------------------------
@@ -575,6 +590,13 @@ class IDCIndex:
                                  ignore_index=True)
 
 
+#: The index columns the v4 columns are made of (of 31).
+_READ = ["collection_id", "analysis_result_id", "PatientID", "SeriesInstanceUID",
+         "StudyInstanceUID", "source_DOI", "PatientAge", "PatientSex", "StudyDate",
+         "StudyDescription", "BodyPartExamined", "Modality", "Manufacturer",
+         "ManufacturerModelName", "SeriesDate", "SeriesDescription", "SeriesNumber",
+         "instanceCount", "series_init_idc_version", "series_revised_idc_version",
+         "series_size_MB"]
 #: getSimpleSearch criteria that select values of a v4 column.
 _CRITERIA = {"CollectionCriteria": "Collection", "PatientCriteria": "PatientID",
              "StudyCriteria": "StudyInstanceUID", "SeriesCriteria": "SeriesInstanceUID",
