@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import threading
 import warnings
@@ -185,9 +186,15 @@ class IDCIndex:
         return info.name if info else collection_id
 
     def collection_ids(self, name: str) -> list[str]:
-        """The collection_ids TCIA's ``name`` stands for (case-insensitive; none if unknown)."""
+        """The collection_ids TCIA's ``name`` stands for (case-insensitive; none if unknown).
+
+        Read from collections_index (a small file), so a collection whose copy is cached costs
+        no read of the series index.
+        """
         wanted = name.strip().upper()
-        return [i for i in self._present if self.name_of(i).upper() == wanted]
+        listed = [i for i, info in self._collections.items() if info.name.upper() == wanted]
+        return listed or [i for i in self._present
+                          if i not in self._collections and i.upper() == wanted]
 
     # -- v4 columns from index columns --------------------------------------------------------
 
@@ -250,8 +257,7 @@ class IDCIndex:
                         ids, lambda c, i=i: info(c).species[i] if info(c) else None, text)
                 if "source_DOI" in have:
                     out["LicenseName"], out["LicenseURI"] = self._licences(ids, raw)
-        out["Authorized"] = pa.repeat(pa.scalar(1, pa.int64()), raw.num_rows) if hasattr(
-            pa, "repeat") else pa.array([1] * raw.num_rows, pa.int64())
+        out["Authorized"] = pa.repeat(pa.scalar(1, pa.int64()), raw.num_rows)
         return pa.table(out)
 
     def _licences(self, ids: Any, raw: pa.Table) -> tuple[Any, Any]:
@@ -316,7 +322,8 @@ class IDCIndex:
             if collection_id in self._tables:
                 return self._tables[collection_id]
             root = self._cache_root()
-            path = root / f"{collection_id}.arrow" if root else None
+            safe = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", collection_id) is not None
+            path = root / f"{collection_id}.arrow" if root and safe else None
             table = self._read_cached(path) if path else None
             if table is None:
                 raw = self._read_collection(collection_id)
@@ -423,7 +430,8 @@ class IDCIndex:
         return self.frame(self.pa.table({  # NBIA names a null value "" here
             column: self.pc.fill_null(counts[column], ""),
             "Count": counts["patient_count_distinct"],
-            "Authorized": self.pa.array([1] * counts.num_rows, self.pa.int64())}), endpoint)
+            "Authorized": self.pa.repeat(self.pa.scalar(1, self.pa.int64()), counts.num_rows)}),
+            endpoint)
 
     def _first(self, table: pa.Table, keys: list[str], columns: list[str]) -> pa.Table:
         """One row per distinct ``keys``, in order of appearance, first non-null ``columns``."""
