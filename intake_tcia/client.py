@@ -523,10 +523,14 @@ class TCIAClient:
             raise ValueError(f"level must be 'series' or 'collection', not {level!r}")
         form = {"DOI": doi_url(doi), "CollectionOrSeries": level}
         schema = SCHEMAS["getCollectionOrSeriesForDOI"]
-        frames = [frame_from_records(self._transport.get_json(
-            host + "getCollectionOrSeriesForDOI", data=form), schema)
-            for host in self.settings.hosts]
-        return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+
+        def ask() -> pd.DataFrame:
+            frames = [frame_from_records(self._transport.get_json(
+                host + "getCollectionOrSeriesForDOI", data=form), schema)
+                for host in self.settings.hosts]
+            return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+
+        return routed(self, "getCollectionOrSeriesForDOI", form, ask)
 
     def series_size(self, series_uid: str, *, collection: str | None = None) -> dict[str, int]:
         """``{"TotalSizeInBytes": int, "ObjectCount": int}`` of one series (uncompressed bytes).

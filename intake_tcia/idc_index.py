@@ -28,7 +28,7 @@ import re
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property, lru_cache
@@ -317,7 +317,9 @@ class IDCIndex:
         return self.cache_dir / "idc-index" / self._fingerprint
 
     def _collection_rows(self, collection_id: str) -> pa.Table:
-        """One collection's rows in v4 columns; from the cached Arrow file when there."""
+        """One collection's rows in v4 columns; from the cached Arrow file when there, else
+        read from the index batch by batch, each batch written to the copy as it comes (memory
+        holds one batch, not the collection), then the copy memory-mapped."""
         with self._lock:
             if collection_id in self._tables:
                 return self._tables[collection_id]
@@ -325,34 +327,37 @@ class IDCIndex:
             safe = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", collection_id) is not None
             path = root / f"{collection_id}.arrow" if root and safe else None
             table = self._read_cached(path) if path else None
-            if table is None:
-                raw = self._read_collection(collection_id)
-                table = self._v4(raw)
-                del raw
-                if path is not None and self._write_cached(path, table):
-                    table = self._read_cached(path) or table
+            if table is None and path is not None and self._write_cached(
+                    path, self._collection_batches(collection_id)):
+                table = self._read_cached(path)
+            if table is None:  # no cache, or it cannot be written
+                first, *rest = self._collection_batches(collection_id)
+                table = self.pa.concat_tables([first, *(t.cast(first.schema) for t in rest)])
             self._tables[collection_id] = table
             return table
 
-    def _read_collection(self, collection_id: str) -> pa.Table:
-        """One collection's index rows, decoded a batch at a time and filtered as they come
-        (the real file is one row group): batches past the collection's last row are not read,
-        so a collection stored together (as IDC sorts the file) costs only the rows up to it."""
+    def _collection_batches(self, collection_id: str) -> Iterator[pa.Table]:
+        """One collection's rows in v4 columns, a batch at a time (an empty table first).
+
+        The index is decoded a batch at a time and filtered as it comes (the real file is one
+        row group); batches past the collection's last row are not read, so a collection stored
+        together (as IDC sorts the file) costs only the rows up to its end.
+        """
         pc = self.pc
+        schema = self._dataset.schema
+        yield self._v4(self.pa.schema([schema.field(c) for c in _READ]).empty_table())
         ids = self._dataset.to_table(columns=["collection_id"])["collection_id"]
         rows = pc.indices_nonzero(pc.fill_null(pc.equal(ids, collection_id), False))
         end = pc.max(rows).as_py() + 1 if len(rows) else 0
-        batches, seen = [], 0
+        del ids, rows
+        seen = 0
         for batch in self.pq.ParquetFile(self.path).iter_batches(65536, columns=_READ):
             if seen >= end:
                 break
             seen += batch.num_rows
             keep = pc.fill_null(pc.equal(batch["collection_id"], collection_id), False)
             if pc.any(keep).as_py():
-                batches.append(batch.filter(keep))
-        schema = self._dataset.schema
-        return self.pa.Table.from_batches(batches, schema=self.pa.schema(
-            [schema.field(c) for c in _READ]))
+                yield self._v4(self.pa.Table.from_batches([batch.filter(keep)]))
 
     def _read_cached(self, path: Path) -> pa.Table | None:
         try:
@@ -360,14 +365,17 @@ class IDCIndex:
         except (OSError, self.pa.ArrowInvalid):
             return None
 
-    def _write_cached(self, path: Path, table: pa.Table) -> bool:
-        """Write ``table`` to ``path`` atomically; False (no copy kept) if that fails."""
+    def _write_cached(self, path: Path, tables: Iterator[pa.Table]) -> bool:
+        """Write the tables (the first gives the schema) to ``path`` atomically; False (no copy
+        kept) if that fails."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
             try:
-                with os.fdopen(fd, "wb") as sink, self.ipc.new_file(sink, table.schema) as out:
-                    out.write_table(table.combine_chunks())
+                first = next(tables)
+                with os.fdopen(fd, "wb") as sink, self.ipc.new_file(sink, first.schema) as out:
+                    for table in tables:
+                        out.write_table(table.cast(first.schema))
                 os.replace(name, path)
             finally:
                 if os.path.exists(name):
@@ -499,6 +507,10 @@ class IDCIndex:
             return self.frame(rows.rename_columns([{"FileSize": "TotalSizeInBytes",
                                                     "ImageCount": "ObjectCount"}.get(n, n)
                                                    for n in rows.column_names]), endpoint)
+        if endpoint == "getCollectionOrSeriesForDOI":
+            return self._for_doi(params["DOI"], params["CollectionOrSeries"] == "series")
+        if endpoint == "getCollectionDescriptions":
+            return self._descriptions(params.get("collectionName"))
         if endpoint == "getSimpleSearch":
             return self.frame(self._search(params), "getSeries")
         if endpoint in ("getSeriesMetadata", "getSeriesMetaData"):
@@ -506,6 +518,36 @@ class IDCIndex:
             return self.frame(self._by_uid(uids), "getSeriesMetadata")
         raise TCIABackendError(_UNANSWERED.get(endpoint, f"the IDC index cannot answer "
                                                           f"{endpoint}: use backend='nbia'"))
+
+    def _for_doi(self, doi_url: str, series: bool) -> pd.DataFrame:
+        """getCollectionOrSeriesForDOI: the series (or collections) whose DOI is ``doi_url``'s
+        (DOIs compared case-insensitively: IDC keeps them in lower case)."""
+        pc, ds = self.pc, self.ds
+        bare = doi_url.removeprefix("https://doi.org/").upper()
+        raw = self._dataset.to_table(
+            columns=["collection_id", "SeriesInstanceUID", "analysis_result_id"],
+            filter=pc.utf8_upper(ds.field("source_DOI")) == bare)
+        table = self._v4(raw, constants=False)
+        keys = ["Collection", "ThirdPartyAnalysis"] + (["SeriesInstanceUID"] if series else [])
+        table = self._first(table, keys, ["Authorized"]).drop_columns(["_count"])
+        return self.frame(table, "getCollectionOrSeriesForDOI")
+
+    def _descriptions(self, name: str | None) -> pd.DataFrame:
+        """getCollectionDescriptions from collections_index: the description is plain text
+        there (NBIA's is HTML), the DOI of the collection's original data its descriptionURI."""
+        table = self.pq.read_table(self.folder / COLLECTIONS_FILE, columns=[
+            "collection_id", "collection_name", "description", "sources"]).to_pylist()
+        present = set(self._present)
+        rows = [{"collectionName": row["collection_name"], "description": row["description"],
+                 "descriptionURI": next((s["source_url"] for s in row["sources"] or () if
+                                         s.get("source_type") == "original_data"), None)}
+                for row in table if row["collection_id"] in present
+                and (name is None or row["collection_name"].upper() == name.upper())]
+        rows.sort(key=lambda r: r["collectionName"])
+        text = self.pa.large_string()
+        return self.frame(self.pa.Table.from_pylist(rows, schema=self.pa.schema(
+            [("collectionName", text), ("description", text), ("descriptionURI", text)])),
+            "getCollectionDescriptions")
 
     def _search(self, form: dict[str, str]) -> pa.Table:
         """The series a getSimpleSearch form (:func:`intake_tcia.search.search_form`) selects,

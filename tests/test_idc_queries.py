@@ -251,6 +251,28 @@ def test_the_written_index_has_the_real_files_columns_and_types(tmp_path, server
     assert where["instanceCount"].tolist() == sizes["ImageCount"].tolist()
 
 
+def test_doi_lookups_and_descriptions_from_the_index(both, server):
+    nbia, idc = both
+    for info in server.archive.collections.values():
+        if info.name not in set(server.archive.series["Collection"]):
+            continue
+        for doi in (info.doi, info.doi.lower(), info.doi_url):
+            for level in ("series", "collection"):
+                assert_same(nbia.series_for_doi(doi, level=level),
+                            idc.series_for_doi(doi, level=level))
+        ours = idc.collection_descriptions(info.name.lower())
+        theirs = nbia.collection_descriptions(info.name.lower())
+        assert ours.dtypes.to_dict() == theirs.dtypes.to_dict()
+        assert ours["collectionName"].tolist() == [info.name]
+        assert ours["descriptionText"].tolist() == theirs["descriptionText"].tolist()
+        assert ours["descriptionURI"].tolist() == theirs["descriptionURI"].tolist()
+    assert len(idc.collection_descriptions()) == len(nbia.collection_descriptions())
+    server.clear_log()
+    assert idc.series_for_doi("10.7937/NO-SUCH-DOI").empty
+    idc.collection_descriptions()
+    assert server.requests == []  # the index answered
+
+
 # -- backend="auto" -------------------------------------------------------------------------
 
 
