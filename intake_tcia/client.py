@@ -39,7 +39,8 @@ from .config import Settings
 from .download import DEFAULT_LAYOUT
 from .errors import TCIANotFoundError, TCIAResponseError, TCIAUnknownNameError
 from .flavours import Flavour, flavour_for
-from .idc_index import IDCIndex, open_index, routed
+from .idc_index import IDCIndex, open_index
+from .idc_queries import routed
 from .manifest import as_series_uids
 from .schema import SCHEMAS, frame_from_csv, frame_from_records
 
