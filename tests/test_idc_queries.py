@@ -457,3 +457,28 @@ def test_bad_search_criteria_refused_on_the_index(server, tmp_cache, tmp_path, c
     idc = client_for(server, tmp_cache, "idc", idc_index=tmp_path / "never-read")
     with pytest.raises((ValueError, TypeError), match=message):
         idc.search(**criteria)
+
+
+# -- the real index (idc-index-data), where it is cheap to ask -------------------------------
+
+
+def test_the_real_index_answers_with_tcia_names(tmp_cache):
+    idc_index_data = pytest.importorskip("idc_index_data")
+    path = idc_index_data.IDC_INDEX_PARQUET_FILEPATH
+    client = TCIAClient(backend="idc", cache_dir=tmp_cache)  # the installed package's index
+    assert {"LIDC-IDRI", "NLST", "4D-Lung"} <= set(client.collections()["Collection"])
+    # 4D-Lung comes first in the file: reading it stops early, and its copy is small
+    frame = client.series(collection="4d-lung")
+    raw = pq.read_table(
+        path,
+        columns=["collection_id", "SeriesInstanceUID", "instanceCount", "license_short_name"],
+        filters=[("collection_id", "==", "4d_lung")],
+    ).to_pandas()
+    assert len(frame) == len(raw) > 0 and set(frame["Collection"]) == {"4D-Lung"}
+    counts = raw.set_index("SeriesInstanceUID")["instanceCount"]
+    assert frame.set_index("SeriesInstanceUID")["ImageCount"].to_dict() == counts.to_dict()
+    assert set(raw["license_short_name"]) == {"CC BY 3.0"}
+    assert set(frame["LicenseName"]) == {"Creative Commons Attribution 3.0 Unported License"}
+    assert frame["SeriesDate"].dtype == "datetime64[ns]" and frame["DateReleased"].notna().all()
+    where = client.idc_index.series_locations(raw["SeriesInstanceUID"][:3])
+    assert where["series_aws_url"].str.fullmatch(r"s3://[a-z-]+/[0-9a-f-]{36}/\*").all()
