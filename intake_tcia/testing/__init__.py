@@ -9,6 +9,7 @@ Run it by hand with ``python -m intake_tcia.testing --port 8080``.
 
 from .builder import COLLECTIONS, CollectionInfo, SampleArchive
 from .faults import KINDS, Fault, FaultPlan
+from .idc_index import write_idc_index
 from .seeding import idc_series_table
 from .server import ArchiveServer, RequestRecord
 
@@ -22,4 +23,5 @@ __all__ = [
     "RequestRecord",
     "SampleArchive",
     "idc_series_table",
+    "write_idc_index",
 ]
