@@ -179,19 +179,19 @@ def fetch_series(
     collection = collection or metadata.get("Collection")
     if collection:
         client.remember_host(uid, client.settings.host_for(collection))
-    with cache.lock(uid):
-        found = cache.get(uid)  # another thread or process may have fetched it meanwhile
-        if found is not None:
-            return found
-        limit, count = _size_limit(client, uid, metadata)
-        keep = {k: str(v) for k, v in metadata.items() if k in LAYOUT_FIELDS and v is not None}
-        try:
+    try:  # a lock file that cannot be made (a read-only cache) fails like any write to it
+        with cache.lock(uid):
+            found = cache.get(uid)  # another thread or process may have fetched it meanwhile
+            if found is not None:
+                return found
+            limit, count = _size_limit(client, uid, metadata)
+            keep = {k: str(v) for k, v in metadata.items() if k in LAYOUT_FIELDS and v is not None}
             return _fetch_with_retries(client, uid, (limit, count), keep, progress or _ignore,
                                        slots)
-        except OSError as exc:
-            if isinstance(exc, TCIAError):
-                raise
-            raise _storage_error(uid, exc) from exc
+    except OSError as exc:
+        if isinstance(exc, TCIAError):
+            raise
+        raise _storage_error(uid, exc, cache.root) from exc
 
 
 def _fetch_with_retries(
@@ -528,9 +528,10 @@ def _has_dicom_prefix(path: Path) -> bool:
         return f.read(132)[128:] == b"DICM"
 
 
-def _storage_error(uid: str, exc: OSError) -> TCIAStorageError:
-    """A file-system failure (no space, name too long, another device) naming series and path."""
-    where = exc.filename or "the cache or destination"
+def _storage_error(uid: str, exc: OSError, folder: Path) -> TCIAStorageError:
+    """A file-system failure (no space, name too long, another device) naming series and path
+    (``folder``, where it was written, when the failure names no file: a full disk)."""
+    where = exc.filename or folder
     reason = exc.strerror or str(exc)
     return TCIAStorageError(exc.errno or 0, f"series {uid}: {reason}: {where}")
 
@@ -678,13 +679,13 @@ def _download_one(
             client, request.uid, metadata=request.metadata, progress=on_bytes, slots=slots
         )
         status = "cached" if request.cached is not None else "downloaded"
-        with client.cache.lock(request.uid):
+        with client.cache.read_lock(request.uid):
             try:
                 _place(series, request.path)
             except OSError as exc:
                 if isinstance(exc, TCIAError):
                     raise
-                raise _storage_error(request.uid, exc) from exc
+                raise _storage_error(request.uid, exc, request.path) from exc
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row; the caller raises
         log.debug("series %s failed", request.uid, exc_info=True)
         bar.finish(request.uid)
