@@ -39,6 +39,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
 from . import __version__
+from ._auth import conceal
 from ._jsonrows import JSONRows
 from .config import Settings
 from .errors import (
@@ -356,14 +357,14 @@ class Transport:
         error.permanent = permanent is not None
         return error
 
-    @staticmethod
-    def _error(response: requests.Response) -> TCIAHTTPError:
+    def _error(self, response: requests.Response) -> TCIAHTTPError:
         with response:
             try:
                 body = next(response.iter_content(_ERROR_BODY_LIMIT), b"")
             except requests.RequestException:
                 body = b""
-        return _error_for(response.status_code, body.decode("utf-8", "replace"), response.url)
+        text = conceal(body.decode("utf-8", "replace"), self.session.auth)  # echoed secrets
+        return _error_for(response.status_code, text, response.url)
 
     @contextmanager
     def stream(
