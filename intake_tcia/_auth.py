@@ -237,7 +237,7 @@ class TokenAuth(_Unpicklable, AuthBase):
                        url)
         try:
             return _Token(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             reason = str(exc) if isinstance(exc, ValueError) and "expires_in" in str(exc) else ""
             raise TCIAAuthError(
                 response.status_code, f"no usable access_token in the token answer {reason}", url

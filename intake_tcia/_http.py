@@ -430,14 +430,17 @@ class Transport:
     ) -> list[Any]:
         """The rows of a JSON answer, parsed as they arrive (``[]`` for NBIA's empty body)."""
         method = "POST" if data else "GET"
-        received, content_type = self._receive(method, url, params, data, JSONRows)
         try:
-            return received.sink.close()
-        except ValueError as exc:
-            raise TCIAResponseError(
-                f"expected JSON from {url}, got {content_type or 'no content type'}: "
-                f"{received.head.decode('utf-8', 'replace')!r}"
-            ) from exc
+            received, content_type = self._receive(method, url, params, data, JSONRows)
+            try:
+                return received.sink.close()
+            except ValueError as exc:
+                raise TCIAResponseError(
+                    f"expected JSON from {url}, got {content_type or 'no content type'}: "
+                    f"{received.head.decode('utf-8', 'replace')!r}"
+                ) from exc
+        except RecursionError:  # arrays in arrays deeper than any parser goes
+            raise TCIAResponseError(f"{url} sent JSON nested too deeply to parse") from None
 
     def _receive(
         self,

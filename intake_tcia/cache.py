@@ -175,7 +175,7 @@ def read_series_folder(folder: Path, series_uid: str | None = None) -> CachedSer
         license_text = None
         if record.get("license"):
             license_text = (folder / LICENSE_NAME).read_text(encoding="utf-8", errors="replace")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return CachedSeries(
         record["series_uid"], folder, instances, license_text, dict(record.get("metadata") or {})

@@ -753,7 +753,7 @@ def _refuse_foreign_folder(series_uid: str, folder: Path) -> None:
     try:
         record = json.loads((folder / RECORD_NAME).read_text(encoding="utf-8"))
         holder = record["series_uid"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return
     if holder != series_uid:
         raise ValueError(f"{folder} already holds series {holder}; series {series_uid} not placed")
