@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_http import V4, Hostile, answer
+import test_http
+from test_http import V4, answer
 
 from intake_tcia import TCIAClient
 from intake_tcia.cache import RECORD_NAME, SeriesCache
@@ -18,18 +19,7 @@ from intake_tcia.testing import ArchiveServer
 
 DEEP = b"[" * 200_000 + b"]" * 200_000
 
-
-@pytest.fixture
-def servers():
-    made = []
-
-    def make(play):
-        made.append(Hostile(play))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
+hostile = test_http.hostile  # the fixture: hostile loopback servers, closed after each test
 
 
 def _client(url: str, tmp_path, **options) -> TCIAClient:
@@ -46,20 +36,20 @@ def _client(url: str, tmp_path, **options) -> TCIAClient:
         b'{"a": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_001,
     ],
 )
-def test_json_nested_too_deeply_is_a_response_error(servers, tmp_path, body):
-    server = servers(lambda h: answer(h, body=body))
+def test_json_nested_too_deeply_is_a_response_error(hostile, tmp_path, body):
+    server = hostile(lambda h: answer(h, body=body))
     with _client(server.url, tmp_path) as client:
         with pytest.raises(TCIAResponseError, match="nested too deeply|expected JSON"):
             client.patients("C")
 
 
-def test_a_token_answer_nested_too_deeply_is_an_auth_error(servers, tmp_path):
+def test_a_token_answer_nested_too_deeply_is_an_auth_error(hostile, tmp_path):
     body = b'{"access_token": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"  # within the 64 kB read
 
     def nbia(handler):
         answer(handler, body=body if "oauth" in handler.path else b"[]")
 
-    server = servers(nbia)
+    server = hostile(nbia)
     with _client(server.url, tmp_path, api_version="token") as client:
         with pytest.raises(TCIAAuthError, match="token answer"):
             client.patients("C")
@@ -103,8 +93,8 @@ SLOW_BODIES = {
 }
 
 
-def _parse_seconds(servers, tmp_path, body: bytes) -> float:
-    server = servers(lambda h: answer(h, body=body))
+def _parse_seconds(hostile, tmp_path, body: bytes) -> float:
+    server = hostile(lambda h: answer(h, body=body))
     best = float("inf")
     with _client(server.url, tmp_path) as client:
         for _ in range(2):
@@ -116,9 +106,9 @@ def _parse_seconds(servers, tmp_path, body: bytes) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(SLOW_BODIES))
-def test_hostile_bodies_are_parsed_in_linear_time(servers, tmp_path, kind):
+def test_hostile_bodies_are_parsed_in_linear_time(hostile, tmp_path, kind):
     make = SLOW_BODIES[kind]
-    small = _parse_seconds(servers, tmp_path, make(2 << 20))
-    large = _parse_seconds(servers, tmp_path, make(8 << 20))
+    small = _parse_seconds(hostile, tmp_path, make(2 << 20))
+    large = _parse_seconds(hostile, tmp_path, make(8 << 20))
     # four times the bytes: about four times the time (quadratic would be sixteen)
     assert large < max(8 * small, 1.0), f"{kind}: {small:.2f} s for 2 MiB, {large:.2f} s for 8"

@@ -1,4 +1,4 @@
-"""Secrets against servers that echo requests back (issue #13): a password, api_key or token the
+"""Secrets against hostile that echo requests back (issue #13): a password, api_key or token the
 server repeats in its error message reaches no error, log line or CLI output; secrets with line
 breaks given to the CLI are refused (or, for an api_key read from a file, stripped) unshown."""
 
@@ -8,7 +8,8 @@ import json
 import logging
 
 import pytest
-from test_http import V4, Hostile, answer, token_answer
+import test_http
+from test_http import V4, answer, token_answer
 
 from intake_tcia import TCIAClient
 from intake_tcia.cli import main
@@ -18,6 +19,8 @@ PASSWORD = "pw Echo&7781/+"  # characters a form encodes
 API_KEY = "key-Echo-4410"
 LEGACY = "/services/v4/TCIA/query/"
 
+hostile = test_http.hostile  # the fixture: hostile loopback servers, closed after each test
+
 
 def echo(handler, status: int) -> None:
     """Answer ``status`` with the request's form and headers in the message, as some servers'
@@ -26,27 +29,14 @@ def echo(handler, status: int) -> None:
     answer(handler, status, text.encode())
 
 
-@pytest.fixture
-def servers():
-    made = []
-
-    def make(play):
-        made.append(Hostile(play))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
-
-
 def _secrets_shown(texts: list[str], secrets: list[str]) -> list[str]:
     return [s for s in secrets for t in texts if s in t]
 
 
-def test_a_token_host_echoing_the_login_form_shows_no_password(servers, tmp_path, caplog):
+def test_a_token_host_echoing_the_login_form_shows_no_password(hostile, tmp_path, caplog):
     caplog.set_level(logging.DEBUG, logger="intake_tcia")
-    nlst = servers(lambda h: answer(h))
-    host = servers(lambda h: echo(h, 401))
+    nlst = hostile(lambda h: answer(h))
+    host = hostile(lambda h: echo(h, 401))
     with (
         TCIAClient(
             api_url=host.url + V4,
@@ -67,8 +57,8 @@ def test_a_token_host_echoing_the_login_form_shows_no_password(servers, tmp_path
     assert _secrets_shown(shown, [PASSWORD, "pw+Echo%267781%2F%2B"]) == []
 
 
-def test_an_api_host_echoing_the_api_key_or_the_token_shows_neither(servers, tmp_path):
-    legacy = servers(lambda h: echo(h, 403))
+def test_an_api_host_echoing_the_api_key_or_the_token_shows_neither(hostile, tmp_path):
+    legacy = hostile(lambda h: echo(h, 403))
     with TCIAClient(
         api_url=legacy.url + LEGACY,
         nlst_api_url=legacy.url + LEGACY,
@@ -87,7 +77,7 @@ def test_an_api_host_echoing_the_api_key_or_the_token_shows_neither(servers, tmp
         else:
             echo(handler, 500)
 
-    token_host = servers(nbia)
+    token_host = hostile(nbia)
     with TCIAClient(
         api_url=token_host.url + V4,
         nlst_api_url=token_host.url + V4,
@@ -101,8 +91,8 @@ def test_an_api_host_echoing_the_api_key_or_the_token_shows_neither(servers, tmp
     assert "Bearer ***" in str(failed.value) and "tok-Echo-5150" not in str(failed.value)
 
 
-def test_the_cli_shows_no_echoed_secret(servers, tmp_path, capsys, monkeypatch):
-    legacy = servers(lambda h: echo(h, 403))
+def test_the_cli_shows_no_echoed_secret(hostile, tmp_path, capsys, monkeypatch):
+    legacy = hostile(lambda h: echo(h, 403))
     monkeypatch.setenv("INTAKE_TCIA_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("INTAKE_TCIA_API_KEY", API_KEY + "\n")  # read from a file: stripped
     url = legacy.url + LEGACY
@@ -115,9 +105,9 @@ def test_the_cli_shows_no_echoed_secret(servers, tmp_path, capsys, monkeypatch):
 
 
 def test_the_cli_refuses_a_password_with_a_line_break_without_showing_it(
-    servers, tmp_path, capsys, monkeypatch
+    hostile, tmp_path, capsys, monkeypatch
 ):
-    host = servers(lambda h: answer(h))
+    host = hostile(lambda h: answer(h))
     monkeypatch.setenv("INTAKE_TCIA_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("INTAKE_TCIA_USERNAME", "alice")
     monkeypatch.setenv("INTAKE_TCIA_PASSWORD", PASSWORD + "\r\nX-Evil: 1")
