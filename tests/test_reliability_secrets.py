@@ -116,3 +116,26 @@ def test_the_cli_refuses_a_password_with_a_line_break_without_showing_it(
     assert status != 0 and len(err) == 1 and "line break" in err[0]
     assert "Echo" not in err[0] and "Evil" not in err[0]
     assert host.seen == []  # refused before any request
+
+
+@pytest.mark.parametrize(
+    "url, sent",
+    [
+        ("https://nbia.example.org:443/nbia-api/services/v4/getSeries", True),
+        ("https://NBIA.example.org/nbia-api/services/v4/getSeries", True),
+        ("http://nbia.example.org/nbia-api/services/v4/getSeries", False),  # scheme only
+        ("http://nbia.example.org:443/nbia-api/services/v4/getSeries", False),
+        ("https://nbia.example.org:8443/nbia-api/services/v4/getSeries", False),  # port only
+        ("https://nbia.example.org.evil.com/nbia-api/services/v4/getSeries", False),
+    ],
+)
+def test_an_api_key_goes_to_its_scheme_host_and_port_only(url, sent):
+    # The one origin change no loopback test can play (https -> http on one host and port):
+    # the policy itself, on the request as it is about to be sent.
+    import requests
+
+    from intake_tcia._auth import ApiKeyAuth
+
+    key = ApiKeyAuth(API_KEY, ("https://nbia.example.org/nbia-api/services/v4/",))
+    prepared = key(requests.Request("GET", url, headers={"api_key": "stale"}).prepare())
+    assert prepared.headers.get("api_key") == (API_KEY if sent else None)  # a stale one dropped
