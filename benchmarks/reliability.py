@@ -325,9 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     rows.append({"attack class": "**total**", "attacks tried": tried, "held": held,
                  "what is played": ""})
     print(markdown(rows, ATTACK_COLUMNS))
-    command = "python benchmarks/reliability.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k.replace('_', '-')}"
-        for k, v in vars(args).items() if v is not False)
+    command = "python benchmarks/reliability.py " + (
+        "--attacks-only" if args.attacks_only else " ".join(
+            f"--{k} {v}" for k, v in vars(args).items() if k != "attacks_only"))
     print(f"\nProduced by `{command}`.")
     return 0 if ok and tried == held else 1
 
