@@ -1,11 +1,16 @@
-"""The reliability table of the README: faults injected, operations run, data lost, corrupt files.
+"""The reliability tables of the README: faults injected, operations run, data lost, corrupt
+files; then the attacks of issue #13 by class, tried and held.
 
 Runs the scenarios of the reliability suite (``tests/reliability``) at full size against the
 sample archive on loopback, checks every file left in caches and download folders against the
-archive's own files (MD5, and parsed by pydicom), and prints one Markdown row per scenario, then
-the command that produced the table:
+archive's own files (MD5, and parsed by pydicom), and prints one Markdown row per scenario. Then
+it runs the attack tests (:data:`ATTACKS`: each plays one attack with a hostile loopback server,
+file or file system) in a pytest of their own and prints, per class, how many were tried and
+held (a skipped test, e.g. a mount where mounting is not allowed, is not counted as tried).
+Last, the command that produced the tables:
 
     python benchmarks/reliability.py [--series 200] [--rate 0.2] [--seed 2] [--readers 50]
+                                     [--attacks-only]
 
 "Data lost" counts series (or readers) that ended neither complete and verified nor reported
 failed, after the rerun where there is one; "corrupt files" counts files that differ from the
@@ -17,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -175,12 +182,122 @@ def readers(server: ArchiveServer, uid: str, work: Path, count: int, processes: 
     }
 
 
-def markdown(rows: list[dict]) -> str:
+#: The attack tests of issue #13 by class: ``{class: (what they play, pytest node ids)}``.
+ATTACKS: dict[str, tuple[str, list[str]]] = {
+    "credentials": (
+        "secrets sent towards another origin (redirects, token URLs, the NLST host), echoed "
+        "back by a server, with line breaks, in reprs, logs, pickles and saved catalogs",
+        [f"tests/test_http.py::{t}" for t in (
+            "test_a_token_login_redirected_elsewhere_posts_no_password_there",
+            "test_the_legacy_api_key_does_not_follow_a_redirect_to_another_origin",
+            "test_a_token_endpoint_redirect_is_not_followed",
+            "test_a_private_api_login_is_never_sent_to_the_nlst_host",
+            "test_a_malformed_token_answer_is_an_auth_error",
+            "test_secret_settings_with_line_breaks_are_refused_without_showing_them",
+            "test_the_session_auth_repr_shows_no_login")]
+        + ["tests/test_auth.py::test_secrets_never_shown_logged_or_pickled",
+           "tests/test_auth.py::test_credentials_go_only_to_the_api_hosts",
+           "tests/test_reliability_secrets.py",
+           "tests/test_sources.py::test_catalog_secrets_stay_out_of_saved_and_described_entries",
+           "tests/test_sources.py::test_secrets_given_as_keywords_are_not_pickled_or_written_to_yaml",
+           "tests/test_fs.py::test_secrets_given_as_keywords_are_not_pickled_or_serialised"],
+    ),
+    "unbounded answers": (
+        "endless, trickled and cut answers, trickled headers, redirect loops, slow zips, "
+        "nesting and bodies that cost quadratic time, errors that cannot mend themselves",
+        [f"tests/test_http.py::{t}" for t in (
+            "test_an_endless_answer_is_cut_at_max_answer_bytes",
+            "test_a_trickled_body_with_a_content_length_meets_query_timeout",
+            "test_trickled_headers_meet_the_read_timeout",
+            "test_an_answer_cut_inside_its_headers_is_retried",
+            "test_a_redirect_loop_is_bounded",
+            "test_leading_whitespace_is_parsed_in_linear_time",
+            "test_4xx_answers_are_not_retried_but_408_is",
+            "test_an_unknown_host_fails_at_once",
+            "test_a_base_url_without_scheme_or_host_is_refused_when_the_client_is_made",
+            "test_nonsense_numbers_are_refused_when_the_client_is_made")]
+        + ["tests/test_download.py::test_a_slow_zip_meets_series_timeout",
+           "tests/test_reliability_bodies.py",
+           "tests/reliability/test_hostile.py::test_a_hostile_server_gives_a_clear_error_within_the_timeout"],
+    ),
+    "cache changed from outside, hostile zips": (
+        "files edited in dest or in the cache, zips with short, extra, non-DICOM, "
+        "over-long, escaping or linked members, bombs",
+        [f"tests/test_download.py::{t}" for t in (
+            "test_editing_a_downloaded_file_leaves_the_verified_cache_alone",
+            "test_a_cached_file_changed_in_place_is_noticed_and_fetched_again",
+            "test_a_zip_without_md5s_or_with_missing_files_is_refused",
+            "test_md5hashes_listing_the_license_is_accepted",
+            "test_a_non_dicom_member_with_a_matching_md5_is_refused",
+            "test_more_files_than_promised_are_refused",
+            "test_a_member_shorter_than_it_declares_is_refused",
+            "test_a_member_name_too_long_for_a_file_is_refused",
+            "test_unsafe_archives_are_refused_without_retry")]
+        + ["tests/test_cli.py::test_verify_rehashes_the_cache_and_removes_a_damaged_series",
+           "tests/reliability/test_hostile.py::test_hostile_zips_are_refused_and_nothing_is_written",
+           "tests/reliability/test_hostile.py::test_a_full_size_zip_bomb_is_refused",
+           "tests/reliability/test_hostile.py::test_a_zip_far_beyond_its_series_size_is_refused"],
+    ),
+    "hostile names and layouts": (
+        "folder layouts two series share, names leading out of dest (metadata, symlinks, "
+        "manifests, tcia:// listings), Windows device names, manifests that cost quadratic time",
+        [f"tests/test_download.py::{t}" for t in (
+            "test_layouts_that_let_two_series_share_a_folder_are_refused",
+            "test_a_user_symlink_under_dest_fails_only_the_series_below_it",
+            "test_windows_reserved_names_are_never_folder_names",
+            "test_a_dest_the_file_system_refuses_is_a_storage_error_naming_series_and_path",
+            "test_layout_fields_cannot_escape_dest")]
+        + [f"tests/test_manifest.py::{t}" for t in (
+            "test_a_hostile_databasket_id_cannot_name_a_file_outside_the_folder",
+            "test_many_continuation_lines_are_read_in_linear_time",
+            "test_a_malformed_unicode_escape_error_is_short")]
+        + ["tests/test_http.py::test_tcia_fs_lists_no_instance_path_it_could_not_open",
+           "tests/reliability/test_hostile.py::test_metadata_cannot_lead_a_download_out_of_dest",
+           "tests/reliability/test_hostile.py::test_filesystem_get_of_hostile_names_stays_in_its_folder",
+           "tests/reliability/test_hostile.py::test_query_values_are_encoded_as_sent"],
+    ),
+    "hostile file systems": (
+        "a read-only cache, a cache on another file system than dest or than its staging "
+        "folder, a full dest, a full cache (real tmpfs and read-only bind mounts)",
+        ["tests/test_reliability_storage.py"],
+    ),
+}
+ATTACK_COLUMNS = ("attack class", "attacks tried", "held", "what is played")
+
+
+def attacks(work: Path) -> list[dict]:
+    """Run the attack tests of :data:`ATTACKS` in one pytest; one row per class."""
+    report = work / "attacks.xml"
+    ids = [node for _, nodes in ATTACKS.values() for node in nodes]
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow",
+         f"--junitxml={report}", *ids],
+        cwd=ROOT, stdout=subprocess.DEVNULL, check=False,
+    )
+    cases = ET.parse(report).getroot().iter("testcase")
+    outcomes = {}  # "file::test[param]" -> held (True), not held (False), skipped (None)
+    for case in cases:
+        path = case.get("classname", "").replace(".", "/") + ".py"
+        kinds = {child.tag for child in case}
+        held = None if "skipped" in kinds else not kinds & {"failure", "error"}
+        outcomes[f"{path}::{case.get('name')}"] = held
+    rows = []
+    for name, (played, nodes) in ATTACKS.items():
+        mine = [held for case, held in outcomes.items()
+                if any(case == node or case.startswith((node + "::", node + "["))
+                       for node in nodes)]
+        tried = [held for held in mine if held is not None]
+        rows.append({"attack class": name, "attacks tried": len(tried),
+                     "held": sum(tried), "what is played": played})
+    return rows
+
+
+def markdown(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
     """The rows as a Markdown table."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(f"{row[c]:,}" if isinstance(row[c], int) else row[c]
-                                       for c in COLUMNS) + " |")
+                                       for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -190,30 +307,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--readers", type=int, default=50)
+    parser.add_argument("--attacks-only", action="store_true",
+                        help="print only the table of attacks")
     args = parser.parse_args(argv)
     logging.getLogger("intake_tcia").setLevel(logging.ERROR)  # retries are expected here
+    ok = True
     with tempfile.TemporaryDirectory(prefix="intake-tcia-reliability-") as tmp:
         work = Path(tmp)
-        archive, uids = build_archive(work / "archive", args.series)
-        load_uid = archive.add_synthetic_series("Reliability", "LOAD", 8, 256, 256, seed=10_000)
-        ct_uid = archive.series.query("Collection == @CT and Modality == 'CT'")[
-            "SeriesInstanceUID"].iloc[0]
-        with ArchiveServer(archive) as server:
-            rows = [
-                storm(server, uids, work / "storm", args.rate, args.seed),
-                kill(server, uids, work / "kill"),
-                hostile_zips(server, ct_uid, work / "zips"),
-                hostile_answers(server, ct_uid, work / "answers"),
-                readers(server, load_uid, work / "threads", args.readers, 0),
-                readers(server, load_uid, work / "processes", args.readers, args.readers),
-            ]
-    totals = {c: sum(r[c] for r in rows) for c in COLUMNS[1:]}
-    rows.append({"scenario": "**total**", **totals})
-    print(markdown(rows))
-    command = "python benchmarks/reliability.py " + " ".join(
-        f"--{k} {v}" for k, v in vars(args).items())
+        if not args.attacks_only:
+            rows = scenarios(work, args)
+            totals = {c: sum(r[c] for r in rows) for c in COLUMNS[1:]}
+            rows.append({"scenario": "**total**", **totals})
+            print(markdown(rows) + "\n")
+            ok = totals["data lost"] == 0 and totals["corrupt files"] == 0
+        rows = attacks(work)
+    tried, held = (sum(r[c] for r in rows) for c in ("attacks tried", "held"))
+    rows.append({"attack class": "**total**", "attacks tried": tried, "held": held,
+                 "what is played": ""})
+    print(markdown(rows, ATTACK_COLUMNS))
+    command = "python benchmarks/reliability.py " + (
+        "--attacks-only" if args.attacks_only else " ".join(
+            f"--{k} {v}" for k, v in vars(args).items() if k != "attacks_only"))
     print(f"\nProduced by `{command}`.")
-    return 0 if totals["data lost"] == 0 and totals["corrupt files"] == 0 else 1
+    return 0 if ok and tried == held else 1
+
+
+def scenarios(work: Path, args: argparse.Namespace) -> list[dict]:
+    """The rows of the first table: fault storms, kills, hostile zips and answers, readers."""
+    archive, uids = build_archive(work / "archive", args.series)
+    load_uid = archive.add_synthetic_series("Reliability", "LOAD", 8, 256, 256, seed=10_000)
+    ct_uid = archive.series.query("Collection == @CT and Modality == 'CT'")[
+        "SeriesInstanceUID"].iloc[0]
+    with ArchiveServer(archive) as server:
+        return [
+            storm(server, uids, work / "storm", args.rate, args.seed),
+            kill(server, uids, work / "kill"),
+            hostile_zips(server, ct_uid, work / "zips"),
+            hostile_answers(server, ct_uid, work / "answers"),
+            readers(server, load_uid, work / "threads", args.readers, 0),
+            readers(server, load_uid, work / "processes", args.readers, args.readers),
+        ]
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import math
 import threading
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 from requests.auth import AuthBase
@@ -104,6 +104,10 @@ class ApiKeyAuth(_Unpicklable, AuthBase):
     def __repr__(self) -> str:
         return "ApiKeyAuth(api_key=***)"
 
+    def secrets(self) -> list[str]:
+        """list of str: what :func:`conceal` hides."""
+        return [self._key]
+
 
 def token_url(url: str) -> str:
     """str: the OAuth token endpoint of the NBIA that serves ``url`` (``.../nbia-api/oauth/token``).
@@ -173,6 +177,11 @@ class TokenAuth(_Unpicklable, AuthBase):
     def __repr__(self) -> str:
         return f"TokenAuth(hosts={len(self._hosts)}, username=***, password=***)"
 
+    def secrets(self) -> list[str]:
+        """list of str: the passwords and the tokens held (what :func:`conceal` hides)."""
+        tokens = [(t.access, t.refresh) for t in list(self._tokens.values())]
+        return [p for _, p in self._logins.values()] + [s for pair in tokens for s in pair if s]
+
     def _token_url_of(self, url: str) -> str | None:
         host = _host_of(url, self._hosts)
         return token_url(host) if host else None
@@ -223,11 +232,12 @@ class TokenAuth(_Unpicklable, AuthBase):
         text = body[:_TOKEN_ANSWER_LIMIT].decode("utf-8", "replace")
         if response.status_code >= 300:
             kind = TCIAAuthError if response.status_code < 500 else TCIAHTTPError
+            text = conceal(text, self)  # a server may echo the form back
             raise kind(response.status_code, f"{form['grant_type']} grant refused: {text[:500]}",
                        url)
         try:
             return _Token(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             reason = str(exc) if isinstance(exc, ValueError) and "expires_in" in str(exc) else ""
             raise TCIAAuthError(
                 response.status_code, f"no usable access_token in the token answer {reason}", url
@@ -268,6 +278,26 @@ class _Both(AuthBase):
         for auth in self._auths:
             r = auth(r)
         return r
+
+    def secrets(self) -> list[str]:
+        """list of str: the secrets of each kind of credentials."""
+        return [s for auth in self._auths for s in auth.secrets()]
+
+
+_CONCEALED_LENGTH = 4
+
+
+def conceal(text: str, auth: object) -> str:
+    """``text`` (a server's message, to be shown in an error) with every secret ``auth`` holds
+    replaced by ``***``, as sent and URL-encoded: a server that echoes a request back cannot
+    put a password, api_key or token into errors, logs or the CLI's output. Secrets under
+    :data:`_CONCEALED_LENGTH` characters are left (they would mask ordinary words)."""
+    for secret in getattr(auth, "secrets", list)():
+        if len(secret) < _CONCEALED_LENGTH:
+            continue
+        for form in {secret, quote_plus(secret), quote(secret, safe="")}:
+            text = text.replace(form, "***")
+    return text
 
 
 def auth_for(

@@ -41,6 +41,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
 from . import __version__
+from ._auth import conceal
 from ._jsonrows import JSONRows
 from .config import Settings
 from .errors import (
@@ -370,15 +371,14 @@ class Transport:
         message = f"{failure} {full}" if permanent else f"{failure} {full}: {exc}"
         return TCIAConnectionError(message, retryable=permanent is None)
 
-    @staticmethod
-    def _error(response: requests.Response) -> TCIAHTTPError:
+    def _error(self, response: requests.Response) -> TCIAHTTPError:
         with response:
             try:
                 body = next(response.iter_content(_ERROR_BODY_LIMIT), b"")
             except requests.RequestException:
                 body = b""
-        return _error_for(response.status_code, body.decode("utf-8", "replace"), response.url,
-                          _retry_after(response))
+        text = conceal(body.decode("utf-8", "replace"), self.session.auth)  # echoed secrets
+        return _error_for(response.status_code, text, response.url, _retry_after(response))
 
     @contextmanager
     def stream(
@@ -444,14 +444,17 @@ class Transport:
     ) -> list[Any]:
         """The rows of a JSON answer, parsed as they arrive (``[]`` for NBIA's empty body)."""
         method = "POST" if data else "GET"
-        received, content_type = self._receive(method, url, params, data, JSONRows)
         try:
-            return received.sink.close()
-        except ValueError as exc:
-            raise TCIAResponseError(
-                f"expected JSON from {url}, got {content_type or 'no content type'}: "
-                f"{received.head.decode('utf-8', 'replace')!r}"
-            ) from exc
+            received, content_type = self._receive(method, url, params, data, JSONRows)
+            try:
+                return received.sink.close()
+            except ValueError as exc:
+                raise TCIAResponseError(
+                    f"expected JSON from {url}, got {content_type or 'no content type'}: "
+                    f"{received.head.decode('utf-8', 'replace')!r}"
+                ) from exc
+        except RecursionError:  # arrays in arrays deeper than any parser goes
+            raise TCIAResponseError(f"{url} sent JSON nested too deeply to parse") from None
 
     def _receive(
         self,

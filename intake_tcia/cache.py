@@ -27,6 +27,7 @@ verify``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -181,7 +182,7 @@ def read_series_folder(folder: Path, series_uid: str | None = None) -> CachedSer
         license_text = None
         if record.get("license"):
             license_text = (folder / LICENSE_NAME).read_text(encoding="utf-8", errors="replace")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return CachedSeries(
         record["series_uid"], folder, instances, license_text, dict(record.get("metadata") or {})
@@ -316,6 +317,23 @@ class SeriesCache:
         return FileLock(locks / f"{validate_uid(series_uid, 'series_uid')}.lock", timeout=timeout)
 
     @contextlib.contextmanager
+    def read_lock(self, series_uid: str) -> Iterator[None]:
+        """Hold the series' lock while its files are read out; a cache this process cannot
+        write (read-only mount, no permission) needs none: it cannot change under the reader."""
+        try:
+            lock = self.lock(series_uid)
+            lock.acquire()
+        except OSError as exc:
+            if exc.errno not in _READ_ONLY:
+                raise
+            yield
+            return
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextlib.contextmanager
     def staging(self, series_uid: str) -> Iterator[Path]:
         """A fresh staging folder for ``series_uid``, removed on exit whatever happens.
 
@@ -352,8 +370,13 @@ class SeriesCache:
         target = self.series_path(series.series_uid)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():  # damaged (else it would have been found): into the staging bin
-            os.rename(target, series.path.parent / "damaged")
-        os.rename(series.path, target)
+            _set_aside(target, series.path.parent / "damaged")
+        try:
+            os.rename(series.path, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            series = _move_across_devices(series, target)
         fsync_dir(target.parent)
         return CachedSeries(
             series.series_uid, target, series.instances, series.license_text, series.metadata
@@ -384,7 +407,9 @@ class SeriesCache:
     def series_uids(self) -> list[str]:
         """list of str: the UIDs of the series published in the cache (checked or not)."""
         folder = self.root / "series"
-        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
     def remove(self, series_uid: str) -> bool:
         """Remove a series from the cache (under its lock); True if it was there."""
@@ -393,7 +418,7 @@ class SeriesCache:
             if not target.exists():
                 return False
             with self.staging(series_uid) as folder:
-                os.rename(target, folder / "series")
+                _set_aside(target, folder / "series")
         return True
 
     def instance_path(self, series_uid: str, sop_instance_uid: str) -> Path:
@@ -425,10 +450,55 @@ class SeriesCache:
                 with self.lock(_staged_uid(folder.name), timeout=0):
                     shutil.rmtree(folder, ignore_errors=True)
                     removed += 1
-            except (Timeout, ValueError):
+            except (Timeout, ValueError, OSError):  # busy, not ours, or a read-only cache
                 continue
         return removed
 
+#: What a write to a cache this process may only read fails with.
+_READ_ONLY = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def _set_aside(folder: Path, bin_path: Path) -> None:
+    """Take a published folder out of ``series/`` into the staging bin ``bin_path`` (removed
+    with its staging folder); where ``series/`` is another file system, rename it to a hidden
+    name beside it and remove it there."""
+    try:
+        os.rename(folder, bin_path)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        hidden = folder.with_name(f".{folder.name}.{secrets.token_hex(4)}.tmp")
+        os.rename(folder, hidden)
+        shutil.rmtree(hidden, ignore_errors=True)
+
+
+def _move_across_devices(series: CachedSeries, target: Path) -> CachedSeries:
+    """Publish a staged series into a ``series/`` folder on another file system than its
+    staging folder (a mount inside the cache): its files are copied into a hidden folder next to
+    ``target``, flushed and recorded there, then renamed into place (atomic on that side).
+
+    Returns
+    -------
+    CachedSeries
+        The series as recorded in ``target``.
+    """
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # a run killed mid-copy
+        shutil.rmtree(stale, ignore_errors=True)
+    moving = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    moving.mkdir()
+    try:
+        for source in series.path.iterdir():
+            if source.name != RECORD_NAME:
+                copy_file(source, moving / source.name)
+                with open(moving / source.name, "rb") as f:
+                    os.fsync(f.fileno())
+        copied = stamped(replace(series, path=moving))
+        write_record(moving, copied)
+        fsync_dir(moving)
+        os.rename(moving, target)
+    finally:
+        shutil.rmtree(moving, ignore_errors=True)
+    return copied
 
 
 def _staged_uid(name: str) -> str:

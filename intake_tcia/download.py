@@ -174,7 +174,7 @@ def _download_one(client: TCIAClient, request: _Request, bar: _ProgressBar) -> t
             client, request.uid, metadata=request.metadata, progress=on_bytes
         )
         status = "cached" if request.cached is not None else "downloaded"
-        with client.cache.lock(request.uid), storage_errors(request.uid):
+        with client.cache.read_lock(request.uid), storage_errors(request.uid, request.path):
             _place(series, request.path)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row; the caller raises
         log.debug("series %s failed", request.uid, exc_info=True)
@@ -239,7 +239,7 @@ def _refuse_foreign_folder(series_uid: str, folder: Path) -> None:
     try:
         record = json.loads((folder / RECORD_NAME).read_text(encoding="utf-8"))
         holder = record["series_uid"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return
     if holder != series_uid:
         raise ValueError(f"{folder} already holds series {holder}; series {series_uid} not placed")

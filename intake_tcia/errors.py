@@ -188,23 +188,25 @@ class TCIAStorageError(TCIAError, OSError):
     EXDEV, ...); the message names the series and the path, ``errno`` is the system's."""
 
     @classmethod
-    def naming(cls, series_uid: str, exc: OSError) -> TCIAStorageError:
-        """The error for a file-system failure ``exc`` met while writing ``series_uid``."""
-        where = exc.filename or "the cache or destination"
+    def naming(cls, series_uid: str, exc: OSError, path: object = None) -> TCIAStorageError:
+        """The error for a file-system failure ``exc`` met while writing ``series_uid`` to
+        ``path`` (named when ``exc`` names no file: a full disk)."""
+        where = exc.filename or path or "the cache or destination"
         reason = exc.strerror or str(exc)
         return cls(exc.errno or 0, f"series {series_uid}: {reason}: {where}")
 
 
 @contextlib.contextmanager
-def storage_errors(series_uid: str) -> Iterator[None]:
+def storage_errors(series_uid: str, path: object = None) -> Iterator[None]:
     """Raise a file-system failure in the block (not a TCIA error) as :class:`TCIAStorageError`
-    naming ``series_uid`` and the path."""
+    naming ``series_uid`` and the path (``path``, where the block writes, if the failure names
+    none)."""
     try:
         yield
     except OSError as exc:
         if isinstance(exc, TCIAError):
             raise
-        raise TCIAStorageError.naming(series_uid, exc) from exc
+        raise TCIAStorageError.naming(series_uid, exc, path) from exc
 
 
 class DownloadError(TCIAError):

@@ -156,7 +156,7 @@ class SeriesFolder:
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
         head = b""
-        with storage_errors(self.series_uid), open(path, "xb") as sink:
+        with storage_errors(self.series_uid, path), open(path, "xb") as sink:
             for chunk in chunks:
                 self._reserve(len(chunk))
                 digest.update(chunk)
@@ -242,7 +242,7 @@ class SeriesFolder:
             for entry in files.values():
                 entry.flushed.result()
         except OSError as exc:
-            raise TCIAStorageError.naming(uid, exc) from exc
+            raise TCIAStorageError.naming(uid, exc, self.folder) from exc
         instances = sorted(
             (CachedInstance(f.name, f.sop_instance_uid, f.size, f.md5) for f in dicom),
             key=lambda i: i.name,
@@ -325,7 +325,7 @@ class SeriesWriter(SeriesFolder):
             The series at its place in the cache.
         """
         series = self.complete()
-        with storage_errors(self.series_uid):
+        with storage_errors(self.series_uid, self.cache.root):
             return self.cache.publish(
                 CachedSeries(
                     series.series_uid,

@@ -105,7 +105,7 @@ def fetch_series(
     collection = collection or metadata.get("Collection")
     if collection:
         client.remember_host(uid, client.settings.host_for(collection))
-    with storage_errors(uid), cache.lock(uid):
+    with storage_errors(uid, cache.root), cache.lock(uid):
         found = cache.get(uid)  # another thread or process may have fetched it meanwhile
         if found is not None:
             return found
