@@ -42,6 +42,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ._validate import validate_uid
+from .errors import storage_errors
 
 __all__ = [
     "CachedInstance",
@@ -432,11 +433,15 @@ class SeriesCache:
         return {p.stem: p for p in folder.glob("*.dcm")}
 
     def store_instance(self, series_uid: str, sop_instance_uid: str, data: bytes) -> Path:
-        """Keep one instance's verified bytes (written atomically); its path."""
+        """Keep one instance's verified bytes (written atomically); its path.
+
+        A cache that cannot be written (read-only, full) raises :class:`TCIAStorageError`
+        naming the series and the file."""
         target = self.instance_path(series_uid, sop_instance_uid)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target, suffix=".part") as temporary:
-            temporary.write_bytes(data)
+        with storage_errors(series_uid, target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target, suffix=".part") as temporary:
+                temporary.write_bytes(data)
         return target
 
     def clean_staging(self) -> int:

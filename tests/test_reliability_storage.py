@@ -17,6 +17,7 @@ import pytest
 
 from intake_tcia.client import TCIAClient
 from intake_tcia.errors import TCIAStorageError
+from intake_tcia.fs import TCIAFileSystem
 from intake_tcia.testing import ArchiveServer
 
 CT_COLLECTION = "Pydicom-CT-Series"
@@ -140,6 +141,27 @@ def test_a_read_only_cache_serves_download_and_read_series_of_a_cached_series(
     asked = [r.params.get("SeriesInstanceUID") for r in server.requests if r.endpoint == "getImage"]
     assert ct_uid not in asked and len(asked) <= 1  # the cached series cost no request
     assert _hidden_temporaries(tmp_path / "dest") == []
+
+
+def test_a_single_instance_on_a_read_only_cache_is_a_storage_error(
+    server: ArchiveServer, ct_uid: str, tmp_path: Path, mounts: list[Path]
+) -> None:
+    (tmp_path / "cache").mkdir()
+    frozen = read_only_view(mounts, tmp_path / "cache", tmp_path / "frozen")
+    fs = TCIAFileSystem(
+        fetch="instance",
+        skip_instance_cache=True,
+        api_url=server.api_url,
+        nlst_api_url=server.nlst_api_url,
+        cache_dir=frozen,
+        retries=0,
+    )
+    sop = server.archive.instances(ct_uid)[0][0]
+    path = next(p for p in fs.find(f"tcia://{CT_COLLECTION}") if p.endswith(f"{sop}.dcm"))
+    with pytest.raises(TCIAStorageError) as failed:  # listing needed no write; keeping one does
+        fs.open(path).read()
+    message = str(failed.value)
+    assert ct_uid in message and str(frozen) in message and "Read-only file system" in message
 
 
 def test_a_cache_on_another_file_system_than_dest(
