@@ -33,6 +33,7 @@ import requests
 
 from ._auth import auth_for
 from ._http import Transport
+from ._jsonframe import JSONFrame
 from ._validate import format_query_date, validate_date, validate_text, validate_uid
 from .cache import CachedSeries, SeriesCache
 from .config import Settings
@@ -223,7 +224,8 @@ class TCIAClient:
 
     def _get(self, host: str, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
         schema = self._flavours[host].schemas[endpoint]
-        return frame_from_records(self._transport.get_json(host + endpoint, params=params), schema)
+        return self._transport.get_json(host + endpoint, params=params,
+                                        parser=lambda: JSONFrame(schema))
 
     def _query(
         self,

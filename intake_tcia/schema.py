@@ -29,6 +29,7 @@ __all__ = [
     "frame_from_records",
     "frame_from_csv",
     "parse_dates",
+    "typed_frame",
     "with_old_names",
 ]
 
@@ -272,7 +273,9 @@ _CONVERTERS = {
 }
 
 
-def _typed(frame: pd.DataFrame, schema: EndpointSchema) -> pd.DataFrame:
+def typed_frame(frame: pd.DataFrame, schema: EndpointSchema) -> pd.DataFrame:
+    """The columns of ``schema`` in order, typed, from a frame of server keys (then any key the
+    schema lacks, as text)."""
     frame = frame.rename(columns=schema.renames)
     if frame.columns.has_duplicates:  # an old and a new name for one field: keep the first
         frame = frame.loc[:, ~frame.columns.duplicated()]
@@ -299,7 +302,7 @@ def frame_from_records(
     # pd.DataFrame keeps rows whose keys were all dropped ([{}]); from_records loses them
     raw = pd.DataFrame(rows) if rows else pd.DataFrame()
     del rows, records  # the row dicts go before typing, unless the caller holds them
-    return _typed(raw, schema)
+    return typed_frame(raw, schema)
 
 
 def frame_from_csv(text: str, schema: EndpointSchema) -> pd.DataFrame:
@@ -307,6 +310,6 @@ def frame_from_csv(text: str, schema: EndpointSchema) -> pd.DataFrame:
     import io
 
     if not text.strip():
-        return _typed(pd.DataFrame(), schema)
+        return typed_frame(pd.DataFrame(), schema)
     raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    return _typed(raw.replace("", None), schema)
+    return typed_frame(raw.replace("", None), schema)
