@@ -29,8 +29,8 @@ __all__ = ["JSONFrame"]
 _BATCH_BYTES = 4 << 20
 _PYTHON = {"str": str, "date": str, "int": int, "float": float, "bool": bool}
 _ARROW = {
-    "str": pa.string(),
-    "date": pa.string(),
+    "str": pa.large_string(),  # what pandas' str dtype holds: no copy on the way
+    "date": pa.large_string(),
     "int": pa.int64(),
     "float": pa.float64(),
     "bool": pa.bool_(),
@@ -78,10 +78,10 @@ class _Layout:
         self.values = get if len(names) > 1 else lambda row: (get(row),)  # a tuple per row
         self.struct = pa.struct([(key, arrow) for _, key, arrow in self.plain])
 
-    def table(self, text: bytes) -> pa.Table:
+    def table(self, array: bytes) -> pa.Table:
         """The columns of a batch of rows; :class:`_Unfit` (or a decoding error) if it is not
         rows of these fields and types."""
-        rows = self.decoder.decode(b"[" + text + b"]")
+        rows = self.decoder.decode(array)
         columns, names = [], []
         if self.plain:
             values = list(map(self.values, rows))
@@ -120,11 +120,11 @@ class JSONFrame(ArrayBatches):
         self._layout = _layout(tuple(schema.columns.items()), tuple(schema.renames.items()))
         self._parts: list[pa.Table | pd.DataFrame] = []
 
-    def _take(self, text: bytes) -> None:
+    def _take(self, array: bytes) -> None:
         try:
-            self._parts.append(self._layout.table(text))
+            self._parts.append(self._layout.table(array))
         except (msgspec.DecodeError, pa.ArrowException, OverflowError, _Unfit):
-            self._take_value(loads(b"[" + text + b"]"))
+            self._take_value(loads(array))
 
     def _take_value(self, value: Any) -> None:
         first = self.schema.names[0]

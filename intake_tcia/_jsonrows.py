@@ -6,7 +6,7 @@ with receiving, and the whole text is never held in memory.
 
 :class:`ArrayBatches` cuts the body into batches of whole rows: once at least ``batch_bytes``
 have arrived, everything from the last parsed row up to the last ``}`` received is handed to
-:meth:`ArrayBatches._take` as the text of some rows (no brackets). A ``}`` inside a string cannot
+:meth:`ArrayBatches._take` as the text of an array. A ``}`` inside a string cannot
 end a valid batch (the string would be left open), so a batch parses only when it ends at a real
 row boundary; otherwise it is tried again once the buffer has doubled (which keeps the work
 linear). Whatever is left, and any answer that is not an array (an object, an HTML page), is
@@ -17,11 +17,13 @@ the rows as ``json.loads`` gives them; :class:`intake_tcia._jsonframe.JSONFrame`
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 __all__ = ["ArrayBatches", "JSONRows", "loads"]
 
 _SPACE = b" \t\n\r"
+_COMMA = re.compile(rb"[ \t\n\r]*,")
 
 
 def loads(text: bytes) -> Any:
@@ -77,13 +79,12 @@ class ArrayBatches:
             text = text.rstrip(_SPACE)
             if not text.endswith(b"]"):
                 raise ValueError("the array does not end with ']'")
-            rows = text[:-1]
-            if self._taken and rows.strip(_SPACE):
-                rows = self._after_comma(rows)
-                if not rows.strip(_SPACE):
+            if text[:-1].strip(_SPACE):
+                self._buffer = bytearray(text[:-1])
+                array = self._array(len(self._buffer))
+                if not array[1:-1].strip(_SPACE):
                     raise ValueError("a comma before ']'")
-            if rows.strip(_SPACE):
-                self._take(rows)
+                self._take(array)
         return self._result()
 
     def _parse_batch(self) -> None:
@@ -94,8 +95,7 @@ class ArrayBatches:
         if end == 0:
             return
         try:
-            text = bytes(self._buffer[:end])
-            self._take(self._after_comma(text) if self._taken else text)
+            self._take(self._array(end))
         except ValueError:  # the "}" is inside a string, or the rows are broken: wait
             self._retry_at = 2 * len(self._buffer)
             self._searched = 0
@@ -105,16 +105,20 @@ class ArrayBatches:
         self._retry_at = self._batch_bytes
         self._searched = len(self._buffer)  # past the last "}"
 
-    @staticmethod
-    def _after_comma(text: bytes) -> bytes:
-        """The text after the comma that must follow a parsed row (``ValueError`` if none)."""
-        stripped = text.lstrip(_SPACE)
-        if not stripped.startswith(b","):
-            raise ValueError(f"expected ',' or ']' after a row, got {stripped[:20]!r}")
-        return stripped[1:]
+    def _array(self, end: int) -> bytes:
+        """The rows in the buffer up to ``end`` as the text of an array (one copy); after the
+        rows taken so far they must follow a comma (``ValueError`` if not)."""
+        start = 0
+        if self._taken:
+            comma = _COMMA.match(self._buffer)
+            if comma is None:
+                raise ValueError(f"expected ',' or ']' after a row, got {self._buffer[:20]!r}")
+            start = comma.end()
+        with memoryview(self._buffer) as view:
+            return b"".join((b"[", view[start:end], b"]"))
 
-    def _take(self, text: bytes) -> None:  # pragma: no cover - abstract
-        """Parse ``text``, one or more whole rows separated by commas (``ValueError`` if not)."""
+    def _take(self, array: bytes) -> None:  # pragma: no cover - abstract
+        """Parse ``array``, the text of an array of whole rows (``ValueError`` if it is not)."""
         raise NotImplementedError
 
     def _take_value(self, value: Any) -> None:  # pragma: no cover - abstract
@@ -136,8 +140,8 @@ class JSONRows(ArrayBatches):
         super().__init__()
         self.rows: list[Any] = []
 
-    def _take(self, text: bytes) -> None:
-        self.rows.extend(loads(b"[" + text + b"]"))
+    def _take(self, array: bytes) -> None:
+        self.rows.extend(loads(array))
 
     def _take_value(self, value: Any) -> None:
         self.rows.extend(value if isinstance(value, list) else [value])
