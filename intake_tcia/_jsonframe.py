@@ -90,13 +90,16 @@ class _Layout:
         used: set[str] = set()
         for field, key, arrow, name in self.spelled:
             values = list(map(attrgetter(field), rows))
-            if all(v is msgspec.UNSET for v in values):
+            missing = values.count(msgspec.UNSET)
+            if missing == len(values):
                 continue
             if name in used:
                 raise _Unfit(f"two spellings of {name}")
             used.add(name)
             names.append(key)
-            columns.append(pa.array([None if v is msgspec.UNSET else v for v in values], arrow))
+            if missing:
+                values = [None if v is msgspec.UNSET else v for v in values]
+            columns.append(pa.array(values, arrow))
         if not columns:  # rows of no fields: only pandas keeps their number
             raise _Unfit("no columns")
         return pa.Table.from_arrays(columns, names=names)

@@ -221,17 +221,18 @@ def parse_dates(values: pd.Series) -> pd.Series:
         return values.astype("datetime64[ns]")
     text = (values if values.dtype == STRING_DTYPE else values.astype("string")).str.strip()
     text = text.mask(text == "")
-    parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
-    todo = text.notna()
+    parsed = np.full(len(text), np.datetime64("NaT"), dtype="datetime64[ns]")
+    todo = text.notna().to_numpy(dtype=bool, copy=True)
     for fmt in _DATE_FORMATS:
         if not todo.any():
             break
-        attempt = pd.to_datetime(text[todo], format=fmt, errors="coerce")
+        attempt = pd.to_datetime(text if todo.all() else text[todo], format=fmt, errors="coerce")
         if getattr(attempt.dt, "tz", None) is not None:
             attempt = attempt.dt.tz_localize(None)
-        parsed.loc[attempt.index] = attempt.astype("datetime64[ns]")
-        todo &= parsed.isna()
-    return parsed
+        rows = np.flatnonzero(todo)
+        parsed[rows] = attempt.to_numpy(dtype="datetime64[ns]")
+        todo[rows] = np.isnat(parsed[rows])
+    return pd.Series(parsed, index=values.index)
 
 
 def _to_int(values: pd.Series) -> pd.Series:
