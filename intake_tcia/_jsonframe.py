@@ -84,8 +84,8 @@ class _Layout:
         rows = self.decoder.decode(array)
         columns, names = [], []
         if self.plain:
-            values = list(map(self.values, rows))
-            columns = pa.array(values, type=self.struct).flatten()
+            values = map(self.values, rows)  # each row's tuple goes as soon as it is read
+            columns = pa.array(values, type=self.struct, size=len(rows)).flatten()
             names = [key for _, key, _ in self.plain]
         used: set[str] = set()
         for field, key, arrow, name in self.spelled:
