@@ -169,3 +169,18 @@ def test_an_empty_body_gives_the_empty_frame():
 def test_invalid_bodies_raise_value_error_on_close_of_a_frame(body):
     with pytest.raises(ValueError):
         frame(body, [len(body) // 2])
+
+
+@pytest.mark.parametrize("parser", [JSONRows, lambda: JSONFrame(SERIES, batch_bytes=1)])
+def test_braces_inside_a_long_string_cost_linear_work(parser):
+    text = "}," * (2 << 20)  # every "}" a candidate end of a row, none of them one
+    body = json.dumps([{"Modality": "CT"}, {"Modality": text}]).encode()
+    rows, tried = parser(), []
+    take = rows._take
+    rows._take = lambda array: (tried.append(len(array)), take(array))
+    for start in range(0, len(body), 1 << 14):
+        rows.feed(body[start : start + (1 << 14)])
+    result = rows.close()
+    found = result[1]["Modality"] if isinstance(result, list) else result.loc[1, "Modality"]
+    assert found == text
+    assert sum(tried) <= 4 * len(body)  # each try at twice the length of the last
