@@ -41,7 +41,7 @@ from .download import DEFAULT_LAYOUT
 from .errors import TCIANotFoundError, TCIAResponseError, TCIAUnknownNameError
 from .flavours import Flavour, flavour_for
 from .manifest import as_series_uids
-from .schema import SCHEMAS, frame_from_csv, frame_from_records
+from .schema import SCHEMAS, frame_from_csv
 
 if TYPE_CHECKING:
     import pydicom
@@ -508,9 +508,9 @@ class TCIAClient:
             raise ValueError(f"level must be 'series' or 'collection', not {level!r}")
         form = {"DOI": doi_url(doi), "CollectionOrSeries": level}
         schema = SCHEMAS["getCollectionOrSeriesForDOI"]
-        frames = [frame_from_records(self._transport.get_json(
-            host + "getCollectionOrSeriesForDOI", data=form), schema)
-            for host in self.settings.hosts]
+        frames = [self._transport.get_json(host + "getCollectionOrSeriesForDOI", data=form,
+                                           parser=lambda: JSONFrame(schema))
+                  for host in self.settings.hosts]
         return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
 
     def series_size(self, series_uid: str, *, collection: str | None = None) -> dict[str, int]:
