@@ -109,10 +109,11 @@ def main() -> None:
     )
     curl["rows"] = peer["rows"]
     for row in (curl, peer, ours):
+        row["typed columns"] = "yes" if row["typed"] else "no"
         row["time vs tcia_utils"] = f"{row['seconds'] / peer['seconds']:.2f}x"
         row["memory vs tcia_utils"] = f"{row['peak_mb'] / peer['peak_mb']:.2f}x"
     print_table([curl, peer, ours], ["contender", "rows", "seconds", "peak_mb",
-                                     "time vs tcia_utils", "memory vs tcia_utils", "typed"])
+                                     "time vs tcia_utils", "memory vs tcia_utils", "typed columns"])
     time_ratio, memory_ratio = ours["seconds"] / peer["seconds"], ours["peak_mb"] / peer["peak_mb"]
     print(
         f"\n| getSeries of {ours['rows']:,} real NLST rows -> DataFrame "
