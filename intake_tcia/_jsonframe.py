@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ._jsonrows import ArrayBatches, loads
-from .schema import EndpointSchema, typed_frame
+from .schema import EndpointSchema, raw_frame, typed_frame
 
 __all__ = ["JSONFrame"]
 
@@ -130,12 +130,7 @@ class JSONFrame(ArrayBatches):
             self._take_value(loads(array))
 
     def _take_value(self, value: Any) -> None:
-        first = self.schema.names[0]
-        rows = [
-            r if isinstance(r, dict) else {first: r}
-            for r in (value if isinstance(value, list) else [value])
-        ]
-        self._parts.append(pd.DataFrame(rows))
+        self._parts.append(raw_frame(value if isinstance(value, list) else [value], self.schema))
 
     def _result(self) -> pd.DataFrame:
         frames = []
@@ -145,14 +140,11 @@ class JSONFrame(ArrayBatches):
                 first = pa.concat_tables([first, *rest]).to_pandas(types_mapper=_PANDAS.get)
             frames.append(first)
         self._parts = []
-        raw = (
-            pd.DataFrame()
-            if not frames
-            else frames[0]
-            if len(frames) == 1
-            else pd.concat(frames, ignore_index=True, sort=False)
-        )
-        return typed_frame(raw, self.schema)
+        if len(frames) != 1:
+            frames = [
+                pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
+            ]
+        return typed_frame(frames[0], self.schema)
 
 
 def _same_columns(part: pa.Table | pd.DataFrame) -> Any:

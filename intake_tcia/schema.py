@@ -29,6 +29,7 @@ __all__ = [
     "frame_from_records",
     "frame_from_csv",
     "parse_dates",
+    "raw_frame",
     "typed_frame",
     "with_old_names",
 ]
@@ -299,11 +300,16 @@ def frame_from_records(
 
     A bare value (some endpoints answer ``["CT", "MR"]``) fills the first column.
     """
+    raw = raw_frame(records, schema)
+    del records  # the row dicts go before typing, unless the caller holds them
+    return typed_frame(raw, schema)
+
+
+def raw_frame(records: Iterable[Mapping[str, Any] | str], schema: EndpointSchema) -> pd.DataFrame:
+    """JSON rows as an untyped frame of the server's keys (see :func:`frame_from_records`)."""
     rows = [r if isinstance(r, dict) else {schema.names[0]: r} for r in records]
     # pd.DataFrame keeps rows whose keys were all dropped ([{}]); from_records loses them
-    raw = pd.DataFrame(rows) if rows else pd.DataFrame()
-    del rows, records  # the row dicts go before typing, unless the caller holds them
-    return typed_frame(raw, schema)
+    return pd.DataFrame(rows) if rows else pd.DataFrame()
 
 
 def frame_from_csv(text: str, schema: EndpointSchema) -> pd.DataFrame:
