@@ -220,7 +220,15 @@ def parse_dates(values: pd.Series) -> pd.Series:
     """
     if pd.api.types.is_datetime64_any_dtype(values):
         return values.astype("datetime64[ns]")
-    text = (values if values.dtype == STRING_DTYPE else values.astype("string")).str.strip()
+    text = values if values.dtype == STRING_DTYPE else values.astype("string")
+    codes, distinct = text.factorize()  # each distinct text parsed once; missing: code -1
+    parsed = _parse_distinct(pd.Series(distinct, dtype=text.dtype))
+    return pd.Series(np.append(parsed, np.datetime64("NaT"))[codes], index=values.index)
+
+
+def _parse_distinct(text: pd.Series) -> np.ndarray:
+    """datetime64[ns] of each date text, trying :data:`_DATE_FORMATS` in turn."""
+    text = text.str.strip()
     text = text.mask(text == "")
     parsed = np.full(len(text), np.datetime64("NaT"), dtype="datetime64[ns]")
     todo = text.notna().to_numpy(dtype=bool, copy=True)
@@ -233,13 +241,14 @@ def parse_dates(values: pd.Series) -> pd.Series:
         rows = np.flatnonzero(todo)
         parsed[rows] = attempt.to_numpy(dtype="datetime64[ns]")
         todo[rows] = np.isnat(parsed[rows])
-    return pd.Series(parsed, index=values.index)
+    return parsed
 
 
 def _to_int(values: pd.Series) -> pd.Series:
     if pd.api.types.is_integer_dtype(values):
         return values.astype("Int64")
     numbers = pd.to_numeric(values.replace("", None), errors="coerce")
+    numbers = numbers.where(numbers.abs() < 2**63)  # beyond int64 (or infinite): missing
     return numbers.round().astype("Int64")
 
 
