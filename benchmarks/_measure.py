@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
+
+#: Bytes per chunk of a replayed answer.
+REPLAY_PIECE = 1 << 16
 
 
 def peak_rss_mb() -> float:
@@ -42,12 +52,13 @@ def run_contender(script: str, args: Sequence[str]) -> dict[str, Any]:
 
 def run_on_seeded_archive(
     script: str, collection: str, rows: int, contenders: Sequence[str], *, rounds: int,
-    repeat: int,
+    repeat: int, replay: Sequence[str] = (),
 ) -> dict[str, list[dict[str, Any]]]:
     """Seed a sample archive with ``rows`` real series of ``collection`` (idc-index-data), then
     run each contender ``rounds`` times in its own process, interleaved so that drift favours
     none; each contender's results, in order. A contender is run as ``script --contender NAME
-    --api-url URL --repeat N`` against the host that serves ``collection``."""
+    --api-url URL --repeat N`` against the host that serves ``collection``; with ``replay``
+    (requests such as ``"getSeries?Collection=NLST"``), against :func:`replayed` answers."""
     from intake_tcia.testing import ArchiveServer, SampleArchive, idc_series_table
 
     table = idc_series_table(collection=collection, limit=rows)
@@ -58,11 +69,74 @@ def run_on_seeded_archive(
         url = server.nlst_api_url if collection == "NLST" else server.api_url
         print(f"seeded {len(table):,} real {collection} series "
               f"({table['PatientID'].nunique():,} patients), served at {url}")
-        for _ in range(rounds):
-            for name, found in runs.items():
-                options = ["--contender", name, "--api-url", url, "--repeat", str(repeat)]
-                found.append(run_contender(script, options))
+        with replayed(url, replay) if replay else _same(url) as url:
+            for _ in range(rounds):
+                for name, found in runs.items():
+                    options = ["--contender", name, "--api-url", url, "--repeat", str(repeat)]
+                    found.append(run_contender(script, options))
     return runs
+
+
+@contextmanager
+def _same(url: str) -> Iterator[str]:
+    yield url
+
+
+@contextmanager
+def replayed(url: str, requests: Sequence[str]) -> Iterator[str]:
+    """Record the answers to ``requests`` (relative to ``url``) once and serve them from memory
+    at a loopback URL that stands for ``url``, chunked in :data:`REPLAY_PIECE` bytes as a
+    streaming server sends them, so that rendering them costs no contender anything. Printed:
+    each answer's size."""
+    answers = {}
+    for request in requests:
+        with urllib.request.urlopen(url + request) as answer:
+            answers[request] = (answer.read(), answer.headers.get("Content-Type", ""))
+        print(f"replaying {request}: {len(answers[request][0]) / 1e6:,.1f} MB")
+    base = urlsplit(url).path
+
+    class Replay(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet
+            pass
+
+        def do_GET(self) -> None:
+            body, kind = answers.get(self.path.removeprefix(base), (None, ""))
+            if body is None:
+                self.send_error(404, "not recorded")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            with memoryview(body) as view:
+                for start in range(0, len(body), REPLAY_PIECE):
+                    piece = view[start:start + REPLAY_PIECE]
+                    self.wfile.write(b"".join((b"%x\r\n" % len(piece), piece, b"\r\n")))
+            self.wfile.write(b"0\r\n\r\n")
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Replay)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}{base}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def run_command(command: Sequence[str]) -> tuple[float, float]:
+    """Run ``command``; its seconds and its peak resident memory (MB), from its own rusage."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[0]} exited with {process.returncode}")
+    return seconds, usage.ru_maxrss / 1024
 
 
 def print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:

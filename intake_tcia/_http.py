@@ -441,11 +441,13 @@ class Transport:
         *,
         params: Mapping[str, str] | None = None,
         data: Mapping[str, str] | None = None,
-    ) -> list[Any]:
-        """The rows of a JSON answer, parsed as they arrive (``[]`` for NBIA's empty body)."""
+        parser: Callable[[], Any] = JSONRows,
+    ) -> Any:
+        """A JSON answer parsed as it arrives by a new ``parser()`` (a :class:`JSONRows` by
+        default: the list of rows, ``[]`` for NBIA's empty body); what its ``close()`` gives."""
         method = "POST" if data else "GET"
         try:
-            received, content_type = self._receive(method, url, params, data, JSONRows)
+            received, content_type = self._receive(method, url, params, data, parser)
             try:
                 return received.sink.close()
             except ValueError as exc:

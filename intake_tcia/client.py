@@ -37,6 +37,7 @@ import requests
 
 from ._auth import auth_for
 from ._http import Transport
+from ._jsonframe import JSONFrame
 from ._validate import format_query_date, validate_date, validate_text, validate_uid
 from .cache import CachedSeries, SeriesCache
 from .config import Settings
@@ -46,7 +47,7 @@ from .flavours import Flavour, flavour_for
 from .idc_index import IDCIndex, open_index
 from .idc_queries import routed
 from .manifest import as_series_uids
-from .schema import SCHEMAS, frame_from_csv, frame_from_records
+from .schema import SCHEMAS, frame_from_csv
 
 if TYPE_CHECKING:
     import pydicom
@@ -229,7 +230,8 @@ class TCIAClient:
 
     def _get(self, host: str, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
         schema = self._flavours[host].schemas[endpoint]
-        return frame_from_records(self._transport.get_json(host + endpoint, params=params), schema)
+        return self._transport.get_json(host + endpoint, params=params,
+                                        parser=lambda: JSONFrame(schema))
 
     def _query(
         self,
@@ -532,9 +534,13 @@ class TCIAClient:
         schema = SCHEMAS["getCollectionOrSeriesForDOI"]
 
         def ask() -> pd.DataFrame:
-            frames = [frame_from_records(self._transport.get_json(
-                host + "getCollectionOrSeriesForDOI", data=form), schema)
-                for host in self.settings.hosts]
+            frames = [
+                self._transport.get_json(
+                    host + "getCollectionOrSeriesForDOI", data=form,
+                    parser=lambda: JSONFrame(schema),
+                )
+                for host in self.settings.hosts
+            ]
             return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
 
         return routed(self, "getCollectionOrSeriesForDOI", form, ask)

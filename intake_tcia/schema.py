@@ -29,6 +29,8 @@ __all__ = [
     "frame_from_records",
     "frame_from_csv",
     "parse_dates",
+    "raw_frame",
+    "typed_frame",
     "with_old_names",
 ]
 
@@ -218,18 +220,27 @@ def parse_dates(values: pd.Series) -> pd.Series:
     """
     if pd.api.types.is_datetime64_any_dtype(values):
         return values.astype("datetime64[ns]")
-    text = (values if values.dtype == STRING_DTYPE else values.astype("string")).str.strip()
+    text = values if values.dtype == STRING_DTYPE else values.astype("string")
+    codes, distinct = text.factorize()  # each distinct text parsed once; missing: code -1
+    parsed = _parse_distinct(pd.Series(distinct, dtype=text.dtype))
+    return pd.Series(np.append(parsed, np.datetime64("NaT"))[codes], index=values.index)
+
+
+def _parse_distinct(text: pd.Series) -> np.ndarray:
+    """datetime64[ns] of each date text, trying :data:`_DATE_FORMATS` in turn."""
+    text = text.str.strip()
     text = text.mask(text == "")
-    parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
-    todo = text.notna()
+    parsed = np.full(len(text), np.datetime64("NaT"), dtype="datetime64[ns]")
+    todo = text.notna().to_numpy(dtype=bool, copy=True)
     for fmt in _DATE_FORMATS:
         if not todo.any():
             break
-        attempt = pd.to_datetime(text[todo], format=fmt, errors="coerce")
+        attempt = pd.to_datetime(text if todo.all() else text[todo], format=fmt, errors="coerce")
         if getattr(attempt.dt, "tz", None) is not None:
             attempt = attempt.dt.tz_localize(None)
-        parsed.loc[attempt.index] = attempt.astype("datetime64[ns]")
-        todo &= parsed.isna()
+        rows = np.flatnonzero(todo)
+        parsed[rows] = attempt.to_numpy(dtype="datetime64[ns]")
+        todo[rows] = np.isnat(parsed[rows])
     return parsed
 
 
@@ -237,6 +248,7 @@ def _to_int(values: pd.Series) -> pd.Series:
     if pd.api.types.is_integer_dtype(values):
         return values.astype("Int64")
     numbers = pd.to_numeric(values.replace("", None), errors="coerce")
+    numbers = numbers.where(numbers.abs() < 2**63)  # beyond int64 (or infinite): missing
     return numbers.round().astype("Int64")
 
 
@@ -272,7 +284,9 @@ _CONVERTERS = {
 }
 
 
-def _typed(frame: pd.DataFrame, schema: EndpointSchema) -> pd.DataFrame:
+def typed_frame(frame: pd.DataFrame, schema: EndpointSchema) -> pd.DataFrame:
+    """The columns of ``schema`` in order, typed, from a frame of server keys (then any key the
+    schema lacks, as text)."""
     frame = frame.rename(columns=schema.renames)
     if frame.columns.has_duplicates:  # an old and a new name for one field: keep the first
         frame = frame.loc[:, ~frame.columns.duplicated()]
@@ -295,11 +309,16 @@ def frame_from_records(
 
     A bare value (some endpoints answer ``["CT", "MR"]``) fills the first column.
     """
+    raw = raw_frame(records, schema)
+    del records  # the row dicts go before typing, unless the caller holds them
+    return typed_frame(raw, schema)
+
+
+def raw_frame(records: Iterable[Mapping[str, Any] | str], schema: EndpointSchema) -> pd.DataFrame:
+    """JSON rows as an untyped frame of the server's keys (see :func:`frame_from_records`)."""
     rows = [r if isinstance(r, dict) else {schema.names[0]: r} for r in records]
     # pd.DataFrame keeps rows whose keys were all dropped ([{}]); from_records loses them
-    raw = pd.DataFrame(rows) if rows else pd.DataFrame()
-    del rows, records  # the row dicts go before typing, unless the caller holds them
-    return _typed(raw, schema)
+    return pd.DataFrame(rows) if rows else pd.DataFrame()
 
 
 def frame_from_csv(text: str, schema: EndpointSchema) -> pd.DataFrame:
@@ -307,6 +326,6 @@ def frame_from_csv(text: str, schema: EndpointSchema) -> pd.DataFrame:
     import io
 
     if not text.strip():
-        return _typed(pd.DataFrame(), schema)
+        return typed_frame(pd.DataFrame(), schema)
     raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    return _typed(raw.replace("", None), schema)
+    return typed_frame(raw.replace("", None), schema)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from intake_tcia._jsonframe import JSONFrame
 from intake_tcia.manifest import (
     DEFAULT_DOWNLOAD_SERVER_URL,
     NLST_DOWNLOAD_SERVER_URL,
@@ -181,6 +183,25 @@ def test_unknown_keys_follow_the_fixed_columns_as_text(answer: tuple, extras: li
     assert list(frame.columns) == SCHEMAS[endpoint].names + extras
     assert (frame[extras] == "7").all().all()
     _check_frame(frame[SCHEMAS[endpoint].names], endpoint, expected)
+
+
+@PROPERTY_SETTINGS
+@given(answers(), st.lists(st.integers(min_value=0), max_size=6), st.integers(1, 400),
+       st.lists(st.from_regex(r"X[A-Za-z]{1,8}", fullmatch=True), max_size=2, unique=True),
+       st.sampled_from(["", " ", "\n "]))
+def test_json_bytes_parsed_as_they_arrive_give_the_frame_of_their_rows(
+    answer: tuple, cuts: list[int], batch_bytes: int, extras: list[str], space: str
+) -> None:
+    endpoint, rows, _ = answer
+    rows = [{**row, **{key: 7 for key in extras[: i % 3]}} for i, row in enumerate(rows)]
+    body = json.dumps(rows, separators=("," + space, ":")).encode() if rows else b""
+    parser = JSONFrame(SCHEMAS[endpoint], batch_bytes)
+    start = 0
+    for cut in sorted(c % (len(body) + 1) for c in cuts):
+        parser.feed(body[start:cut])
+        start = max(start, cut)
+    parser.feed(body[start:])
+    pd.testing.assert_frame_equal(parser.close(), frame_from_records(rows, SCHEMAS[endpoint]))
 
 
 # -- .tcia manifests ------------------------------------------------------------------------------

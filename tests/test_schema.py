@@ -88,3 +88,12 @@ def test_quoted_csv_of_series_metadata():
     assert frame.loc[0, "DateReleased"] == pd.Timestamp("2016-10-19")
     assert pd.isna(frame.loc[0, "EthnicGroup"])  # "" is missing
     assert list(frame_from_csv("", SCHEMAS["getSeriesMetadata"]).columns) == list(frame.columns)
+
+
+def test_counts_beyond_int64_are_missing_not_an_error():
+    rows = [{"ImageCount": 10**30}, {"ImageCount": float("inf")}, {"ImageCount": "1e400"},
+            {"ImageCount": 7}]
+    frame = frame_from_records(rows, SCHEMAS["getSeries"])
+    assert frame["ImageCount"].dtype == "Int64"
+    assert frame["ImageCount"].isna().tolist() == [True, True, True, False]
+    assert frame.loc[3, "ImageCount"] == 7
