@@ -39,6 +39,7 @@ from .config import Settings
 from .download import DEFAULT_LAYOUT
 from .errors import TCIANotFoundError, TCIAResponseError, TCIAUnknownNameError
 from .flavours import Flavour, flavour_for
+from .idc_index import IDCIndex, open_index, routed
 from .manifest import as_series_uids
 from .schema import SCHEMAS, frame_from_csv, frame_from_records
 
@@ -235,15 +236,18 @@ class TCIAClient:
     ) -> pd.DataFrame:
         """Ask each candidate host in turn until one has rows (see the module doc); with neither
         a collection nor a UID, every host. No rows: a name filter the archive lacks is an error."""
-        if collection is None and uid is None:
-            frame = self._both_hosts(endpoint, params)
-        else:
+        def ask() -> pd.DataFrame:
+            if collection is None and uid is None:
+                return self._both_hosts(endpoint, params, backend="nbia")
             for host in self._hosts_for(collection, uid):
                 frame = self._get(host, endpoint, params)
                 if len(frame):
                     if uid is not None:
                         self.remember_host(uid, host)
                     break
+            return frame
+
+        frame = routed(self, endpoint, params, ask)
         if frame.empty:
             self._check_names(params, endpoint)
         return frame
@@ -272,10 +276,19 @@ class TCIAClient:
                 raise TCIAUnknownNameError(keyword, value, known, url, where)
 
     def _both_hosts(
-        self, endpoint: str, params: dict[str, str], *, hosts: list[str] | None = None
+        self, endpoint: str, params: dict[str, str], *, hosts: list[str] | None = None,
+        backend: str | None = None,
     ) -> pd.DataFrame:
-        frames = [self._get(host, endpoint, params) for host in hosts or self.settings.hosts]
-        return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+        def ask() -> pd.DataFrame:
+            frames = [self._get(host, endpoint, params) for host in hosts or self.settings.hosts]
+            return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+
+        return ask() if backend == "nbia" else routed(self, endpoint, params, ask)
+
+    @property
+    def idc_index(self) -> IDCIndex:
+        """IDCIndex: the IDC index of ``settings.idc_index``, opened once per process."""
+        return open_index(self.settings.idc_index, self.settings.cache_dir)
 
     # -- the query endpoints ---------------------------------------------------------------------
 
@@ -392,6 +405,10 @@ class TCIAClient:
         v1/v2 and legacy hosts, whose getSeriesMetaData takes one SeriesInstanceUID).
         """
         uids = as_series_uids(series_uids)
+        return routed(self, "getSeriesMetadata", {"list": ",".join(uids)},
+                      lambda: self._metadata_of(uids))
+
+    def _metadata_of(self, uids: list[str]) -> pd.DataFrame:
         frames = [frame_from_csv("", SCHEMAS["getSeriesMetadata"])]
         for host in self.settings.hosts:
             if self._flavours[host].metadata_per_series:

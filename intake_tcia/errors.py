@@ -16,6 +16,8 @@ Every exception the package raises on purpose derives from :class:`TCIAError`::
     ├── TCIAStorageError (also OSError)     the cache or destination cannot be written (no space,
     │                                       a name too long, ...); names the series and the path
     ├── DownloadError                       one or more series of a download failed; ``.results``
+    ├── TCIABackendError                    the chosen backend cannot answer this (the IDC index
+    │                                       has no shared carts, ...); names why
     └── MissingDependencyError (also ImportError)
                                             an optional extra is not installed
 """
@@ -38,6 +40,7 @@ __all__ = [
     "UnsafeArchiveError",
     "TCIAStorageError",
     "DownloadError",
+    "TCIABackendError",
     "MissingDependencyError",
 ]
 
@@ -154,6 +157,11 @@ class DownloadError(TCIAError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.args[0], self.results)
+
+
+class TCIABackendError(TCIAError):
+    """The backend in use cannot answer this call (say, a shared cart from the IDC index); the
+    message names what is missing and which backend can answer."""
 
 
 class MissingDependencyError(TCIAError, ImportError):
