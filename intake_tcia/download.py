@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from . import backends
 from ._validate import is_reserved_name, validate_uid
 from .cache import (
     LICENSE_NAME,
@@ -674,7 +675,7 @@ def _download_one(
         bar.advance(request.uid, received[0])
 
     try:
-        series = request.cached or fetch_series(
+        series = request.cached or backends.fetch_series(
             client, request.uid, metadata=request.metadata, progress=on_bytes, slots=slots
         )
         status = "cached" if request.cached is not None else "downloaded"
@@ -904,5 +905,5 @@ def read_series(
 
     from .volume import sort_slices_by_position
 
-    series = fetch_series(client, series_uid, collection=collection)
+    series = backends.fetch_series(client, series_uid, collection=collection)
     return sort_slices_by_position(pydicom.dcmread(path) for path in series.files)

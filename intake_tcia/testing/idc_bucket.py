@@ -312,7 +312,7 @@ class IDCBucketServer:
     # -- addresses ---------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        """str: the S3 endpoint, ``http://127.0.0.1:PORT/`` (path style: ``{url}{bucket}/{key}``)."""
+        """str: the S3 endpoint ``http://127.0.0.1:PORT/`` (path style: ``{url}{bucket}/{key}``)."""
         if self._listener is None:
             raise RuntimeError("the bucket server is not running; call start() first")
         host, port = self._listener.server_address[:2]

@@ -1,0 +1,484 @@
+"""IDC retrieval: a series' instances from the Imaging Data Commons bucket, object by object.
+
+IDC keeps each instance as its own object, ``s3://<aws_bucket>/<crdc_series_uuid>/<uuid>.dcm``
+(design.md, "Two backends"). Everything here goes through the package's one transport
+(:mod:`intake_tcia._http`), anonymously, path style on ``settings.idc_url``:
+
+* :func:`list_objects`: ListObjectsV2 of the series' prefix, page after page.
+* :func:`fetch_series`: every object GET in parallel on pooled connections, all within one
+  :class:`~intake_tcia._http.RetryBudget` and the series' deadline; the object count must be
+  the index's ``instanceCount``, each body its listed size and, where the ETag is a plain MD5,
+  that MD5; each file DICOM of the series. The files are written, verified and published into
+  the series cache by :class:`~intake_tcia.pipeline.SeriesWriter`, the same cache NBIA
+  downloads go to.
+* :func:`instances`: the SOPInstanceUID of every object, from ranged reads of the first bytes
+  of each (kept in ``{cache_dir}/idc/{SeriesInstanceUID}.json``, so a series is listed once).
+* :func:`read_instance` and :func:`read_header`: one instance's bytes (one GET, verified), or
+  one header (a ranged read) of a series that is not in the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from ._validate import validate_uid
+from .cache import CachedSeries
+from .errors import (
+    TCIAConnectionError,
+    TCIAIntegrityError,
+    TCIANotFoundError,
+    TCIAResponseError,
+)
+
+if TYPE_CHECKING:
+    import pydicom
+
+    from ._http import RetryBudget
+    from .client import TCIAClient
+
+__all__ = [
+    "IDCLocation",
+    "IDCObject",
+    "locate",
+    "list_objects",
+    "instances",
+    "fetch_series",
+    "read_instance",
+    "read_header",
+]
+
+log = logging.getLogger("intake_tcia")
+
+#: Where the listing and instance UIDs of IDC series are kept, under the cache directory.
+LISTINGS_DIR = "idc"
+_S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+_PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
+#: Bytes of an object read first for its header; grown (x16) until the header is in them.
+_HEAD_BYTES = 16 * 1024
+_GET_CHUNK = 1 << 18
+_LISTING_VERSION = 1
+_PIXEL_DATA_LE = b"\xe0\x7f\x10\x00"  # (7FE0,0010) in little-endian byte order
+
+
+@dataclass(frozen=True)
+class IDCLocation:
+    """Where IDC keeps a series.
+
+    Attributes
+    ----------
+    series_uid : str
+        The SeriesInstanceUID.
+    bucket : str
+        ``aws_bucket`` (``idc-open-data``).
+    prefix : str
+        ``<crdc_series_uuid>/``, the folder of its objects.
+    instance_count : int or None
+        The index's ``instanceCount``.
+    collection : str or None
+        TCIA's collection name.
+    """
+
+    series_uid: str
+    bucket: str
+    prefix: str
+    instance_count: int | None = None
+    collection: str | None = None
+
+
+@dataclass(frozen=True)
+class IDCObject:
+    """One object of a series: its key, size, MD5 (from a plain-MD5 ETag, else None) and, once
+    its header has been read, its SOPInstanceUID."""
+
+    key: str
+    size: int
+    md5: str | None
+    sop_instance_uid: str | None = None
+
+    @property
+    def name(self) -> str:
+        """str: the file name the object gets in the cache (the key's last part)."""
+        return self.key.rpartition("/")[2]
+
+
+def locate(client: TCIAClient, series_uids: Iterable[str]) -> dict[str, IDCLocation]:
+    """The IDC locations of the series the index lists (one index scan for all of them).
+
+    Returns
+    -------
+    dict of str to IDCLocation
+        Unknown series are left out.
+    """
+    frame = client.idc_index.series_locations(series_uids)
+    found = {}
+    for row in frame.to_dict("records"):
+        count = row.get("instanceCount")
+        found[row["SeriesInstanceUID"]] = IDCLocation(
+            row["SeriesInstanceUID"], str(row["aws_bucket"]), f"{row['crdc_series_uuid']}/",
+            None if count is None or count != count else int(count), row.get("Collection"),
+        )
+    return found
+
+
+def _located(client: TCIAClient, series_uid: str) -> IDCLocation:
+    found = locate(client, [series_uid]).get(series_uid)
+    if found is None:
+        raise TCIANotFoundError(404, f"the IDC index does not list series {series_uid}",
+                                str(client.idc_index.folder))
+    return found
+
+
+def _object_url(client: TCIAClient, bucket: str, key: str) -> str:
+    return f"{client.settings.idc_url}{quote(bucket)}/{quote(key)}"
+
+
+# -- listing --------------------------------------------------------------------------------------
+
+
+def list_objects(
+    client: TCIAClient, where: IDCLocation, *, budget: RetryBudget | None = None,
+    max_keys: int | None = None,
+) -> list[IDCObject]:
+    """The objects under a series' prefix (ListObjectsV2, every page), sorted by key.
+
+    ``max_keys`` stops after that many (one page asking for only them).
+    """
+    transport = client._transport
+    budget = budget or transport.budget()
+    url = f"{client.settings.idc_url}{quote(where.bucket)}"
+    found: list[IDCObject] = []
+    token = None
+    while True:
+        params = {"list-type": "2", "prefix": where.prefix}
+        if max_keys is not None:
+            params["max-keys"] = str(max_keys - len(found))
+        if token:
+            params["continuation-token"] = token
+        root = ET.fromstring(bytes(_read_all(client, url, params, budget)))
+        for item in root.iter(f"{_S3}Contents"):
+            etag = (item.findtext(f"{_S3}ETag") or "").strip().strip('"').lower()
+            found.append(IDCObject(item.findtext(f"{_S3}Key") or "",
+                                   int(item.findtext(f"{_S3}Size") or 0),
+                                   etag if _PLAIN_MD5.fullmatch(etag) else None))
+        token = root.findtext(f"{_S3}NextContinuationToken")
+        truncated = (root.findtext(f"{_S3}IsTruncated") or "").lower() == "true"
+        if not (truncated and token) or (max_keys is not None and len(found) >= max_keys):
+            break
+    return sorted(found, key=lambda o: o.key)
+
+
+def _read_all(client: TCIAClient, url: str, params: dict[str, str] | None,
+              budget: RetryBudget, headers: dict[str, str] | None = None,
+              limit: int | None = None) -> bytearray:
+    """A whole (small) answer: at most ``limit`` (else ``max_answer_bytes``) bytes, within
+    ``query_timeout``; a body cut off is asked again on ``budget``."""
+    transport = client._transport
+    limit = client.settings.max_answer_bytes if limit is None else limit
+    while True:
+        deadline = time.monotonic() + client.settings.query_timeout
+        data = bytearray()
+        try:
+            with transport.stream(url, params, budget=budget, headers=headers) as response:
+                for chunk in transport.iter_body(response, deadline=deadline):
+                    data += chunk
+                    if len(data) > limit:
+                        raise TCIAResponseError(f"{url} sent more than {limit} bytes; giving up")
+            return data
+        except TCIAConnectionError as exc:
+            pause = budget.spend()
+            if pause is None:
+                raise
+            log.info("%s; retrying in %.2f s", exc, pause)
+            time.sleep(pause)
+
+
+# -- instance UIDs from ranged header reads -------------------------------------------------------
+
+
+def _listing_path(client: TCIAClient, series_uid: str) -> Path:
+    return client.cache_dir / LISTINGS_DIR / f"{series_uid}.json"
+
+
+def _saved_listing(client: TCIAClient, series_uid: str) -> tuple[IDCLocation, list[IDCObject]]:
+    """The listing kept by :func:`instances`; FileNotFoundError or ValueError if none."""
+    record = json.loads(_listing_path(client, series_uid).read_text(encoding="utf-8"))
+    if record.get("version") != _LISTING_VERSION or record.get("series_uid") != series_uid:
+        raise ValueError("another listing")
+    where = IDCLocation(**record["location"])
+    return where, [IDCObject(**item) for item in record["objects"]]
+
+
+def _save_listing(client: TCIAClient, where: IDCLocation, objects: list[IDCObject]) -> None:
+    path = _listing_path(client, where.series_uid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    record = {"version": _LISTING_VERSION, "series_uid": where.series_uid,
+              "location": asdict(where), "objects": [asdict(o) for o in objects]}
+    try:
+        temporary.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def instances(client: TCIAClient, series_uid: str) -> list[IDCObject]:
+    """A series' objects with the SOPInstanceUID of each, read from its first bytes.
+
+    Each object's head is read with one ranged GET (in parallel); the answer is kept on disk,
+    so later calls, in any process sharing the cache, make no request.
+    """
+    uid = validate_uid(series_uid, "series_uid")
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return _saved_listing(client, uid)[1]
+    where = _located(client, uid)
+    budget = client._transport.budget()
+    objects = list_objects(client, where, budget=budget)
+
+    def read(obj: IDCObject) -> IDCObject:
+        head = _head(client, where.bucket, obj, budget, _sop_from_head)
+        return IDCObject(obj.key, obj.size, obj.md5, head)
+
+    with ThreadPoolExecutor(max(1, min(client.settings.workers, len(objects)))) as pool:
+        read_objects = list(pool.map(read, objects))
+    _save_listing(client, where, read_objects)
+    return read_objects
+
+
+def _head(client: TCIAClient, bucket: str, obj: IDCObject, budget: RetryBudget,
+          parse: Callable[[bytes, bool], Any]) -> Any:
+    """``parse(first bytes, whole)`` of an object, reading more (x16) until it can."""
+    want = _HEAD_BYTES
+    while True:
+        whole = want >= obj.size
+        headers = None if whole else {"Range": f"bytes=0-{want - 1}"}
+        data = _read_all(client, _object_url(client, bucket, obj.key), None, budget, headers,
+                         limit=max(want, obj.size) if whole else want)
+        result = parse(bytes(data), whole or len(data) >= obj.size)
+        if result is not None:
+            return result
+        if whole:
+            raise TCIAIntegrityError(f"{obj.key} in {bucket} is not a DICOM instance")
+        want *= 16
+
+
+def _sop_from_head(data: bytes, whole: bool) -> str | None:
+    """The SOPInstanceUID in the first bytes of a DICOM file, or None if not in them."""
+    from pydicom.filereader import read_partial
+
+    try:
+        ds = read_partial(BytesIO(data), stop_when=lambda tag, vr, length: tag > 0x00080018)
+        uid = ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")
+    except Exception:  # noqa: BLE001 - cut short, or not DICOM: read more, or fail when whole
+        return None
+    return str(uid) if uid else None
+
+
+def _header_from_head(data: bytes, whole: bool) -> pydicom.Dataset | None:
+    """The header (all before the pixel data) in the first bytes of a file, or None."""
+    import pydicom
+
+    at = data.find(_PIXEL_DATA_LE, 132)
+    if at < 0 and not whole:
+        return None
+    try:
+        return pydicom.dcmread(BytesIO(data if at < 0 else data[:at]), stop_before_pixels=True)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _object_of(client: TCIAClient, series_uid: str, sop_uid: str) -> tuple[str, IDCObject]:
+    listing = instances(client, series_uid)
+    bucket = _saved_listing(client, series_uid)[0].bucket
+    for obj in listing:
+        if obj.sop_instance_uid == sop_uid:
+            return bucket, obj
+    raise TCIANotFoundError(404, f"series {series_uid} has no instance {sop_uid} in IDC",
+                            f"s3://{bucket}/")
+
+
+def read_instance(client: TCIAClient, series_uid: str, sop_instance_uid: str) -> bytes:
+    """One instance's bytes (one GET), checked: listed size, MD5 = ETag, its SOPInstanceUID.
+
+    Uses the listing :func:`instances` keeps (made first if there is none).
+    """
+    series_uid = validate_uid(series_uid, "series_uid")
+    sop_uid = validate_uid(sop_instance_uid, "sop_instance_uid")
+    bucket, obj = _object_of(client, series_uid, sop_uid)
+    budget = client._transport.budget()
+    while True:
+        data = bytes(_read_all(client, _object_url(client, bucket, obj.key), None, budget,
+                               limit=obj.size))
+        problem = _problem(data, obj)
+        if problem is None:
+            if _sop_from_head(data, True) != sop_uid:
+                raise TCIAIntegrityError(f"{obj.key} does not hold instance {sop_uid}")
+            return data
+        pause = budget.spend()
+        if pause is None:
+            raise TCIAIntegrityError(f"series {series_uid}: {problem}")
+        log.info("%s; retrying in %.2f s", problem, pause)
+        time.sleep(pause)
+
+
+def _problem(data: bytes, obj: IDCObject) -> str | None:
+    if len(data) != obj.size:
+        return f"{obj.key}: {len(data)} bytes received, {obj.size} listed"
+    if obj.md5 is not None and hashlib.md5(data, usedforsecurity=False).hexdigest() != obj.md5:
+        return f"{obj.key}: MD5 differs from its ETag"
+    return None
+
+
+def read_header(client: TCIAClient, series_uid: str) -> pydicom.Dataset:
+    """The header (no pixel data) of one instance of a series: one small listing, one ranged
+    read; nothing else."""
+    series_uid = validate_uid(series_uid, "series_uid")
+    try:
+        where, listing = _saved_listing(client, series_uid)
+    except (OSError, ValueError, KeyError, TypeError):
+        where = _located(client, series_uid)
+        listing = list_objects(client, where, max_keys=1)
+    if not listing:
+        raise TCIANotFoundError(404, f"IDC holds no objects of series {series_uid}",
+                                f"s3://{where.bucket}/{where.prefix}")
+    return _head(client, where.bucket, listing[0], client._transport.budget(),
+                 _header_from_head)
+
+
+# -- whole series ---------------------------------------------------------------------------------
+
+
+def fetch_series(
+    client: TCIAClient,
+    where: IDCLocation,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+    slots: threading.Semaphore | None = None,
+) -> CachedSeries:
+    """A series from the cache, else fetched from IDC, verified and published to the cache.
+
+    Parameters
+    ----------
+    client : TCIAClient
+        Its cache, transport (pooled connections), retries and ``series_timeout``.
+    where : IDCLocation
+        The series (from :func:`locate`).
+    metadata : mapping, optional
+        Series metadata kept in the cache record.
+    progress : callable, optional
+        Called with bytes received (negative to take back a failed attempt's).
+    slots : threading.Semaphore, optional
+        Held during each GET, to bound the connections of several series together
+        (default: ``settings.workers`` GETs at once for this series).
+
+    Raises
+    ------
+    TCIAIntegrityError
+        The bucket lists another number of objects than the index, or an object stays
+        different from its listing (size, MD5) or is not DICOM of this series.
+    TCIAConnectionError, TCIAHTTPError
+        The retries were spent.
+    """
+    from .pipeline import SeriesWriter
+
+    uid = where.series_uid
+    cache = client.cache
+    found = cache.get(uid)
+    if found is not None:
+        return found
+    with cache.lock(uid):
+        found = cache.get(uid)
+        if found is not None:
+            return found
+        budget = client._transport.budget()
+        deadline = time.monotonic() + client.settings.series_timeout
+        objects = list_objects(client, where, budget=budget)
+        if where.instance_count is not None and len(objects) != where.instance_count:
+            raise TCIAIntegrityError(
+                f"series {uid}: the bucket lists {len(objects)} objects under "
+                f"s3://{where.bucket}/{where.prefix}, the IDC index says {where.instance_count}")
+        slots = slots or threading.Semaphore(client.settings.workers)
+        lock = threading.Lock()
+        with SeriesWriter(cache, uid, expected_count=len(objects),
+                          size_limit=sum(o.size for o in objects),
+                          metadata=dict(metadata or {})) as writer:
+
+            def get(obj: IDCObject) -> None:
+                _get_into(client, where.bucket, obj, writer, budget, lock, deadline, slots,
+                          progress)
+
+            _run_all(get, objects, client.settings.workers)
+            return writer.publish()
+
+
+def _run_all(call: Callable[[IDCObject], None], objects: list[IDCObject], workers: int) -> None:
+    """``call`` on every object in a pool of threads; the first failure stops the rest."""
+    if not objects:
+        return
+    with ThreadPoolExecutor(max(1, min(workers, len(objects)))) as pool:
+        futures = [pool.submit(call, obj) for obj in objects]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            for future in futures:
+                future.cancel()
+            raise failed[0].exception()  # type: ignore[misc]
+
+
+def _get_into(client: TCIAClient, bucket: str, obj: IDCObject, writer: Any,
+              budget: RetryBudget, lock: threading.Lock, deadline: float,
+              slots: threading.Semaphore, progress: Callable[[int], None] | None) -> None:
+    """GET one object into the writer; a lost body or a wrong MD5 is asked again on
+    ``budget`` (its bytes taken back from ``progress``)."""
+    transport = client._transport
+    url = _object_url(client, bucket, obj.key)
+    while True:
+        received = [0]
+        try:
+            with slots, transport.stream(url, budget=budget) as response:
+                chunks = transport.iter_body(response, _GET_CHUNK, deadline=deadline)
+                writer.add(obj.name, _counted(chunks, obj, received, progress),
+                           expected_md5=obj.md5)
+            return
+        except (TCIAConnectionError, TCIAIntegrityError) as exc:
+            if progress is not None and received[0]:
+                progress(-received[0])
+            if not getattr(exc, "retryable", True):
+                raise
+            with lock:
+                pause = budget.spend()
+            if pause is None or time.monotonic() + pause > deadline:
+                raise type(exc)(f"{exc} (retries spent)") from exc
+            log.info("%s; retrying in %.2f s", exc, pause)
+            time.sleep(pause)
+
+
+def _counted(chunks: Iterable[bytes], obj: IDCObject, received: list[int],
+             progress: Callable[[int], None] | None) -> Iterator[bytes]:
+    """``chunks``, counted into ``received[0]`` and ``progress``; TCIAIntegrityError at the end
+    when they are not the object's listed size."""
+    for chunk in chunks:
+        received[0] += len(chunk)
+        if received[0] > obj.size:
+            raise TCIAIntegrityError(f"{obj.key}: more than the {obj.size} bytes listed")
+        if progress is not None:
+            progress(len(chunk))
+        yield chunk
+    if received[0] != obj.size:
+        raise TCIAIntegrityError(f"{obj.key}: {received[0]} bytes received, {obj.size} listed")
