@@ -61,6 +61,7 @@ __all__ = [
     "fetch_series",
     "read_instance",
     "read_header",
+    "sop_instance_uid_of",
 ]
 
 log = logging.getLogger("intake_tcia")
@@ -243,9 +244,13 @@ def instances(client: TCIAClient, series_uid: str) -> list[IDCObject]:
     Each object's head is read with one ranged GET (in parallel); the answer is kept on disk,
     so later calls, in any process sharing the cache, make no request.
     """
-    uid = validate_uid(series_uid, "series_uid")
+    return _listing(client, validate_uid(series_uid, "series_uid"))[1]
+
+
+def _listing(client: TCIAClient, uid: str) -> tuple[IDCLocation, list[IDCObject]]:
+    """The kept listing of a series (see :func:`instances`), made first if there is none."""
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        return _saved_listing(client, uid)[1]
+        return _saved_listing(client, uid)
     where = _located(client, uid)
     budget = client._transport.budget()
     objects = list_objects(client, where, budget=budget)
@@ -257,7 +262,7 @@ def instances(client: TCIAClient, series_uid: str) -> list[IDCObject]:
     with ThreadPoolExecutor(max(1, min(client.settings.workers, len(objects)))) as pool:
         read_objects = list(pool.map(read, objects))
     _save_listing(client, where, read_objects)
-    return read_objects
+    return where, read_objects
 
 
 def _head(client: TCIAClient, bucket: str, obj: IDCObject, budget: RetryBudget,
@@ -275,6 +280,12 @@ def _head(client: TCIAClient, bucket: str, obj: IDCObject, budget: RetryBudget,
         if whole:
             raise TCIAIntegrityError(f"{obj.key} in {bucket} is not a DICOM instance")
         want *= 16
+
+
+def sop_instance_uid_of(data: bytes) -> str | None:
+    """The (0008,0018) *SOP Instance UID* in the first bytes of a DICOM file (else its file
+    meta's), or None if they do not hold it; only the elements before it are parsed."""
+    return _sop_from_head(data, False)
 
 
 def _sop_from_head(data: bytes, whole: bool) -> str | None:
@@ -303,13 +314,12 @@ def _header_from_head(data: bytes, whole: bool) -> pydicom.Dataset | None:
 
 
 def _object_of(client: TCIAClient, series_uid: str, sop_uid: str) -> tuple[str, IDCObject]:
-    listing = instances(client, series_uid)
-    bucket = _saved_listing(client, series_uid)[0].bucket
+    where, listing = _listing(client, series_uid)
     for obj in listing:
         if obj.sop_instance_uid == sop_uid:
-            return bucket, obj
+            return where.bucket, obj
     raise TCIANotFoundError(404, f"series {series_uid} has no instance {sop_uid} in IDC",
-                            f"s3://{bucket}/")
+                            f"s3://{where.bucket}/{where.prefix}")
 
 
 def read_instance(client: TCIAClient, series_uid: str, sop_instance_uid: str) -> bytes:
