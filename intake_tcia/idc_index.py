@@ -126,8 +126,9 @@ class IDCIndex:
                     f"the IDC index folder {str(self.folder)!r} has no {name}: set idc_index "
                     "(INTAKE_TCIA_IDC_INDEX) to a folder laid out like the idc-index-data package")
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._tables: dict[str, pa.Table] = {}
+        self._fingerprint = self._stat()
 
     def __repr__(self) -> str:
         return f"IDCIndex(folder={str(self.folder)!r})"
@@ -285,16 +286,30 @@ class IDCIndex:
             expression = term if expression is None else expression & term
         return expression
 
-    def _cache_root(self) -> Path | None:
-        if self.cache_dir is None:
-            return None
+    def _stat(self) -> str:
+        """A digest of the index files' paths, sizes and modification times."""
         digest = hashlib.sha256(str(_CACHE_FORMAT).encode())
         for name in (INDEX_FILE, COLLECTIONS_FILE, VERSIONS_FILE):
             path = self.folder / name
             if path.is_file():
                 stat = path.stat()
                 digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-        return self.cache_dir / "idc-index" / digest.hexdigest()[:16]
+        return digest.hexdigest()[:16]
+
+    def refresh(self) -> None:
+        """Forget what was read if the index files have changed since (three ``stat`` calls)."""
+        fingerprint = self._stat()
+        with self._lock:
+            if fingerprint != self._fingerprint:
+                for name in ("_dataset", "_collections", "_present", "_releases"):
+                    self.__dict__.pop(name, None)
+                self._tables.clear()
+                self._fingerprint = fingerprint
+
+    def _cache_root(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / "idc-index" / self._fingerprint
 
     def _collection_rows(self, collection_id: str) -> pa.Table:
         """One collection's rows in v4 columns, sorted; from the cached Arrow file when there."""
@@ -385,12 +400,14 @@ class IDCIndex:
         return self.frame(self.pa.table({column: values.take(order)}), endpoint)
 
     def _counts(self, table: pa.Table, column: str, endpoint: str) -> pd.DataFrame:
-        counts = table.group_by(column).aggregate([("PatientID", "count_distinct")])
+        patients = self.pa.table({column: table[column], "patient": self._patient_key(table)})
+        counts = patients.group_by(column).aggregate([("patient", "count_distinct")])
         order = self.pc.array_sort_indices(counts[column].combine_chunks(),
                                            null_placement="at_start")
         counts = counts.take(order)
-        return self.frame(self.pa.table({
-            column: counts[column], "Count": counts["PatientID_count_distinct"],
+        return self.frame(self.pa.table({  # NBIA names a null value "" here
+            column: self.pc.fill_null(counts[column], ""),
+            "Count": counts["patient_count_distinct"],
             "Authorized": self.pa.array([1] * counts.num_rows, self.pa.int64())}), endpoint)
 
     def _first(self, table: pa.Table, keys: list[str], columns: list[str]) -> pa.Table:
@@ -422,6 +439,7 @@ class IDCIndex:
             An endpoint the index cannot answer (shared carts, instance lists and headers:
             those need the objects), naming why.
         """
+        self.refresh()
         values = {"getModalityValues": "Modality", "getBodyPartValues": "BodyPartExamined",
                   "getManufacturerValues": "Manufacturer"}
         counts = {"getCollectionValuesAndCounts": "Collection",
@@ -437,7 +455,7 @@ class IDCIndex:
             return self._values(self.rows(params, [column]), column, endpoint)
         if endpoint in counts:
             column = counts[endpoint]
-            return self._counts(self.rows(params, [column, "PatientID"]), column, endpoint)
+            return self._counts(self.rows(params, [column, "Collection"]), column, endpoint)
         if endpoint in ("getPatient", "getPatientByCollectionAndModality"):
             return self._patients(self.rows(params), endpoint)
         if endpoint == "NewPatientsInCollection":
@@ -458,11 +476,66 @@ class IDCIndex:
             return self.frame(rows.rename_columns([{"FileSize": "TotalSizeInBytes",
                                                     "ImageCount": "ObjectCount"}.get(n, n)
                                                    for n in rows.column_names]), endpoint)
+        if endpoint == "getSimpleSearch":
+            return self.frame(self._search(params), "getSeries")
         if endpoint in ("getSeriesMetadata", "getSeriesMetaData"):
             uids = [u for u in params["list"].split(",") if u]
             return self.frame(self._by_uid(uids), "getSeriesMetadata")
         raise TCIABackendError(_UNANSWERED.get(endpoint, f"the IDC index cannot answer "
                                                           f"{endpoint}: use backend='nbia'"))
+
+    def _search(self, form: dict[str, str]) -> pa.Table:
+        """The series a getSimpleSearch form (:func:`intake_tcia.search.search_form`) selects,
+        read as NBIA reads it: values of one criterion ORed, criteria ANDed, names folded."""
+        pa, pc, ds = self.pa, self.pc, self.ds
+        values: dict[str, list[str]] = {}
+        released, more_than, anded = None, -1, False
+        i = 0
+        while f"criteriaType{i}" in form:
+            kind = form[f"criteriaType{i}"]
+            if kind in _CRITERIA:
+                values.setdefault(_CRITERIA[kind], []).append(form[f"value{i}"])
+            elif kind == "DateRangeCriteria":
+                released = (form[f"fromDate{i}"], form[f"toDate{i}"])
+            elif kind == "MinNumberOfStudiesCriteria":
+                more_than = int(form[f"value{i}"])
+            elif kind == "ModalityAndedSearchCriteria":
+                anded = form[f"value{i}"] == "all"
+            i += 1
+        names = values.pop("Collection", None)
+        tables = [self.rows({"Collection": n}) for n in names] if names else [self.rows({})]
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        modalities = values.pop("Modality") if anded else []
+        where = None
+        for column, wanted in values.items():
+            folded = column in _FOLDED
+            keys = [w.upper() for w in wanted] if folded else wanted
+            term = (pc.utf8_upper(ds.field(column)) if folded else ds.field(column)).isin(keys)
+            if column == "BodyPartExamined" and _NOT_SPECIFIED in keys:
+                term = term | ds.field(column).is_null()
+            where = term if where is None else where & term
+        if released is not None:
+            self._since(table.slice(0, 0), released[0], strict=False)  # no release dates: refuse
+            start, end = (pa.scalar(datetime.strptime(d, "%m-%d-%Y"), pa.timestamp("ns"))
+                          for d in released)
+            term = (ds.field("DateReleased") >= start) & (ds.field("DateReleased") <= end)
+            where = term if where is None else where & term
+        rows = table if where is None else table.filter(where)
+        for modality in modalities:  # patients holding every modality asked; then their rows
+            holders = table.filter(pc.utf8_upper(ds.field("Modality")) == modality.upper())
+            rows = rows.filter(pc.is_in(self._patient_key(rows), self._patient_key(holders)))
+        if more_than >= 0:
+            studies = self.pa.table({"key": self._patient_key(rows), "study": rows[
+                "StudyInstanceUID"]}).group_by("key").aggregate([("study", "count_distinct")])
+            keep = studies.filter(pc.greater(studies["study_count_distinct"], more_than))["key"]
+            rows = rows.filter(pc.is_in(self._patient_key(rows), keep))
+        return rows.sort_by([(c, "ascending") for c in _ORDER])
+
+    def _patient_key(self, table: pa.Table) -> Any:
+        pa = self.pa
+        return self.pc.binary_join_element_wise(
+            table["Collection"].cast(pa.large_string()),
+            table["PatientID"].cast(pa.large_string()), pa.scalar("\0", pa.large_string()))
 
     def _by_uid(self, uids: list[str], columns: list[str] | None = None) -> pa.Table:
         raw = self._dataset.to_table(
@@ -488,6 +561,7 @@ class IDCIndex:
             instanceCount (Int64), series_size_MB (Float64).
         """
         uids = list(dict.fromkeys(series_uids))
+        self.refresh()
         raw = self._dataset.to_table(
             columns=["SeriesInstanceUID", "collection_id", "aws_bucket", "crdc_series_uuid",
                      "series_aws_url", "instanceCount", "series_size_MB"],
@@ -500,6 +574,13 @@ class IDCIndex:
         return frame.sort_values("SeriesInstanceUID", key=lambda s: s.map(order),
                                  ignore_index=True)
 
+
+#: getSimpleSearch criteria that select values of a v4 column.
+_CRITERIA = {"CollectionCriteria": "Collection", "PatientCriteria": "PatientID",
+             "StudyCriteria": "StudyInstanceUID", "SeriesCriteria": "SeriesInstanceUID",
+             "ImageModalityCriteria": "Modality", "AnatomicalSiteCriteria": "BodyPartExamined",
+             "ManufacturerCriteria": "Manufacturer", "SpeciesCriteria": "SpeciesCode"}
+_NOT_SPECIFIED = "NOT SPECIFIED"
 
 _UNANSWERED = {
     "getContentsByName": "shared carts live in NBIA only: the IDC index cannot answer "

@@ -130,8 +130,16 @@ def search(client: TCIAClient, *, page_size: int = PAGE_SIZE, **criteria: Any) -
     :meth:`TCIAClient.search <intake_tcia.client.TCIAClient.search>`)."""
     if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
         raise ValueError(f"page_size must be a whole number >= 1, not {page_size!r}")
+    from .idc_index import routed  # it builds on this module's SPECIES
+
     form = search_form(**criteria)
-    collections = criteria.get("collection")
+    return routed(client, "getSimpleSearch", form,
+                  lambda: _nbia_search(client, form, criteria.get("collection"), page_size))
+
+
+def _nbia_search(client: TCIAClient, form: dict[str, str], collections: Any, page_size: int
+                 ) -> pd.DataFrame:
+    """The search on NBIA: each host that may hold the collections asked, paged."""
     if collections is None:
         hosts = list(client.settings.hosts)
     else:

@@ -10,6 +10,13 @@ import pytest
 from intake_tcia.testing import ArchiveServer, IDCBucketServer
 
 
+@pytest.fixture(autouse=True)
+def nbia_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clients talk to NBIA only unless a test names another backend: with the default "auto",
+    a test that makes NBIA unreachable on purpose would get the IDC index's answer instead."""
+    monkeypatch.setenv("INTAKE_TCIA_BACKEND", "nbia")
+
+
 @pytest.fixture(scope="session")
 def archive_server() -> Iterator[ArchiveServer]:
     """One sample-archive server (main + NLST hosts, DataCite) for the whole test run."""
@@ -56,3 +63,12 @@ def bucket(idc_bucket_server: IDCBucketServer) -> Iterator[IDCBucketServer]:
     idc_bucket_server.sync()
     yield idc_bucket_server
     idc_bucket_server.reset()
+
+
+@pytest.fixture
+def idc_index(server: ArchiveServer, tmp_path: Path) -> Path:
+    """An IDC index folder (idc-index-data's layout) of the sample archive's series as they are
+    now; pass it as ``idc_index=`` with ``backend="idc"``."""
+    from intake_tcia.testing import write_idc_index
+
+    return write_idc_index(tmp_path / "idc-index", server.archive)

@@ -11,6 +11,7 @@ Run it by hand with ``python -m intake_tcia.testing --port 8080``.
 from .builder import COLLECTIONS, CollectionInfo, SampleArchive
 from .faults import KINDS, Fault, FaultPlan
 from .idc_bucket import IDCBucketServer, S3FaultPlan
+from .idc_index import write_idc_index
 from .seeding import idc_series_table
 from .server import ArchiveServer, RequestRecord
 
@@ -26,4 +27,5 @@ __all__ = [
     "S3FaultPlan",
     "SampleArchive",
     "idc_series_table",
+    "write_idc_index",
 ]
