@@ -561,9 +561,21 @@ class TCIAClient:
         return on_files_backend(self, nbia, idc)
 
     def dicom_tags(self, series_uid: str, *, collection: str | None = None) -> pd.DataFrame:
-        """The DICOM header of one instance of a series: element, name, data."""
+        """The DICOM header of one instance of a series: element, name, data (on IDC, read from
+        the first bytes of one object)."""
         uid = validate_uid(series_uid, "series_uid")
-        return self._query("getDicomTags", {"SeriesUID": uid}, collection=collection, uid=uid)
+
+        def idc() -> pd.DataFrame:
+            from .idc_fetch import read_header, tag_rows
+
+            return frame_from_records(tag_rows(read_header(self, uid)), SCHEMAS["getDicomTags"])
+
+        return on_files_backend(
+            self,
+            lambda: self._query("getDicomTags", {"SeriesUID": uid}, collection=collection,
+                                uid=uid),
+            idc,
+        )
 
     def value_counts(
         self,

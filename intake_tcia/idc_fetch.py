@@ -62,6 +62,7 @@ __all__ = [
     "read_instance",
     "read_header",
     "sop_instance_uid_of",
+    "tag_rows",
 ]
 
 log = logging.getLogger("intake_tcia")
@@ -311,6 +312,30 @@ def _header_from_head(data: bytes, whole: bool) -> pydicom.Dataset | None:
         return pydicom.dcmread(BytesIO(data if at < 0 else data[:at]), stop_before_pixels=True)
     except Exception:  # noqa: BLE001
         return None
+
+
+def tag_rows(ds: pydicom.Dataset) -> list[dict[str, str | None]]:
+    """getDicomTags rows of a header: element ``(GGGG,EEEE)`` (items' elements prefixed
+    ``>``), name, data; binary and private elements left out, as NBIA does."""
+    rows: list[dict[str, str | None]] = []
+
+    def walk(items: pydicom.Dataset, depth: int) -> None:
+        for elem in items:
+            if elem.VR in ("OB", "OW", "OF", "OD", "OL", "UN") or elem.tag.is_private:
+                continue
+            row = {"element": f"{'>' * depth}({elem.tag.group:04X},{elem.tag.element:04X})",
+                   "name": elem.name, "data": None}
+            rows.append(row)
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    walk(item, depth + 1)
+            elif elem.VM > 1:
+                row["data"] = "\\".join(str(v) for v in elem.value)
+            else:
+                row["data"] = str(elem.value)
+
+    walk(ds, 0)
+    return rows
 
 
 def _object_of(client: TCIAClient, series_uid: str, sop_uid: str) -> tuple[str, IDCObject]:

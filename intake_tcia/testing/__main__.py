@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 import threading
+from pathlib import Path
 
 from ._flavours import SERVER_FLAVOURS
 from .idc_bucket import IDCBucketServer
+from .idc_index import write_idc_index
 from .server import ArchiveServer
 
 
@@ -31,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
                            verbose=not args.quiet, flavour=args.flavour)
     bucket = IDCBucketServer(server.archive, host=args.host, port=args.idc_port,
                              verbose=not args.quiet)
-    with server, bucket:
+    with server, bucket, tempfile.TemporaryDirectory(prefix="intake-tcia-idc-") as folder:
+        index = write_idc_index(Path(folder) / "idc-index", server.archive)
         print(f"NBIA {args.flavour} (main): {server.api_url}")
         print(f"NBIA {args.flavour} (NLST): {server.nlst_api_url}")
         if args.flavour == "legacy":
@@ -42,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"     s5cmd --no-sign-request --endpoint-url {bucket.url} ls 's3://{bucket.bucket}/*'")
         print("point clients, catalogs and tcia:// at it (in the shell that runs them), for")
         print("either backend (INTAKE_TCIA_BACKEND=nbia, idc or auto):")
-        for variable, value in {**server.environ, **bucket.environ}.items():
+        settings = {**server.environ, **bucket.environ, "INTAKE_TCIA_IDC_INDEX": str(index)}
+        for variable, value in settings.items():
             print(f"export {variable}={value}")
         print("Ctrl-C to stop", flush=True)
         try:
