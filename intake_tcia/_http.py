@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -42,8 +42,10 @@ from . import __version__
 from ._jsonrows import JSONRows
 from .config import Settings
 from .errors import (
+    RETRY_STATUSES,
     TCIAAuthError,
     TCIAConnectionError,
+    TCIAError,
     TCIAHTTPError,
     TCIANotFoundError,
     TCIAResponseError,
@@ -53,8 +55,6 @@ __all__ = ["Transport", "RetryBudget", "RETRY_STATUSES", "MAX_REDIRECTS"]
 
 log = logging.getLogger("intake_tcia")
 
-#: Statuses worth asking again: a request timeout, rate limiting and passing server trouble.
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 #: Redirects followed for one request before giving up.
 MAX_REDIRECTS = 10
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -68,6 +68,7 @@ _CHUNK = 1 << 20
 #: Rewrites a v4-style request (``base + endpoint``, v4 parameters) into what a server of
 #: another flavour expects (see :meth:`intake_tcia.flavours.Flavour.request`).
 Route = Callable[[str, Any], tuple[str, Any]]
+T = TypeVar("T")
 
 
 class RetryBudget:
@@ -99,6 +100,32 @@ class RetryBudget:
         pause = self.settings.backoff_factor * 2**self.used if retry_after is None else retry_after
         self.used += 1
         return min(max(pause, 0.0), self.settings.max_backoff)
+
+    def run(self, attempt: Callable[[], T], *, deadline: float | None = None) -> T:
+        """``attempt()`` until it returns, asking again after each ``retryable`` TCIA error
+        while retries are left (and, with ``deadline``, monotonic seconds, while the wait ends
+        before it); the last error is raised as it is.
+
+        The one retry loop of the package: requests, whole answers and whole series downloads
+        run on it, nested on one budget, so an operation never makes more than ``1 + retries``
+        requests.
+        """
+        while True:
+            try:
+                return attempt()
+            except TCIAError as exc:
+                if not exc.retryable:
+                    raise
+                pause = self.spend(getattr(exc, "retry_after", None))
+                if pause is not None and deadline is not None and (
+                    time.monotonic() + pause > deadline
+                ):
+                    pause = None  # no time left for another attempt
+                if pause is None:
+                    raise
+                log.info("%s; retry %d of %d in %.2f s", exc, self.used, self.settings.retries,
+                         pause)
+            time.sleep(pause)
 
 
 class _Sink(Protocol):
@@ -144,12 +171,12 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
 
 
-def _error_for(status: int, text: str, url: str) -> TCIAHTTPError:
+def _error_for(status: int, text: str, url: str, retry_after: float | None) -> TCIAHTTPError:
     if status in (401, 403):
         return TCIAAuthError(status, text, url)
     if status == 404 or (status == 400 and any(m in text for m in _NOT_FOUND_MARKERS)):
         return TCIANotFoundError(status, text, url)
-    return TCIAHTTPError(status, text, url)
+    return TCIAHTTPError(status, text, url, retry_after)
 
 
 class _HeaderDeadline:
@@ -274,30 +301,17 @@ class Transport:
         """One answer with a status below 400, retrying what is worth retrying on ``budget``."""
         if self.route is not None:
             url, params = self.route(url, params)
-        while True:
+
+        def once() -> requests.Response:
             try:
                 response = self._follow(method, url, params, data, headers)
             except requests.RequestException as exc:
-                error = self._connection_error(exc, url, params)
-                pause = None if error.permanent else budget.spend()
-                if pause is None:
-                    raise error from exc
-            except TCIAConnectionError as exc:
-                error = exc
-                pause = budget.spend()
-                if pause is None:
-                    raise
-            else:
-                if response.status_code < 400:
-                    return response
-                pause = budget.spend(_retry_after(response))
-                if response.status_code not in RETRY_STATUSES or pause is None:
-                    raise self._error(response)
-                error = self._error(response)
-            log.info(
-                "%s; retry %d of %d in %.2f s", error, budget.used, budget.settings.retries, pause
-            )
-            time.sleep(pause)
+                raise self._connection_error(exc, url, params) from exc
+            if response.status_code >= 400:
+                raise self._error(response)
+            return response
+
+        return budget.run(once)
 
     def _follow(
         self,
@@ -335,7 +349,7 @@ class Transport:
     def _connection_error(
         self, exc: requests.RequestException, url: str, params: Mapping[str, str] | None
     ) -> TCIAConnectionError:
-        """The TCIA error for a failed request, ``.permanent`` when asking again cannot help."""
+        """The TCIA error for a failed request, not ``retryable`` when asking again cannot help."""
         cause = _cause(exc)
         full = _full_url(url, params)
         permanent = None
@@ -354,9 +368,7 @@ class Transport:
             "timed out asking" if isinstance(exc, requests.Timeout) else "could not reach"
         )
         message = f"{failure} {full}" if permanent else f"{failure} {full}: {exc}"
-        error = TCIAConnectionError(message)
-        error.permanent = permanent is not None
-        return error
+        return TCIAConnectionError(message, retryable=permanent is None)
 
     @staticmethod
     def _error(response: requests.Response) -> TCIAHTTPError:
@@ -365,7 +377,8 @@ class Transport:
                 body = next(response.iter_content(_ERROR_BODY_LIMIT), b"")
             except requests.RequestException:
                 body = b""
-        return _error_for(response.status_code, body.decode("utf-8", "replace"), response.url)
+        return _error_for(response.status_code, body.decode("utf-8", "replace"), response.url,
+                          _retry_after(response))
 
     @contextmanager
     def stream(
@@ -458,7 +471,8 @@ class Transport:
         """
         budget = self.budget()
         limit = self.settings.max_answer_bytes
-        while True:
+
+        def once() -> tuple[_Head, str]:
             response = self._send(method, url, params, data, budget)
             deadline = time.monotonic() + self.settings.query_timeout
             target = _Head(sink())
@@ -471,14 +485,10 @@ class Transport:
                             "giving up"
                         )
                 return target, response.headers.get("Content-Type", "")
-            except TCIAConnectionError as exc:
-                pause = budget.spend()
-                if pause is None:
-                    raise
-                log.info("%s; retrying in %.2f s", exc, pause)
-                time.sleep(pause)
             finally:
                 response.close()
+
+        return budget.run(once)
 
     def close(self) -> None:
         """Close the pooled connections."""

@@ -90,10 +90,11 @@ def fetch_series(
 ) -> CachedSeries:
     """A series from the cache, else from the source(s) :func:`file_sources` names, in turn.
 
-    Parameters and errors as :func:`intake_tcia.download.fetch_series`; when every source
+    Parameters and errors as :func:`intake_tcia.retrieval.fetch_series` (``slots``: see
+    :func:`intake_tcia.idc_fetch.fetch_series`); when every source
     failed, the last one's error is raised (the first's is logged as a warning).
     """
-    from . import download, idc_fetch
+    from . import idc_fetch, retrieval
 
     uid = validate_uid(series_uid, "series_uid")
     found = client.cache.get(uid)
@@ -104,11 +105,11 @@ def fetch_series(
         try:
             if source == "idc" and where is not None:
                 keep = {k: str(v) for k, v in (metadata or {}).items()
-                        if k in download.LAYOUT_FIELDS and v is not None}
+                        if k in retrieval.LAYOUT_FIELDS and v is not None}
                 return idc_fetch.fetch_series(client, where, metadata=keep, progress=progress,
                                               slots=slots)
-            return download.fetch_series(client, uid, collection=collection, metadata=metadata,
-                                         progress=progress, slots=slots)
+            return retrieval.fetch_series(client, uid, collection=collection,
+                                          metadata=metadata, progress=progress)
         except TCIAError as exc:
             if i + 1 == len(sources):
                 raise

@@ -8,6 +8,9 @@ Layout under the cache root::
         .intake-tcia.json
     staging/<SeriesInstanceUID>.<pid>.<random>/   work in progress (one per download attempt)
     locks/<SeriesInstanceUID>.lock        one file lock per series, across threads and processes
+    instances/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
+                                          single instances (getSingleImage, ``tcia://``), each
+                                          written atomically
 
 A series is built in its own staging folder, verified there, and published by renaming the
 folder into ``series/`` (the same file system, so the rename is atomic). Finding a cached series
@@ -45,8 +48,10 @@ __all__ = [
     "SeriesCache",
     "RECORD_NAME",
     "LICENSE_NAME",
+    "INSTANCES_DIR",
     "copy_file",
     "stamped",
+    "atomic_path",
 ]
 
 log = logging.getLogger("intake_tcia")
@@ -55,6 +60,8 @@ log = logging.getLogger("intake_tcia")
 RECORD_NAME = ".intake-tcia.json"
 #: The licence text of the series' collection, as the server sent it.
 LICENSE_NAME = "LICENSE"
+#: The folder of the cache root that holds single instances: ``{SeriesInstanceUID}/{SOP}.dcm``.
+INSTANCES_DIR = "instances"
 _RECORD_VERSION = 1
 
 
@@ -189,6 +196,38 @@ def stamped(series: CachedSeries) -> CachedSeries:
     return replace(series, instances=instances)
 
 
+@contextlib.contextmanager
+def atomic_path(target: Path, *, suffix: str = ".tmp", durable: bool = False) -> Iterator[Path]:
+    """A new hidden path next to ``target`` to write the file into; renamed over ``target``
+    when the block ends normally, removed whatever happens.
+
+    Parameters
+    ----------
+    target : Path
+        The file to make or replace; readers see its old content or the new, never a part.
+    suffix : str
+        The temporary's ending (``.nii.gz`` for writers that choose the format by it).
+    durable : bool
+        Flush the file to disk before the rename.
+    """
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}{suffix}")
+    try:
+        yield temporary
+        if durable:
+            _fsync_file(temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def copy_file(source: Path, target: Path) -> None:
     """Copy ``source`` to a new file ``target``: a reflink where the file system has them
     (Linux FICLONE), else a plain copy. Never a hard link, so ``target`` can be edited without
@@ -217,13 +256,8 @@ def _md5_of(path: Path) -> str:
 
 def write_record(folder: Path, series: CachedSeries) -> None:
     """Write the record of ``series`` into ``folder`` (atomically, flushed to disk)."""
-    target = folder / RECORD_NAME
-    temporary = folder / f"{RECORD_NAME}.{secrets.token_hex(4)}.tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(series.record(), f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, target)
+    with atomic_path(folder / RECORD_NAME, durable=True) as temporary:
+        temporary.write_text(json.dumps(series.record(), indent=1), encoding="utf-8")
 
 
 def fsync_dir(path: Path) -> None:
@@ -352,6 +386,24 @@ class SeriesCache:
             with self.staging(series_uid) as folder:
                 os.rename(target, folder / "series")
         return True
+
+    def instance_path(self, series_uid: str, sop_instance_uid: str) -> Path:
+        """Path: where a single instance of a series is (or would be) kept."""
+        uid = validate_uid(sop_instance_uid, "sop_instance_uid")
+        return self.root / INSTANCES_DIR / validate_uid(series_uid, "series_uid") / f"{uid}.dcm"
+
+    def single_instances(self, series_uid: str) -> dict[str, Path]:
+        """dict of str to Path: the single instances of a series on disk, by SOPInstanceUID."""
+        folder = self.root / INSTANCES_DIR / validate_uid(series_uid, "series_uid")
+        return {p.stem: p for p in folder.glob("*.dcm")}
+
+    def store_instance(self, series_uid: str, sop_instance_uid: str, data: bytes) -> Path:
+        """Keep one instance's verified bytes (written atomically); its path."""
+        target = self.instance_path(series_uid, sop_instance_uid)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target, suffix=".part") as temporary:
+            temporary.write_bytes(data)
+        return target
 
     def clean_staging(self) -> int:
         """Remove staging folders nobody works on (their series' lock is free); how many."""

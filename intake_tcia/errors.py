@@ -1,6 +1,8 @@
 """The exceptions of intake-tcia.
 
-Every exception the package raises on purpose derives from :class:`TCIAError`::
+Every exception the package raises on purpose derives from :class:`TCIAError`, whose
+``retryable`` flag says whether asking again may help (one retry loop,
+:meth:`intake_tcia._http.RetryBudget.run`, reads it; nothing else decides)::
 
     TCIAError
     ├── TCIAHTTPError (also OSError)        the server answered with an error status
@@ -42,11 +44,38 @@ __all__ = [
     "DownloadError",
     "TCIABackendError",
     "MissingDependencyError",
+    "RETRY_STATUSES",
 ]
+
+#: Statuses worth asking again: a request timeout, rate limiting and passing server trouble.
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class TCIAError(Exception):
-    """Base class of every error raised by intake-tcia."""
+    """Base class of every error raised by intake-tcia.
+
+    Attributes
+    ----------
+    retryable : bool
+        True when the same request may succeed if made again (a lost connection, a 503, a
+        corrupt transfer); the class gives the default, ``retryable=`` an instance's own.
+    """
+
+    retryable = False
+
+    def __init__(self, *args: Any, retryable: bool | None = None) -> None:
+        super().__init__(*args)
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt, (type(self), self.args, self.retryable)
+
+
+def _rebuilt(kind: type[TCIAError], args: tuple[Any, ...], retryable: bool) -> TCIAError:
+    error = kind(*args)
+    error.retryable = retryable
+    return error
 
 
 class TCIAHTTPError(TCIAError, OSError):
@@ -60,14 +89,17 @@ class TCIAHTTPError(TCIAError, OSError):
         The server's own message (NBIA sends plain text, even when it claims JSON).
     url : str
         The URL that was asked for.
+    retry_after : float or None
+        The seconds the server's Retry-After asked to wait, if it sent one.
     """
 
-    def __init__(self, status: int, text: str, url: str) -> None:
+    def __init__(self, status: int, text: str, url: str, retry_after: float | None = None) -> None:
         self.status = status
         self.text = text
         self.url = url
+        self.retry_after = retry_after
         detail = " ".join(text.split())[:500] or "(empty body)"
-        super().__init__(f"HTTP {status} from {url}: {detail}")
+        super().__init__(f"HTTP {status} from {url}: {detail}", retryable=status in RETRY_STATUSES)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.status, self.text, self.url)
@@ -121,14 +153,16 @@ class TCIAAuthError(TCIAHTTPError):
 class TCIAConnectionError(TCIAError, OSError):
     """No usable answer: connection refused or reset, or a timeout, after every retry.
 
-    Attributes
-    ----------
-    permanent : bool
-        True when asking again cannot help (an unknown host, nothing listening at a URL that
-        never answered, a URL that cannot be asked); such errors are not retried.
+    Not ``retryable`` when asking again cannot help: an unknown host, nothing listening at a
+    URL that never answered, a URL that cannot be asked.
     """
 
-    permanent = False
+    retryable = True
+
+    @property
+    def permanent(self) -> bool:
+        """bool: not ``retryable`` (the name this flag had before)."""
+        return not self.retryable
 
 
 class TCIAResponseError(TCIAError, ValueError):
@@ -136,16 +170,29 @@ class TCIAResponseError(TCIAError, ValueError):
 
 
 class TCIAIntegrityError(TCIAError):
-    """Downloaded data failed verification (MD5 mismatch, truncated or corrupt zip)."""
+    """Downloaded data failed verification (MD5 mismatch, truncated or corrupt zip); retryable
+    unless the archive itself holds it so (a non-DICOM file whose MD5 matches)."""
+
+    retryable = True
 
 
 class UnsafeArchiveError(TCIAIntegrityError):
-    """A zip member would escape its folder, is a link, is duplicated, or inflates too much."""
+    """A zip member would escape its folder, is a link, is duplicated, or inflates too much;
+    never retried."""
+
+    retryable = False
 
 
 class TCIAStorageError(TCIAError, OSError):
     """A series could not be written to the cache or the destination (ENOSPC, ENAMETOOLONG,
     EXDEV, ...); the message names the series and the path, ``errno`` is the system's."""
+
+    @classmethod
+    def naming(cls, series_uid: str, exc: OSError) -> TCIAStorageError:
+        """The error for a file-system failure ``exc`` met while writing ``series_uid``."""
+        where = exc.filename or "the cache or destination"
+        reason = exc.strerror or str(exc)
+        return cls(exc.errno or 0, f"series {series_uid}: {reason}: {where}")
 
 
 class DownloadError(TCIAError):

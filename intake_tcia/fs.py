@@ -24,7 +24,6 @@ import inspect
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +37,7 @@ from fsspec.spec import make_instance
 from fsspec.utils import isfilelike, tokenize
 
 from ._validate import validate_uid
-from .cache import CachedSeries
+from .cache import INSTANCES_DIR, CachedSeries
 from .client import TCIAClient
 from .config import SECRETS, Settings
 from .errors import TCIAIntegrityError, TCIANotFoundError
@@ -51,8 +50,6 @@ log = logging.getLogger("intake_tcia")
 FETCH_POLICIES = ("auto", "instance", "series")
 #: With ``fetch="auto"``, a series is fetched whole once this many of its instances are on disk.
 AUTO_SERIES_AFTER = 4
-#: Folder of the cache directory that holds single instances: ``{SeriesInstanceUID}/{SOP}.dcm``.
-INSTANCES_DIR = "instances"
 
 # What each part of a path names; _KEYS[depth] names the entries of a directory at that depth.
 _NAMES = ("Collection", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
@@ -394,7 +391,8 @@ class TCIAFileSystem(AbstractFileSystem):
                 self.fetch == "auto" and self._singles(series_uid) < AUTO_SERIES_AFTER
             ):
                 data = self.client.single_image(series_uid, sop_uid, collection=collection)
-                local = _store(self._single_path(series_uid, sop_uid), _checked(data, sop_uid))
+                local = self.client.cache.store_instance(series_uid, sop_uid,
+                                                         _checked(data, sop_uid))
             else:
                 self.client.fetch_series(series_uid, collection=collection)
                 local = self._on_disk(parts)
@@ -405,15 +403,9 @@ class TCIAFileSystem(AbstractFileSystem):
 
     # -- the on-disk cache -----------------------------------------------------------------------
 
-    def _singles_dir(self, series_uid: str) -> Path:
-        return self.client.cache_dir / INSTANCES_DIR / series_uid
-
-    def _single_path(self, series_uid: str, sop_uid: str) -> Path:
-        return self._singles_dir(series_uid) / f"{sop_uid}.dcm"
-
     def _singles(self, series_uid: str) -> int:
         """How many single instances of a series are on disk."""
-        return sum(1 for _ in self._singles_dir(series_uid).glob("*.dcm"))
+        return len(self.client.cache.single_instances(series_uid))
 
     def _cached_series(self, series_uid: str) -> CachedSeries | None:
         """The series from the series cache (remembered while its files stay), or None."""
@@ -432,7 +424,7 @@ class TCIAFileSystem(AbstractFileSystem):
             with contextlib.suppress(FileNotFoundError):
                 return cached.instance_path(sop_uid)
             return None
-        single = self._single_path(series_uid, sop_uid)
+        single = self.client.cache.instance_path(series_uid, sop_uid)
         return single if single.is_file() else None
 
     def _sizes_on_disk(self, series_uid: str) -> dict[str, int]:
@@ -440,7 +432,8 @@ class TCIAFileSystem(AbstractFileSystem):
         cached = self._cached_series(series_uid)
         if cached is not None:
             return {i.sop_instance_uid: i.size for i in cached.instances}
-        return {p.stem: p.stat().st_size for p in self._singles_dir(series_uid).glob("*.dcm")}
+        singles = self.client.cache.single_instances(series_uid)
+        return {sop: path.stat().st_size for sop, path in singles.items()}
 
     def _note_sizes(self, series_path: str, series_uid: str) -> None:
         """Fill in the sizes of a listed series' instances now on disk."""
@@ -489,17 +482,3 @@ def _checked(data: bytes, sop_uid: str) -> bytes:
         raise TCIAIntegrityError(f"getSingleImage for {sop_uid} answered instance {found}")
     return data
 
-
-def _store(target: Path, data: bytes) -> Path:
-    """Write ``data`` to ``target`` atomically (a temporary file, then a rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    return target

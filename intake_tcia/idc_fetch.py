@@ -192,22 +192,18 @@ def _read_all(client: TCIAClient, url: str, params: dict[str, str] | None,
     ``query_timeout``; a body cut off is asked again on ``budget``."""
     transport = client._transport
     limit = client.settings.max_answer_bytes if limit is None else limit
-    while True:
+
+    def attempt() -> bytearray:
         deadline = time.monotonic() + client.settings.query_timeout
         data = bytearray()
-        try:
-            with transport.stream(url, params, budget=budget, headers=headers) as response:
-                for chunk in transport.iter_body(response, deadline=deadline):
-                    data += chunk
-                    if len(data) > limit:
-                        raise TCIAResponseError(f"{url} sent more than {limit} bytes; giving up")
-            return data
-        except TCIAConnectionError as exc:
-            pause = budget.spend()
-            if pause is None:
-                raise
-            log.info("%s; retrying in %.2f s", exc, pause)
-            time.sleep(pause)
+        with transport.stream(url, params, budget=budget, headers=headers) as response:
+            for chunk in transport.iter_body(response, deadline=deadline):
+                data += chunk
+                if len(data) > limit:
+                    raise TCIAResponseError(f"{url} sent more than {limit} bytes; giving up")
+        return data
+
+    return budget.run(attempt)
 
 
 # -- instance UIDs from ranged header reads -------------------------------------------------------
@@ -356,19 +352,19 @@ def read_instance(client: TCIAClient, series_uid: str, sop_instance_uid: str) ->
     sop_uid = validate_uid(sop_instance_uid, "sop_instance_uid")
     bucket, obj = _object_of(client, series_uid, sop_uid)
     budget = client._transport.budget()
-    while True:
-        data = bytes(_read_all(client, _object_url(client, bucket, obj.key), None, budget,
-                               limit=obj.size))
+    url = _object_url(client, bucket, obj.key)
+
+    def attempt() -> bytes:
+        data = bytes(_read_all(client, url, None, budget, limit=obj.size))
         problem = _problem(data, obj)
-        if problem is None:
-            if _sop_from_head(data, True) != sop_uid:
-                raise TCIAIntegrityError(f"{obj.key} does not hold instance {sop_uid}")
-            return data
-        pause = budget.spend()
-        if pause is None:
+        if problem is not None:
             raise TCIAIntegrityError(f"series {series_uid}: {problem}")
-        log.info("%s; retrying in %.2f s", problem, pause)
-        time.sleep(pause)
+        if _sop_from_head(data, True) != sop_uid:
+            raise TCIAIntegrityError(f"{obj.key} does not hold instance {sop_uid}",
+                                     retryable=False)
+        return data
+
+    return budget.run(attempt)
 
 
 def _problem(data: bytes, obj: IDCObject) -> str | None:
@@ -431,6 +427,7 @@ def fetch_series(
         The retries were spent.
     """
     from .pipeline import SeriesWriter
+    from .retrieval import _Counter
 
     uid = where.series_uid
     cache = client.cache
@@ -441,79 +438,91 @@ def fetch_series(
         found = cache.get(uid)
         if found is not None:
             return found
-        budget = client._transport.budget()
-        deadline = time.monotonic() + client.settings.series_timeout
+        budget = client._transport.budget()  # statuses, lost bodies and bad objects alike
+        deadline = time.monotonic() + client.settings.series_timeout  # retries included
         objects = list_objects(client, where, budget=budget)
         if where.instance_count is not None and len(objects) != where.instance_count:
             raise TCIAIntegrityError(
                 f"series {uid}: the bucket lists {len(objects)} objects under "
                 f"s3://{where.bucket}/{where.prefix}, the IDC index says {where.instance_count}")
         slots = slots or threading.Semaphore(client.settings.workers)
+        counter = _Counter(progress or _ignore)
         lock = threading.Lock()
-        with SeriesWriter(cache, uid, expected_count=len(objects),
-                          size_limit=sum(o.size for o in objects),
-                          metadata=dict(metadata or {})) as writer:
 
-            def get(obj: IDCObject) -> None:
-                _get_into(client, where.bucket, obj, writer, budget, lock, deadline, slots,
-                          progress)
+        def count(n: int) -> None:
+            with lock:
+                counter(n)
 
-            _run_all(get, objects, client.settings.workers)
-            return writer.publish()
+        def attempt() -> CachedSeries:
+            counter.take_back()  # what a failed attempt counted
+            with SeriesWriter(cache, uid, expected_count=len(objects),
+                              size_limit=sum(o.size for o in objects),
+                              metadata=dict(metadata or {})) as writer:
+                _run_all(lambda obj: _get_into(client, where.bucket, obj, writer, budget,
+                                               deadline, slots, count),
+                         objects, client.settings.workers)
+                return writer.publish()
+
+        try:
+            return budget.run(attempt, deadline=deadline)
+        except BaseException:
+            counter.take_back()
+            raise
+
+
+def _ignore(n: int) -> None:
+    """A progress callback that does nothing."""
 
 
 def _run_all(call: Callable[[IDCObject], None], objects: list[IDCObject], workers: int) -> None:
     """``call`` on every object in a pool of threads; the first failure stops the rest."""
     if not objects:
         return
+    stop = threading.Event()
+
+    def guarded(obj: IDCObject) -> None:
+        if not stop.is_set():
+            call(obj)
+
     with ThreadPoolExecutor(max(1, min(workers, len(objects)))) as pool:
-        futures = [pool.submit(call, obj) for obj in objects]
+        futures = [pool.submit(guarded, obj) for obj in objects]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in done if f.exception() is not None]
         if failed:
+            stop.set()
             for future in futures:
                 future.cancel()
-            raise failed[0].exception()  # type: ignore[misc]
+    if failed:
+        raise failed[0].exception()  # type: ignore[misc]
 
 
 def _get_into(client: TCIAClient, bucket: str, obj: IDCObject, writer: Any,
-              budget: RetryBudget, lock: threading.Lock, deadline: float,
-              slots: threading.Semaphore, progress: Callable[[int], None] | None) -> None:
-    """GET one object into the writer; a lost body or a wrong MD5 is asked again on
-    ``budget`` (its bytes taken back from ``progress``)."""
+              budget: RetryBudget, deadline: float, slots: threading.Semaphore,
+              progress: Callable[[int], None]) -> None:
+    """GET one object into the writer: its listed size, its ETag as the expected MD5."""
     transport = client._transport
     url = _object_url(client, bucket, obj.key)
-    while True:
-        received = [0]
+    with slots, transport.stream(url, budget=budget) as response:
+        chunks = transport.iter_body(response, _GET_CHUNK, deadline=deadline)
         try:
-            with slots, transport.stream(url, budget=budget) as response:
-                chunks = transport.iter_body(response, _GET_CHUNK, deadline=deadline)
-                writer.add(obj.name, _counted(chunks, obj, received, progress),
-                           expected_md5=obj.md5)
-            return
-        except (TCIAConnectionError, TCIAIntegrityError) as exc:
-            if progress is not None and received[0]:
-                progress(-received[0])
-            if not getattr(exc, "retryable", True):
-                raise
-            with lock:
-                pause = budget.spend()
-            if pause is None or time.monotonic() + pause > deadline:
-                raise type(exc)(f"{exc} (retries spent)") from exc
-            log.info("%s; retrying in %.2f s", exc, pause)
-            time.sleep(pause)
+            md5 = writer.add(obj.name, _counted(chunks, obj, progress), expected_md5=obj.md5)
+        except (TCIAConnectionError, TCIAResponseError) as exc:
+            raise type(exc)(f"series {writer.series_uid}: {exc}",
+                            retryable=exc.retryable) from exc
+    if obj.md5 is None:  # a multipart ETag is no MD5: the size and the header are checked
+        writer.expect_md5s({obj.name: md5})
 
 
-def _counted(chunks: Iterable[bytes], obj: IDCObject, received: list[int],
-             progress: Callable[[int], None] | None) -> Iterator[bytes]:
-    """``chunks``, counted into ``received[0]`` and ``progress``; TCIAIntegrityError at the end
-    when they are not the object's listed size."""
+def _counted(chunks: Iterable[bytes], obj: IDCObject,
+             progress: Callable[[int], None]) -> Iterator[bytes]:
+    """``chunks``, counted into ``progress``; TCIAIntegrityError when they are not the object's
+    listed size."""
+    received = 0
     for chunk in chunks:
-        received[0] += len(chunk)
-        if received[0] > obj.size:
+        received += len(chunk)
+        if received > obj.size:
             raise TCIAIntegrityError(f"{obj.key}: more than the {obj.size} bytes listed")
-        if progress is not None:
-            progress(len(chunk))
+        progress(len(chunk))
         yield chunk
-    if received[0] != obj.size:
-        raise TCIAIntegrityError(f"{obj.key}: {received[0]} bytes received, {obj.size} listed")
+    if received != obj.size:
+        raise TCIAIntegrityError(f"{obj.key}: {received} bytes received, {obj.size} listed")

@@ -13,11 +13,11 @@ first two rows negated (``diag(-1, -1, 1, 1) @ affine``). A voxel keeps its phys
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
+from .cache import atomic_path
 from .errors import import_optional
 
 __all__ = ["LPS_TO_RAS", "nifti_affine", "write_nifti"]
@@ -80,10 +80,6 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) 
         raise ValueError(f"a NIfTI volume needs a 3D or 4D array, not shape {data.shape}")
     image = nib.Nifti1Image(np.ascontiguousarray(data), nifti_affine(affine))
     image.header.set_xyzt_units("mm")
-    temporary = path.with_name(f".{path.name[:-len(suffix)]}.{secrets.token_hex(4)}{suffix}")
-    try:
+    with atomic_path(path, suffix=suffix) as temporary:
         nib.save(image, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path

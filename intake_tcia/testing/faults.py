@@ -13,6 +13,8 @@ kind              effect (parameters)
                   seconds or None for a ``Retry-After`` header, ``text``)
 ``reset``         the connection is reset after ``after_bytes`` of the body (default: half a zip,
                   or before the end of a short body); the body never completes
+``stall``         the body pauses for ``seconds`` (= 2) after ``after_bytes`` (default: half a
+                  zip, or of a short body), then goes on to its end
 ``truncate``      a zip stream ends early but cleanly (HTTP-complete, no central directory), after
                   ``after_bytes`` (default 1024, which every series zip passes)
 ``wrong_md5``     md5hashes.csv lists a wrong hash for entry ``file`` (default 0, the first DICOM)
@@ -45,7 +47,7 @@ __all__ = ["KINDS", "ZIP_KINDS", "HOSTILE_KINDS", "Fault", "FaultPlan"]
 
 HOSTILE_KINDS = ("absolute_path", "dotdot", "symlink", "duplicate", "bomb")
 ZIP_KINDS = ("truncate", "wrong_md5", *HOSTILE_KINDS)
-KINDS = ("status", "reset", "html", "invalid_json", "endless", "hang", *ZIP_KINDS)
+KINDS = ("status", "reset", "stall", "html", "invalid_json", "endless", "hang", *ZIP_KINDS)
 ZIP_ENDPOINTS = ("getImage", "getImageWithMD5Hash")
 _RANDOM_STATUS_CODES = (429, 500, 502, 503, 504)
 

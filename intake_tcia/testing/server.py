@@ -102,12 +102,15 @@ class _BodyWriter:
     """
 
     def __init__(self, handler: _Handler, record: RequestRecord, *, chunked: bool,
-                 bandwidth: float | None, cut_after: int | None) -> None:
+                 bandwidth: float | None, cut_after: int | None,
+                 stall: tuple[int, float] | None = None) -> None:
         self._send = handler.wfile.write
         self._record = record
         self._chunked = chunked
         self._bandwidth = bandwidth
         self._cut_after = cut_after
+        self._stall = stall  # (after how many bytes, for how many seconds)
+        self._stopping = handler.owner._stopping
         self._buffer = bytearray()
         self._started = time.monotonic()
         self.dead = False
@@ -136,6 +139,12 @@ class _BodyWriter:
             self._raw(b"0\r\n\r\n")
 
     def _emit(self, data: bytes) -> None:
+        if self._stall is not None and 0 <= self._stall[0] - self._record.bytes_sent < len(data):
+            room, seconds = self._stall[0] - self._record.bytes_sent, self._stall[1]
+            self._stall = None
+            self._emit(data[:room])
+            self._stopping.wait(seconds)
+            data = data[room:]
         if self._cut_after is not None:
             room = self._cut_after - self._record.bytes_sent
             if len(data) >= room:
@@ -389,11 +398,14 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
-        cut_after = None
+        cut_after = stall = None
         if fault is not None and fault.kind in ("reset", "truncate"):
             cut_after = fault.params.get("after_bytes", default_cut)
+        if fault is not None and fault.kind == "stall":
+            stall = (int(fault.params.get("after_bytes", default_cut or 0)),
+                     float(fault.params.get("seconds", 2)))
         return _BodyWriter(self, record, chunked=chunked, bandwidth=self.owner.faults.bandwidth,
-                           cut_after=None if cut_after is None else int(cut_after))
+                           cut_after=None if cut_after is None else int(cut_after), stall=stall)
 
     def _stream(self, record: RequestRecord, status: int, body: Iterable[bytes],
                 content_type: str, headers: dict[str, str], *, fault: Fault | None,

@@ -1,0 +1,306 @@
+"""Fetching one series from NBIA: its getImage zip unpacked into the cache while it arrives.
+
+:func:`fetch_series` takes the series' lock, streams the zip (``IncludeMD5=Yes``) and hands each
+member to a :class:`~intake_tcia.pipeline.SeriesWriter` as soon as its header is in
+(:func:`intake_tcia.members.iter_members`): checked, inflated, hashed and written to staging
+while the next bytes are still on the wire. ``md5hashes.csv``, which comes last, is compared with
+the hashes already computed; only then is the series published. Lost connections, truncated
+zips and wrong MD5s are retried on one :class:`~intake_tcia._http.RetryBudget` with the
+statuses of the requests themselves, within ``series_timeout``; unsafe zips are not.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from ._validate import validate_uid
+from .cache import CachedSeries
+from .errors import (
+    TCIAConnectionError,
+    TCIAError,
+    TCIAResponseError,
+    TCIAStorageError,
+    UnsafeArchiveError,
+)
+from .members import iter_members
+from .pipeline import MD5_MEMBER, SeriesFolder, SeriesWriter
+from .schema import SCHEMAS
+
+if TYPE_CHECKING:
+    import pydicom
+
+    from ._http import RetryBudget
+    from .client import TCIAClient
+
+__all__ = ["fetch_series", "read_series", "extract_series", "write_zip", "LAYOUT_FIELDS"]
+
+#: Bytes asked of the connection at once: small, as many series may be arriving at once.
+_STREAM_CHUNK = 1 << 18
+#: A zip may hold this much more than getSeriesSize promised (LICENSE, md5hashes.csv, drift).
+_SIZE_TOLERANCE = 0.5
+_SIZE_SLACK = 1 << 20
+_MD5_TABLE_LIMIT = 16 << 20
+
+Progress = Callable[[int], None]
+
+#: The fields a layout may use: series metadata columns (getSeries and getSeriesMetadata).
+LAYOUT_FIELDS = frozenset(SCHEMAS["getSeries"].names) & frozenset(
+    SCHEMAS["getSeriesMetadata"].names
+)
+
+
+def fetch_series(
+    client: TCIAClient,
+    series_uid: str,
+    *,
+    collection: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> CachedSeries:
+    """A series from the cache, else downloaded once, verified and published to the cache.
+
+    A per-series file lock makes threads and processes that want the same series wait for
+    the one that downloads it. Truncated zips, MD5 mismatches, lost connections and retryable
+    statuses share ``client.settings.retries`` retries with exponential backoff; nothing
+    partial is ever left in the cache.
+
+    Parameters
+    ----------
+    client : TCIAClient
+        Its cache, transport, retry policy and host routing are used.
+    series_uid : str
+        The SeriesInstanceUID.
+    collection : str, optional
+        The series' collection, if known: routes NLST series to their host with no lookup.
+    metadata : mapping, optional
+        Series metadata to keep in the cache record (layout fields); ``FileSize`` and
+        ``ImageCount``, when given, spare the getSeriesSize request.
+    progress : callable, optional
+        Called with the number of bytes received, as they arrive (negative to take back the
+        bytes of a failed attempt).
+
+    Returns
+    -------
+    CachedSeries
+
+    Raises
+    ------
+    ValueError
+        If ``series_uid`` is not a UID.
+    TCIANotFoundError
+        If no host knows the series.
+    UnsafeArchiveError
+        If the zip would write outside its folder, holds links or duplicates, or inflates far
+        beyond the series' size.
+    TCIAIntegrityError, TCIAConnectionError
+        If every attempt failed; the message names the series.
+    """
+    uid = validate_uid(series_uid, "series_uid")
+    cache = client.cache
+    found = cache.get(uid)
+    if found is not None:
+        return found
+    metadata = {k: plain(v) for k, v in (metadata or {}).items()}
+    collection = collection or metadata.get("Collection")
+    if collection:
+        client.remember_host(uid, client.settings.host_for(collection))
+    try:
+        with cache.lock(uid):
+            found = cache.get(uid)  # another thread or process may have fetched it meanwhile
+            if found is not None:
+                return found
+            limit, count = _size_limit(client, uid, metadata)
+            keep = {k: v for k, v in metadata.items() if k in LAYOUT_FIELDS}
+            budget = client._transport.budget()  # statuses, resets and bad zips alike
+            deadline = time.monotonic() + client.settings.series_timeout  # retries included
+            counter = _Counter(progress or _ignore)
+
+            def attempt() -> CachedSeries:
+                counter.take_back()  # what a failed attempt counted
+                with SeriesWriter(
+                    cache, uid, expected_count=count, size_limit=limit, metadata=keep
+                ) as writer:
+                    client.on_series_host(
+                        uid,
+                        lambda host: _receive(
+                            client, host, writer, limit, counter, budget, deadline
+                        ),
+                    )
+                    return writer.publish()
+
+            try:
+                return budget.run(attempt, deadline=deadline)
+            except BaseException:
+                counter.take_back()
+                raise
+    except OSError as exc:
+        if isinstance(exc, TCIAError):
+            raise
+        raise TCIAStorageError.naming(uid, exc) from exc
+
+
+def _receive(
+    client: TCIAClient,
+    host: str,
+    writer: SeriesWriter,
+    limit: int,
+    progress: Progress,
+    budget: RetryBudget,
+    deadline: float,
+) -> None:
+    """Stream one getImage zip from ``host`` into ``writer``; ``limit`` is the most bytes it may
+    hold, ``deadline`` (monotonic seconds) when it must have arrived."""
+    params = {"SeriesInstanceUID": writer.series_uid, "NewFileNames": "Yes", "IncludeMD5": "Yes"}
+    transport = client._transport
+    with transport.stream(host + "getImage", params, budget=budget) as response:
+        body = transport.iter_body(response, _STREAM_CHUNK, deadline=deadline)
+        timeout = client.settings.series_timeout
+        write_zip(writer, _watched(body, writer.series_uid, limit, progress, timeout), limit=limit)
+
+
+def _watched(
+    chunks: Iterable[bytes], uid: str, limit: int, progress: Progress, timeout: float
+) -> Iterator[bytes]:
+    """The zip's bytes, counted, bounded by ``limit``, with errors that name the series."""
+    size = 0
+    try:
+        for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise UnsafeArchiveError(
+                    f"series {uid}: the zip is over {limit} bytes, far more than the series' "
+                    "size; refusing it"
+                )
+            progress(len(chunk))
+            yield chunk
+    except TCIAConnectionError as exc:
+        raise TCIAConnectionError(f"series {uid}: {exc}") from exc
+    except TCIAResponseError as exc:  # the deadline passed
+        raise TCIAResponseError(
+            f"series {uid}: not received within series_timeout ({timeout:g} s): {exc}"
+        ) from exc
+
+
+def write_zip(target: SeriesFolder, chunks: Iterable[bytes], *, limit: int | None) -> None:
+    """Write the members of an NBIA series zip into ``target`` as they arrive.
+
+    ``md5hashes.csv`` gives the expected MD5s; ``LICENSE`` and the DICOM files become files.
+    Returns once the zip's central directory has been read and checked; ``target`` is then
+    ready to be completed. Raises as :func:`~intake_tcia.members.iter_members` and
+    :meth:`~intake_tcia.pipeline.SeriesFolder.add` do.
+    """
+    for member in iter_members(chunks, target.series_uid, limit=limit):
+        if member.name == MD5_MEMBER:
+            target.expect_md5s(_md5_table(member.chunks, target.series_uid))
+        else:
+            target.add(member.name, member.chunks)
+
+
+def _md5_table(chunks: Iterable[bytes], uid: str) -> dict[str, str]:
+    """``{file name: md5}`` from md5hashes.csv (``Filename,MD5Hash``)."""
+    raw = bytearray()
+    for chunk in chunks:
+        raw += chunk
+        if len(raw) > _MD5_TABLE_LIMIT:
+            raise UnsafeArchiveError(f"series {uid}: {MD5_MEMBER} is over {_MD5_TABLE_LIMIT} bytes")
+    md5s = {}
+    for row in csv.reader(io.StringIO(raw.decode("utf-8-sig", "replace"))):
+        if len(row) < 2 or (row[0].strip().lower(), row[1].strip().lower()) == (
+            "filename",
+            "md5hash",
+        ):
+            continue
+        md5s[row[0].strip()] = row[1].strip().lower()
+    return md5s
+
+
+def extract_series(
+    zip_path: Path, folder: Path, uid: str, *, limit: int, max_files: int | None = None
+) -> CachedSeries:
+    """Check a series zip already on disk, extract it into ``folder`` and verify every file.
+
+    Parameters
+    ----------
+    zip_path : Path
+        The zip (getImage with ``IncludeMD5=Yes``, or getImageWithMD5Hash).
+    folder : Path
+        Where the files go; must not exist yet.
+    uid : str
+        The series (named in errors).
+    limit : int
+        The most uncompressed bytes the zip may hold.
+    max_files : int, optional
+        The number of DICOM files it must hold (getSeriesSize's ObjectCount).
+
+    Returns
+    -------
+    CachedSeries
+        The series in ``folder`` (files flushed to disk; no record written yet).
+
+    Raises
+    ------
+    UnsafeArchiveError, TCIAIntegrityError
+        As :func:`write_zip` and :meth:`~intake_tcia.pipeline.SeriesFolder.complete`.
+    """
+    target = SeriesFolder(folder, uid, expected_count=max_files, size_limit=limit)
+    with open(zip_path, "rb") as f:
+        write_zip(target, iter(lambda: f.read(_STREAM_CHUNK), b""), limit=limit)
+    return target.complete()
+
+
+class _Counter:
+    """Passes byte counts on to a progress callback, and can take back what it passed."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.total = 0
+
+    def __call__(self, n: int) -> None:
+        self.progress(n)
+        self.total += n
+
+    def take_back(self) -> None:
+        if self.total:
+            self.progress(-self.total)
+            self.total = 0
+
+
+def _size_limit(client: TCIAClient, uid: str, metadata: Mapping[str, Any]) -> tuple[int, int]:
+    """The most bytes a series' zip may hold (getSeriesSize's promise plus a tolerance), and
+    the number of DICOM files it promises."""
+    size, count = metadata.get("FileSize"), metadata.get("ImageCount")
+    if size is None or count is None:
+        promised = client.series_size(uid)
+        size, count = promised["TotalSizeInBytes"], promised["ObjectCount"]
+    return int(int(size) * (1 + _SIZE_TOLERANCE)) + _SIZE_SLACK + 256 * int(count), int(count)
+
+
+def plain(value: Any) -> Any:
+    """A metadata value with missing values (NaN, NA, NaT) as None."""
+    try:
+        return None if pd.isna(value) else value
+    except (TypeError, ValueError):  # list-likes
+        return value
+
+
+def _ignore(n: int) -> None:
+    """A progress callback that does nothing."""
+
+
+def read_series(
+    client: TCIAClient, series_uid: str, *, collection: str | None = None
+) -> list[pydicom.Dataset]:
+    """The datasets of a series (fetched into the cache if needed), sorted along the normal."""
+    import pydicom
+
+    from .volume import sort_slices_by_position
+
+    series = client.fetch_series(series_uid, collection=collection)  # from NBIA or IDC
+    return sort_slices_by_position(pydicom.dcmread(path) for path in series.files)
