@@ -121,8 +121,12 @@ _RUNNERS = {"intake-tcia": _run_ours, "idc-index": _run_idc_index, "s5cmd": _run
 
 def _contender_main(args: argparse.Namespace) -> None:
     uids = json.loads(Path(args.uids).read_text())
+    import resource
+
     result = _RUNNERS[args.contender](args, uids, Path(args.dest))
     result["peak_rss_mb"] = result.pop("child_rss_mb", None) or peak_rss_mb()
+    used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    result["cpu_s"] = sum(u.ru_utime + u.ru_stime for u in used)
     print(json.dumps(result))
 
 
@@ -133,7 +137,7 @@ def _measure(name: str, args: argparse.Namespace, bucket: Any, index: Path, uids
              work: Path) -> dict:
     uid_file = work / "uids.json"
     uid_file.write_text(json.dumps(uids))
-    dest = work / name
+    dest = work / f"run-{name}"
     dest.mkdir()
     try:
         return run_contender(__file__, [
@@ -163,12 +167,14 @@ def _throughput_part(args: argparse.Namespace, bucket: Any, index: Path, uids: l
         "seconds": best[name]["seconds"],
         "MB/s": dicom_bytes / _MB / best[name]["seconds"],
         "peak RSS MB": best[name]["peak_rss_mb"],
+        "CPU s": best[name]["cpu_s"],
         "vs s5cmd": best["s5cmd"]["seconds"] / best[name]["seconds"],
         "vs idc-index": best["idc-index"]["seconds"] / best[name]["seconds"],
     } for name in CONTENDERS]
-    print_table(rows, ["contender", "seconds", "MB/s", "peak RSS MB", "vs s5cmd",
+    print_table(rows, ["contender", "seconds", "MB/s", "peak RSS MB", "CPU s", "vs s5cmd",
                        "vs idc-index"])
-    print(f"\n(best of {args.repeat}; 'vs' = throughput ratio)")
+    print(f"\n(best of {args.repeat}; 'vs' = throughput ratio; CPU s: the contender's process "
+          "and its children, start-up included)")
     bucket.faults.clear()
 
 
