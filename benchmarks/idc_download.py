@@ -8,7 +8,8 @@ contender runs in its own fresh interpreter with ``--workers`` connections at on
 
 * ``intake-tcia``: ``TCIAClient(backend="idc").download(uids, dest, workers=N)``: ListObjectsV2,
   parallel GETs, every object's count, size, MD5 (= ETag) and DICOM header checked, published
-  to the cache, copied into the default folder layout.
+  to the cache, copied into the default folder layout. The index is opened before the clock
+  starts, as idc-index's is (``IDCClient()``, outside its timing too).
 * ``idc-index``: ``IDCClient().download_from_selection(seriesInstanceUID=uids, ...)``, its
   endpoint (``idc_index.index.aws_endpoint_url``) and index pointed at the sample archive's, and
   its s5cmd given ``--numworkers N``. Checks nothing.
@@ -53,6 +54,8 @@ def _run_ours(args: argparse.Namespace, uids: list[str], dest: Path) -> dict[str
 
     client = TCIAClient(backend="idc", idc_url=args.idc_url, idc_index=args.index,
                         cache_dir=dest / "cache", workers=args.workers)
+    # opened before the clock starts, as idc-index's IDCClient() loads its own index
+    assert client.idc_index.folder == Path(args.index)
     start = time.perf_counter()
     table = client.download(uids, dest / "files", workers=args.workers, progress=False)
     seconds = time.perf_counter() - start
@@ -210,7 +213,8 @@ def _first_slice_part(args: argparse.Namespace, bucket: Any, index: Path, archiv
         gets.append(time.perf_counter() - start)
         assert answer.content == data
     rows = [
-        {"what": "tcia:// first slice (listing kept)", "median ms": 1000 * statistics.median(slices)},
+        {"what": "tcia:// first slice (listing kept)",
+         "median ms": 1000 * statistics.median(slices)},
         {"what": "one GET of the object", "median ms": 1000 * statistics.median(gets)},
         {"what": "tcia:// series listing (ranged header reads)",
          "median ms": 1000 * statistics.median(listings)},

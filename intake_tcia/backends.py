@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._validate import validate_uid
@@ -24,24 +25,47 @@ if TYPE_CHECKING:
     from .client import TCIAClient
     from .idc_fetch import IDCLocation
 
-__all__ = ["fetch_series", "file_sources", "on_files_backend"]
+__all__ = ["fetch_series", "file_sources", "locate_ahead", "on_files_backend"]
 
 log = logging.getLogger("intake_tcia")
 
 T = TypeVar("T")
 
 
-def _location(client: TCIAClient, series_uid: str) -> IDCLocation | None:
-    """The series' IDC location, or None where the index does not list it or is missing."""
+#: IDC locations already looked up, per client (the index does not change under a client).
+_LOCATED: weakref.WeakKeyDictionary[TCIAClient, dict[str, IDCLocation | None]] = (
+    weakref.WeakKeyDictionary()
+)
+_LOCATED_LOCK = threading.Lock()
+
+
+def locate_ahead(client: TCIAClient, series_uids: Iterable[str]) -> None:
+    """Look up many series in the IDC index in one scan, for :func:`fetch_series` to use."""
+    uids = list(series_uids)
+    if client.settings.backend == "nbia" or not uids:
+        return
     from .idc_fetch import locate
 
     try:
-        return locate(client, [series_uid]).get(series_uid)
+        found = locate(client, uids)
     except (MissingDependencyError, FileNotFoundError) as exc:
         if client.settings.backend == "idc":
             raise
-        log.info("no IDC index (%s): series %s from NBIA", exc, series_uid)
-        return None
+        log.info("no IDC index (%s): series files from NBIA", exc)
+        found = {}
+    with _LOCATED_LOCK:
+        _LOCATED.setdefault(client, {}).update({uid: found.get(uid) for uid in uids})
+
+
+def _location(client: TCIAClient, series_uid: str) -> IDCLocation | None:
+    """The series' IDC location, or None where the index does not list it or is missing."""
+    with _LOCATED_LOCK:
+        known = _LOCATED.get(client, {})
+        if series_uid in known:
+            return known[series_uid]
+    locate_ahead(client, [series_uid])
+    with _LOCATED_LOCK:
+        return _LOCATED[client][series_uid]
 
 
 def file_sources(

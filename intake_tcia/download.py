@@ -119,6 +119,7 @@ def download(
         except ValueError as exc:  # e.g. a symbolic link of the user's leads out: this series only
             request.problem = str(exc)
     _refuse_shared_folders(requests, layout)
+    backends.locate_ahead(client, [r.uid for r in requests if r.cached is None])  # one scan
 
     bar = _ProgressBar(progress, requests)
     # `workers` zips arrive at once, each unpacked as it arrives; or, from IDC, `workers`
