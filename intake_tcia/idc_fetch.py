@@ -166,23 +166,44 @@ def list_objects(
     url = f"{client.settings.idc_url}{quote(where.bucket)}"
     found: list[IDCObject] = []
     token = None
+    tokens: set[str] = set()
     while True:
         params = {"list-type": "2", "prefix": where.prefix}
         if max_keys is not None:
             params["max-keys"] = str(max_keys - len(found))
         if token:
             params["continuation-token"] = token
-        root = ET.fromstring(bytes(_read_all(client, url, params, budget)))
-        for item in root.iter(f"{_S3}Contents"):
-            etag = (item.findtext(f"{_S3}ETag") or "").strip().strip('"').lower()
-            found.append(IDCObject(item.findtext(f"{_S3}Key") or "",
-                                   int(item.findtext(f"{_S3}Size") or 0),
-                                   etag if _PLAIN_MD5.fullmatch(etag) else None))
+        try:
+            root = ET.fromstring(bytes(_read_all(client, url, params, budget)))
+            page = _page(root, where)
+        except (ET.ParseError, ValueError) as exc:
+            raise TCIAResponseError(f"{url}: not a ListObjectsV2 answer ({exc})") from exc
+        found += page
         token = root.findtext(f"{_S3}NextContinuationToken")
         truncated = (root.findtext(f"{_S3}IsTruncated") or "").lower() == "true"
         if not (truncated and token) or (max_keys is not None and len(found) >= max_keys):
             break
-    return sorted(found, key=lambda o: o.key)
+        if token in tokens or not page:
+            raise TCIAResponseError(f"{url}: the listing of {where.prefix} does not move on "
+                                    f"(continuation token {token[:40]!r} again, or an empty page)")
+        tokens.add(token)
+    return sorted({o.key: o for o in found}.values(), key=lambda o: o.key)
+
+
+def _page(root: ET.Element, where: IDCLocation) -> list[IDCObject]:
+    """The objects of one ListObjectsV2 page that are the series' (under its prefix, no deeper);
+    ValueError for a size that is no number."""
+    found = []
+    for item in root.iter(f"{_S3}Contents"):
+        key = item.findtext(f"{_S3}Key") or ""
+        if not key.startswith(where.prefix) or "/" in key[len(where.prefix):]:
+            log.warning("series %s: the listing names %.80r, not an object of the series; "
+                        "left out", where.series_uid, key)
+            continue
+        etag = (item.findtext(f"{_S3}ETag") or "").strip().strip('"').lower()
+        found.append(IDCObject(key, int(item.findtext(f"{_S3}Size") or 0),
+                               etag if _PLAIN_MD5.fullmatch(etag) else None))
+    return found
 
 
 def _read_all(client: TCIAClient, url: str, params: dict[str, str] | None,
@@ -499,13 +520,20 @@ def _run_all(call: Callable[[IDCObject], None], objects: list[IDCObject], worker
 def _get_into(client: TCIAClient, bucket: str, obj: IDCObject, writer: Any,
               budget: RetryBudget, deadline: float, slots: threading.Semaphore,
               progress: Callable[[int], None]) -> None:
-    """GET one object into the writer: its listed size, its ETag as the expected MD5."""
+    """GET one object into the writer: its listed size, its ETag as the expected MD5.
+
+    The slot and the connection are given back as soon as the last byte is in, before the
+    writer checks the file, so the next GET starts meanwhile.
+    """
     transport = client._transport
     url = _object_url(client, bucket, obj.key)
-    with slots, transport.stream(url, budget=budget) as response:
+    with contextlib.ExitStack() as held:
+        held.enter_context(slots)
+        response = held.enter_context(transport.stream(url, budget=budget))
         chunks = transport.iter_body(response, _GET_CHUNK, deadline=deadline)
         try:
-            md5 = writer.add(obj.name, _counted(chunks, obj, progress), expected_md5=obj.md5)
+            md5 = writer.add(obj.name, _counted(chunks, obj, progress, held.close),
+                             expected_md5=obj.md5)
         except (TCIAConnectionError, TCIAResponseError) as exc:
             raise type(exc)(f"series {writer.series_uid}: {exc}",
                             retryable=exc.retryable) from exc
@@ -513,10 +541,10 @@ def _get_into(client: TCIAClient, bucket: str, obj: IDCObject, writer: Any,
         writer.expect_md5s({obj.name: md5})
 
 
-def _counted(chunks: Iterable[bytes], obj: IDCObject,
-             progress: Callable[[int], None]) -> Iterator[bytes]:
-    """``chunks``, counted into ``progress``; TCIAIntegrityError when they are not the object's
-    listed size."""
+def _counted(chunks: Iterable[bytes], obj: IDCObject, progress: Callable[[int], None],
+             done: Callable[[], None]) -> Iterator[bytes]:
+    """``chunks``, counted into ``progress``, then ``done()``; TCIAIntegrityError when they are
+    not the object's listed size."""
     received = 0
     for chunk in chunks:
         received += len(chunk)
@@ -526,3 +554,4 @@ def _counted(chunks: Iterable[bytes], obj: IDCObject,
         yield chunk
     if received != obj.size:
         raise TCIAIntegrityError(f"{obj.key}: {received} bytes received, {obj.size} listed")
+    done()

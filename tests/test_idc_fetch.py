@@ -376,3 +376,21 @@ def test_paged_listing_and_single_instances_with_faults(
     assert [r.endpoint for r in bucket.requests] == ["GetObject", "GetObject"]
     with pytest.raises(TCIANotFoundError):
         client.single_image(ct_uid, "1.2.3.4")
+
+
+def test_a_listing_names_only_objects_under_the_series_prefix() -> None:
+    import xml.etree.ElementTree as ET
+
+    from intake_tcia.idc_fetch import IDCLocation, _page
+
+    where = IDCLocation("1.2.3", "idc-open-data", "abc/", 2)
+    contents = "".join(
+        f"<Contents><Key>{key}</Key><Size>10</Size><ETag>{etag}</ETag></Contents>"
+        for key, etag in [("abc/1.dcm", '"0123456789abcdef0123456789abcdef"'),
+                          ("abc/2.dcm", '"0123456789abcdef0123456789abcdef-3"'),
+                          ("other/3.dcm", '"00"'), ("abc/../../x.dcm", '"00"')])
+    root = ET.fromstring('<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                         f"{contents}</ListBucketResult>")
+    page = _page(root, where)
+    assert [(o.key, o.md5) for o in page] == [("abc/1.dcm", "0123456789abcdef0123456789abcdef"),
+                                              ("abc/2.dcm", None)]  # a multipart ETag: no MD5
