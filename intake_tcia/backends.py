@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from .client import TCIAClient
     from .idc_fetch import IDCLocation
 
-__all__ = ["fetch_series", "file_sources", "locate_ahead", "on_files_backend"]
+__all__ = [
+    "fetch_series", "file_sources", "import_readers", "locate_ahead", "on_files_backend",
+]
 
 log = logging.getLogger("intake_tcia")
 
@@ -55,6 +57,12 @@ def locate_ahead(client: TCIAClient, series_uids: Iterable[str]) -> None:
         found = {}
     with _LOCATED_LOCK:
         _LOCATED.setdefault(client, {}).update({uid: found.get(uid) for uid in uids})
+
+
+def import_readers() -> None:
+    """Import pydicom's reader in this thread, before worker threads check files: several
+    threads importing it at once can see it half initialised (a circular-import error)."""
+    import pydicom.filereader  # noqa: F401
 
 
 def _location(client: TCIAClient, series_uid: str) -> IDCLocation | None:

@@ -120,6 +120,7 @@ def download(
             request.problem = str(exc)
     _refuse_shared_folders(requests, layout)
     backends.locate_ahead(client, [r.uid for r in requests if r.cached is None])  # one scan
+    backends.import_readers()
 
     bar = _ProgressBar(progress, requests)
     # `workers` zips arrive at once, each unpacked as it arrives; or, from IDC, `workers`

@@ -269,9 +269,12 @@ def _listing(client: TCIAClient, uid: str) -> tuple[IDCLocation, list[IDCObject]
     """The kept listing of a series (see :func:`instances`), made first if there is none."""
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         return _saved_listing(client, uid)
+    from .backends import import_readers
+
     where = _located(client, uid)
     budget = client._transport.budget()
     objects = list_objects(client, where, budget=budget)
+    import_readers()  # before the threads parse heads
 
     def read(obj: IDCObject) -> IDCObject:
         head = _head(client, where.bucket, obj, budget, _sop_from_head)
@@ -447,8 +450,11 @@ def fetch_series(
     TCIAConnectionError, TCIAHTTPError
         The retries were spent.
     """
+    from .backends import import_readers
     from .pipeline import SeriesWriter
     from .retrieval import _Counter
+
+    import_readers()  # before the GET threads check files
 
     uid = where.series_uid
     cache = client.cache
