@@ -18,6 +18,10 @@ API, an NBIA that wants a login; see :mod:`intake_tcia.flavours`). The client st
 terms; its transport puts every request into the host's dialect (:meth:`Flavour.request`) and
 carries its credentials (:mod:`intake_tcia._auth`), and :meth:`TCIAClient._get` reads answers
 with the flavour's schemas, so every flavour gives the same v4-named, typed DataFrames.
+
+Backends: every query goes through :func:`intake_tcia.idc_queries.routed`, which asks NBIA
+(``backend="nbia"``), the IDC index instead (``"idc"``: the same frames, no request), or NBIA and
+the index when NBIA cannot be reached (``"auto"``).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from .config import Settings
 from .download import DEFAULT_LAYOUT
 from .errors import TCIANotFoundError, TCIAResponseError, TCIAUnknownNameError
 from .flavours import Flavour, flavour_for
-from .idc_index import IDCIndex, open_index, routed
+from .idc_index import IDCIndex, open_index
+from .idc_queries import routed
 from .manifest import as_series_uids
 from .schema import SCHEMAS, frame_from_csv, frame_from_records
 
@@ -239,7 +244,7 @@ class TCIAClient:
         a collection nor a UID, every host. No rows: a name filter the archive lacks is an error."""
         def ask() -> pd.DataFrame:
             if collection is None and uid is None:
-                return self._both_hosts(endpoint, params, backend="nbia")
+                return self._both_hosts(endpoint, params, direct=True)
             for host in self._hosts_for(collection, uid):
                 frame = self._get(host, endpoint, params)
                 if len(frame):
@@ -278,13 +283,15 @@ class TCIAClient:
 
     def _both_hosts(
         self, endpoint: str, params: dict[str, str], *, hosts: list[str] | None = None,
-        backend: str | None = None,
+        direct: bool = False,
     ) -> pd.DataFrame:
+        """Every host's answer, joined; ``direct``: NBIA's, whatever the backend."""
+
         def ask() -> pd.DataFrame:
             frames = [self._get(host, endpoint, params) for host in hosts or self.settings.hosts]
             return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
 
-        return ask() if backend == "nbia" else routed(self, endpoint, params, ask)
+        return ask() if direct else routed(self, endpoint, params, ask)
 
     @property
     def idc_index(self) -> IDCIndex:
@@ -524,10 +531,14 @@ class TCIAClient:
             raise ValueError(f"level must be 'series' or 'collection', not {level!r}")
         form = {"DOI": doi_url(doi), "CollectionOrSeries": level}
         schema = SCHEMAS["getCollectionOrSeriesForDOI"]
-        frames = [frame_from_records(self._transport.get_json(
-            host + "getCollectionOrSeriesForDOI", data=form), schema)
-            for host in self.settings.hosts]
-        return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+
+        def ask() -> pd.DataFrame:
+            frames = [frame_from_records(self._transport.get_json(
+                host + "getCollectionOrSeriesForDOI", data=form), schema)
+                for host in self.settings.hosts]
+            return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
+
+        return routed(self, "getCollectionOrSeriesForDOI", form, ask)
 
     def series_size(self, series_uid: str, *, collection: str | None = None) -> dict[str, int]:
         """``{"TotalSizeInBytes": int, "ObjectCount": int}`` of one series (uncompressed bytes).

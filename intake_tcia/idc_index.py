@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import threading
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property, lru_cache
@@ -37,22 +37,24 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from .errors import (
-    MissingDependencyError,
     TCIABackendError,
-    TCIAConnectionError,
-    TCIANotFoundError,
     import_optional,
 )
-from .schema import SCHEMAS
 from .search import SPECIES
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .client import TCIAClient
 
-__all__ = ["IDCIndex", "IDCFallbackWarning", "open_index", "routed", "default_folder",
-           "INDEX_FILE", "COLLECTIONS_FILE", "VERSIONS_FILE"]
+__all__ = [
+    "IDCIndex",
+    "open_index",
+    "default_folder",
+    "INDEX_FILE",
+    "COLLECTIONS_FILE",
+    "VERSIONS_FILE",
+    "LOCATION_COLUMNS",
+]
 
 INDEX_FILE = "idc_index.parquet"
 COLLECTIONS_FILE = "collections_index.parquet"
@@ -63,16 +65,22 @@ _CACHE_FORMAT = 1
 _FOLDED = ("PatientID", "Modality", "BodyPartExamined", "Manufacturer", "ManufacturerModelName")
 _ORDER = ["Collection", "PatientID", "StudyInstanceUID", "SeriesInstanceUID"]
 #: idc-index-data species -> (SpeciesCode, SpeciesDescription), NBIA's codes.
-_SPECIES = {"human": (SPECIES["human"], "Homo sapiens"),
-            "mouse": (SPECIES["mouse"], "Mus musculus"),
-            "canine": (SPECIES["dog"], "Canis lupus familiaris")}
+_SPECIES = {
+    "human": (SPECIES["human"], "Homo sapiens"),
+    "mouse": (SPECIES["mouse"], "Mus musculus"),
+    "canine": (SPECIES["dog"], "Canis lupus familiaris"),
+}
 #: Where the locations of series come from, for IDC retrieval (:meth:`IDCIndex.series_locations`).
-LOCATION_COLUMNS = ["SeriesInstanceUID", "collection_id", "Collection", "aws_bucket",
-                    "crdc_series_uuid", "series_aws_url", "instanceCount", "series_size_MB"]
-
-
-class IDCFallbackWarning(UserWarning):
-    """``backend="auto"``: NBIA could not be reached, the IDC index answered instead."""
+LOCATION_COLUMNS = [
+    "SeriesInstanceUID",
+    "collection_id",
+    "Collection",
+    "aws_bucket",
+    "crdc_series_uuid",
+    "series_aws_url",
+    "instanceCount",
+    "series_size_MB",
+]
 
 
 def default_folder() -> Path:
@@ -93,8 +101,16 @@ class _Collection:
 
 def _arrow() -> tuple[Any, ...]:
     """pyarrow and the submodules the index uses (MissingDependencyError naming the extra)."""
-    return tuple(import_optional(name, "idc", "the IDC index") for name in (
-        "pyarrow", "pyarrow.compute", "pyarrow.dataset", "pyarrow.ipc", "pyarrow.parquet"))
+    return tuple(
+        import_optional(name, "idc", "the IDC index")
+        for name in (
+            "pyarrow",
+            "pyarrow.compute",
+            "pyarrow.dataset",
+            "pyarrow.ipc",
+            "pyarrow.parquet",
+        )
+    )
 
 
 class IDCIndex:
@@ -124,7 +140,8 @@ class IDCIndex:
             if not (self.folder / name).is_file():
                 raise TCIABackendError(
                     f"the IDC index folder {str(self.folder)!r} has no {name}: set idc_index "
-                    "(INTAKE_TCIA_IDC_INDEX) to a folder laid out like the idc-index-data package")
+                    "(INTAKE_TCIA_IDC_INDEX) to a folder laid out like the idc-index-data package"
+                )
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self._lock = threading.RLock()
         self._tables: dict[str, pa.Table] = {}
@@ -144,7 +161,8 @@ class IDCIndex:
         """collection_id -> what collections_index says of it (179 rows: read whole)."""
         table = self.pq.read_table(
             self.folder / COLLECTIONS_FILE,
-            columns=["collection_id", "collection_name", "species", "sources"])
+            columns=["collection_id", "collection_name", "species", "sources"],
+        )
         out = {}
         for row in table.to_pylist():
             species = (row.get("species") or "").strip().lower()
@@ -155,10 +173,14 @@ class IDCIndex:
                 licence = source.get("license") or {}
                 if source.get("source_doi"):
                     licences[source["source_doi"].lower()] = (
-                        licence.get("license_long_name"), licence.get("license_url"))
+                        licence.get("license_long_name"),
+                        licence.get("license_url"),
+                    )
             out[row["collection_id"]] = _Collection(
-                row["collection_name"] or row["collection_id"], (code, description, phantom),
-                licences)
+                row["collection_name"] or row["collection_id"],
+                (code, description, phantom),
+                licences,
+            )
         return out
 
     @cached_property
@@ -174,9 +196,15 @@ class IDCIndex:
         if not path.is_file():
             return None
         table = self.pq.read_table(path, columns=["idc_version", "version_timestamp"])
-        return {int(v): pd.Timestamp(t).to_pydatetime() for v, t in zip(
-            table["idc_version"].to_pylist(), table["version_timestamp"].to_pylist(),
-            strict=True) if v is not None and t}
+        return {
+            int(v): pd.Timestamp(t).to_pydatetime()
+            for v, t in zip(
+                table["idc_version"].to_pylist(),
+                table["version_timestamp"].to_pylist(),
+                strict=True,
+            )
+            if v is not None and t
+        }
 
     def name_of(self, collection_id: str) -> str:
         """str: TCIA's name of an IDC ``collection_id`` (the id itself if collections_index
@@ -185,9 +213,16 @@ class IDCIndex:
         return info.name if info else collection_id
 
     def collection_ids(self, name: str) -> list[str]:
-        """The collection_ids TCIA's ``name`` stands for (case-insensitive; none if unknown)."""
+        """The collection_ids TCIA's ``name`` stands for (case-insensitive; none if unknown).
+
+        Read from collections_index (a small file), so a collection whose copy is cached costs
+        no read of the series index.
+        """
         wanted = name.strip().upper()
-        return [i for i in self._present if self.name_of(i).upper() == wanted]
+        listed = [i for i, info in self._collections.items() if info.name.upper() == wanted]
+        return listed or [
+            i for i in self._present if i not in self._collections and i.upper() == wanted
+        ]
 
     # -- v4 columns from index columns --------------------------------------------------------
 
@@ -213,14 +248,22 @@ class IDCIndex:
 
     def _v4(self, raw: pa.Table, constants: bool = True) -> pa.Table:
         """Index rows as v4 columns (those their index columns allow), typed as
-        :mod:`intake_tcia.schema` says; index columns of :data:`LOCATION_COLUMNS` kept too."""
+        :mod:`intake_tcia.schema` says (and ``collection_id``)."""
         pa, pc = self.pa, self.pc
         text = pa.large_string()
         have = set(raw.column_names)
-        same = ["SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription",
-                "BodyPartExamined", "PatientID", "PatientSex", "PatientAge", "Manufacturer",
-                "ManufacturerModelName", "aws_bucket", "crdc_series_uuid", "series_aws_url",
-                "series_size_MB"]
+        same = [
+            "SeriesInstanceUID",
+            "StudyInstanceUID",
+            "Modality",
+            "SeriesDescription",
+            "BodyPartExamined",
+            "PatientID",
+            "PatientSex",
+            "PatientAge",
+            "Manufacturer",
+            "ManufacturerModelName",
+        ]
         out = {name: raw[name] for name in same if name in have}
         derived: dict[str, tuple[str, Callable[[Any], Any]]] = {
             "SeriesDate": ("SeriesDate", self._date),
@@ -228,12 +271,20 @@ class IDCIndex:
             "SeriesNumber": ("SeriesNumber", self._integer),
             "StudyDesc": ("StudyDescription", lambda v: v),
             "ImageCount": ("instanceCount", lambda v: v),
-            "FileSize": ("series_size_MB", lambda v: pc.cast(
-                pc.round(pc.multiply(v, 1e6)), pa.int64())),
-            "DataDescriptionURI": ("source_DOI", lambda v: pc.binary_join_element_wise(
-                pa.scalar("https://doi.org/", text), v.cast(text), pa.scalar("", text))),
-            "ThirdPartyAnalysis": ("analysis_result_id", lambda v: pc.if_else(
-                pc.is_valid(v), pa.scalar("YES", text), pa.scalar(None, text))),
+            "FileSize": (
+                "series_size_MB",
+                lambda v: pc.cast(pc.round(pc.multiply(v, 1e6)), pa.int64()),
+            ),
+            "DataDescriptionURI": (
+                "source_DOI",
+                lambda v: pc.binary_join_element_wise(
+                    pa.scalar("https://doi.org/", text), v.cast(text), pa.scalar("", text)
+                ),
+            ),
+            "ThirdPartyAnalysis": (
+                "analysis_result_id",
+                lambda v: pc.if_else(pc.is_valid(v), pa.scalar("YES", text), pa.scalar(None, text)),
+            ),
             "DateReleased": ("series_init_idc_version", self._released),
             "MaxSubmissionTimestamp": ("series_revised_idc_version", self._released),
         }
@@ -248,27 +299,30 @@ class IDCIndex:
                 info = self._collections.get
                 for i, name in enumerate(("SpeciesCode", "SpeciesDescription", "Phantom")):
                     out[name] = self._lookup(
-                        ids, lambda c, i=i: info(c).species[i] if info(c) else None, text)
+                        ids, lambda c, i=i: info(c).species[i] if info(c) else None, text
+                    )
                 if "source_DOI" in have:
                     out["LicenseName"], out["LicenseURI"] = self._licences(ids, raw)
-        out["Authorized"] = pa.repeat(pa.scalar(1, pa.int64()), raw.num_rows) if hasattr(
-            pa, "repeat") else pa.array([1] * raw.num_rows, pa.int64())
+        out["Authorized"] = pa.repeat(pa.scalar(1, pa.int64()), raw.num_rows)
         return pa.table(out)
 
     def _licences(self, ids: Any, raw: pa.Table) -> tuple[Any, Any]:
         """LicenseName and LicenseURI: the licence collections_index gives the series' DOI."""
         pa, pc = self.pa, self.pc
         key = pc.binary_join_element_wise(
-            ids.cast(pa.large_string()), pc.utf8_lower(raw["source_DOI"]).cast(pa.large_string()),
-            pa.scalar(" ", pa.large_string()))
+            ids.cast(pa.large_string()),
+            pc.utf8_lower(raw["source_DOI"]).cast(pa.large_string()),
+            pa.scalar(" ", pa.large_string()),
+        )
 
         def licence(k: str | None) -> tuple[str | None, str | None]:
             cid, _, doi = (k or "").partition(" ")
             info = self._collections.get(cid)
             return info.licences.get(doi, (None, None)) if info else (None, None)
 
-        return tuple(self._lookup(key, lambda k, i=i: licence(k)[i], pa.large_string())
-                     for i in range(2))
+        return tuple(
+            self._lookup(key, lambda k, i=i: licence(k)[i], pa.large_string()) for i in range(2)
+        )
 
     # -- selecting rows ----------------------------------------------------------------------
 
@@ -312,22 +366,50 @@ class IDCIndex:
         return self.cache_dir / "idc-index" / self._fingerprint
 
     def _collection_rows(self, collection_id: str) -> pa.Table:
-        """One collection's rows in v4 columns, sorted; from the cached Arrow file when there."""
+        """One collection's rows in v4 columns; from the cached Arrow file when there, else
+        read from the index batch by batch, each batch written to the copy as it comes (memory
+        holds one batch, not the collection), then the copy memory-mapped."""
         with self._lock:
             if collection_id in self._tables:
                 return self._tables[collection_id]
             root = self._cache_root()
-            path = root / f"{collection_id}.arrow" if root else None
+            safe = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", collection_id) is not None
+            path = root / f"{collection_id}.arrow" if root and safe else None
             table = self._read_cached(path) if path else None
-            if table is None:
-                raw = self._dataset.to_table(
-                    filter=self.ds.field("collection_id") == collection_id)
-                table = self._v4(raw).sort_by([(c, "ascending") for c in _ORDER])
-                del raw
-                if path is not None and self._write_cached(path, table):
-                    table = self._read_cached(path) or table
+            if (
+                table is None
+                and path is not None
+                and self._write_cached(path, self._collection_batches(collection_id))
+            ):
+                table = self._read_cached(path)
+            if table is None:  # no cache, or it cannot be written
+                first, *rest = self._collection_batches(collection_id)
+                table = self.pa.concat_tables([first, *(t.cast(first.schema) for t in rest)])
             self._tables[collection_id] = table
             return table
+
+    def _collection_batches(self, collection_id: str) -> Iterator[pa.Table]:
+        """One collection's rows in v4 columns, a batch at a time (an empty table first).
+
+        The index is decoded a batch at a time and filtered as it comes (the real file is one
+        row group); batches past the collection's last row are not read, so a collection stored
+        together (as IDC sorts the file) costs only the rows up to its end.
+        """
+        pc = self.pc
+        schema = self._dataset.schema
+        yield self._v4(self.pa.schema([schema.field(c) for c in _READ]).empty_table())
+        ids = self._dataset.to_table(columns=["collection_id"])["collection_id"]
+        rows = pc.indices_nonzero(pc.fill_null(pc.equal(ids, collection_id), False))
+        end = pc.max(rows).as_py() + 1 if len(rows) else 0
+        del ids, rows
+        seen = 0
+        for batch in self.pq.ParquetFile(self.path).iter_batches(65536, columns=_READ):
+            if seen >= end:
+                break
+            seen += batch.num_rows
+            keep = pc.fill_null(pc.equal(batch["collection_id"], collection_id), False)
+            if pc.any(keep).as_py():
+                yield self._v4(self.pa.Table.from_batches([batch.filter(keep)]))
 
     def _read_cached(self, path: Path) -> pa.Table | None:
         try:
@@ -335,14 +417,17 @@ class IDCIndex:
         except (OSError, self.pa.ArrowInvalid):
             return None
 
-    def _write_cached(self, path: Path, table: pa.Table) -> bool:
-        """Write ``table`` to ``path`` atomically; False (no copy kept) if that fails."""
+    def _write_cached(self, path: Path, tables: Iterator[pa.Table]) -> bool:
+        """Write the tables (the first gives the schema) to ``path`` atomically; False (no copy
+        kept) if that fails."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, name = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
             try:
-                with os.fdopen(fd, "wb") as sink, self.ipc.new_file(sink, table.schema) as out:
-                    out.write_table(table.combine_chunks())
+                first = next(tables)
+                with os.fdopen(fd, "wb") as sink, self.ipc.new_file(sink, first.schema) as out:
+                    for table in tables:
+                        out.write_table(table.cast(first.schema))
                 os.replace(name, path)
             finally:
                 if os.path.exists(name):
@@ -352,8 +437,7 @@ class IDCIndex:
         return True
 
     def rows(self, params: dict[str, str], columns: Iterable[str] | None = None) -> pa.Table:
-        """The series rows matching v4 filter parameters, in v4 columns, sorted by
-        Collection, PatientID and UIDs.
+        """The series rows matching v4 filter parameters, in v4 columns, in index order.
 
         A ``Collection`` is read through its cached copy; without one, the index is scanned
         reading only the index columns ``columns`` (v4 names; all when None) need.
@@ -365,182 +449,37 @@ class IDCIndex:
                 return self._v4(self._dataset.schema.empty_table())
             table = self.pa.concat_tables(tables) if len(tables) > 1 else tables[0]
             return table if where is None else table.filter(where)
-        raw_columns = None if columns is None else sorted(_raw_columns(columns, params))
+        raw_columns = _READ if columns is None else sorted(_raw_columns(columns, params))
         raw = self._dataset.to_table(columns=raw_columns, filter=where)
-        table = self._v4(raw, constants=columns is None or bool(
-            {"SpeciesCode", "SpeciesDescription", "Phantom", "LicenseName"} & set(columns)))
-        keys = [(c, "ascending") for c in _ORDER if c in table.column_names]
-        return table.sort_by(keys) if keys else table
+        return self._v4(
+            raw,
+            constants=columns is None
+            or bool({"SpeciesCode", "SpeciesDescription", "Phantom", "LicenseName"} & set(columns)),
+        )
 
-    def _since(self, table: pa.Table, from_date: str, *, strict: bool) -> pa.Table:
-        """Rows released after (``strict``) or on/after ``from_date`` (``MM-DD-YYYY``)."""
+    def _dated(self) -> dict[int, datetime]:
+        """The release date of each IDC version; TCIABackendError if the folder has none."""
         if self._releases is None:
             raise TCIABackendError(
                 f"the IDC index at {str(self.folder)!r} has no {VERSIONS_FILE}, so no release "
-                "dates: ask NBIA (backend='nbia') for what changed since a date")
+                "dates: ask NBIA (backend='nbia') for what changed since a date"
+            )
+        return self._releases
+
+    def _since(self, table: pa.Table, from_date: str, *, strict: bool) -> pa.Table:
+        """Rows released after (``strict``) or on/after ``from_date`` (``MM-DD-YYYY``)."""
+        self._dated()
         when = self.pa.scalar(datetime.strptime(from_date, "%m-%d-%Y"), self.pa.timestamp("ns"))
         compare = self.pc.greater if strict else self.pc.greater_equal
         return table.filter(self.pc.fill_null(compare(table["DateReleased"], when), False))
 
-    # -- the answers -------------------------------------------------------------------------
-
-    def frame(self, table: pa.Table, endpoint: str) -> pd.DataFrame:
-        """``table`` as the typed DataFrame of ``endpoint`` (its columns; missing ones null)."""
-        pa = self.pa
-        schema = SCHEMAS[endpoint]
-        kinds = {"str": pa.large_string(), "int": pa.int64(), "date": pa.timestamp("ns"),
-                 "bool": pa.bool_(), "float": pa.float64()}
-        arrays = [table[name] if name in table.column_names else pa.nulls(
-            table.num_rows, kinds[kind]) for name, kind in schema.columns.items()]
-        return pa.table(arrays, names=schema.names).to_pandas(types_mapper=_pandas_type)
-
-    def _values(self, table: pa.Table, column: str, endpoint: str) -> pd.DataFrame:
-        values = self.pc.unique(table[column])
-        order = self.pc.array_sort_indices(values, null_placement="at_start")
-        return self.frame(self.pa.table({column: values.take(order)}), endpoint)
-
-    def _counts(self, table: pa.Table, column: str, endpoint: str) -> pd.DataFrame:
-        patients = self.pa.table({column: table[column], "patient": self._patient_key(table)})
-        counts = patients.group_by(column).aggregate([("patient", "count_distinct")])
-        order = self.pc.array_sort_indices(counts[column].combine_chunks(),
-                                           null_placement="at_start")
-        counts = counts.take(order)
-        return self.frame(self.pa.table({  # NBIA names a null value "" here
-            column: self.pc.fill_null(counts[column], ""),
-            "Count": counts["patient_count_distinct"],
-            "Authorized": self.pa.array([1] * counts.num_rows, self.pa.int64())}), endpoint)
-
-    def _first(self, table: pa.Table, keys: list[str], columns: list[str]) -> pa.Table:
-        """One row per distinct ``keys``, in order of appearance, first non-null ``columns``."""
-        groups = table.group_by(keys, use_threads=False).aggregate(
-            [(c, "first") for c in columns] + [(keys[-1], "count")])
-        names = {f"{c}_first": c for c in columns} | {f"{keys[-1]}_count": "_count"}
-        return groups.rename_columns([names.get(n, n) for n in groups.column_names])
-
-    def _patients(self, table: pa.Table, endpoint: str) -> pd.DataFrame:
-        patients = self._first(table, ["Collection", "PatientID"], [
-            "PatientSex", "SpeciesCode", "SpeciesDescription", "Phantom", "Authorized"])
-        return self.frame(patients, endpoint)
-
-    def _studies(self, table: pa.Table, endpoint: str) -> pd.DataFrame:
-        studies = self._first(table, ["StudyInstanceUID"], [
-            "StudyDate", "StudyDesc", "PatientAge", "PatientID", "PatientSex", "Collection",
-            "Authorized"])
-        studies = studies.rename_columns([{"StudyDesc": "StudyDescription", "_count": "SeriesCount"
-                                           }.get(n, n) for n in studies.column_names])
-        return self.frame(studies, endpoint)
-
     def answer(self, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
-        """The DataFrame NBIA's ``endpoint`` would answer to ``params`` (v4 names, validated).
+        """The DataFrame NBIA's ``endpoint`` would answer to ``params`` (v4 names, validated);
+        see :func:`intake_tcia.idc_queries.answer`."""
+        from .idc_queries import answer
 
-        Raises
-        ------
-        TCIABackendError
-            An endpoint the index cannot answer (shared carts, instance lists and headers:
-            those need the objects), naming why.
-        """
         self.refresh()
-        values = {"getModalityValues": "Modality", "getBodyPartValues": "BodyPartExamined",
-                  "getManufacturerValues": "Manufacturer"}
-        counts = {"getCollectionValuesAndCounts": "Collection",
-                  "getModalityValuesAndCounts": "Modality",
-                  "getBodyPartValuesAndCounts": "BodyPartExamined",
-                  "getManufacturerValuesAndCounts": "Manufacturer"}
-        if endpoint == "getCollectionValues":
-            names = sorted({self.name_of(i) for i in self._present})
-            return self.frame(self.pa.table({"Collection": self.pa.array(
-                names, self.pa.large_string())}), endpoint)
-        if endpoint in values:
-            column = values[endpoint]
-            return self._values(self.rows(params, [column]), column, endpoint)
-        if endpoint in counts:
-            column = counts[endpoint]
-            return self._counts(self.rows(params, [column, "Collection"]), column, endpoint)
-        if endpoint in ("getPatient", "getPatientByCollectionAndModality"):
-            return self._patients(self.rows(params), endpoint)
-        if endpoint == "NewPatientsInCollection":
-            rows = self._since(self.rows(params), params["fromDate"], strict=False)
-            return self._patients(rows, endpoint)
-        if endpoint == "getPatientStudy":
-            return self._studies(self.rows(params), endpoint)
-        if endpoint == "NewStudiesInPatientCollection":
-            rows = self._since(self.rows(params), params["fromDate"], strict=False)
-            return self._studies(rows, endpoint)
-        if endpoint == "getSeries":
-            return self.frame(self.rows(params), endpoint)
-        if endpoint == "getUpdatedSeries":
-            rows = self.rows({})
-            return self.frame(self._since(rows, params["fromDate"], strict=True), endpoint)
-        if endpoint == "getSeriesSize":
-            rows = self.rows(params, ["FileSize", "ImageCount"])
-            return self.frame(rows.rename_columns([{"FileSize": "TotalSizeInBytes",
-                                                    "ImageCount": "ObjectCount"}.get(n, n)
-                                                   for n in rows.column_names]), endpoint)
-        if endpoint == "getSimpleSearch":
-            return self.frame(self._search(params), "getSeries")
-        if endpoint in ("getSeriesMetadata", "getSeriesMetaData"):
-            uids = [u for u in params["list"].split(",") if u]
-            return self.frame(self._by_uid(uids), "getSeriesMetadata")
-        raise TCIABackendError(_UNANSWERED.get(endpoint, f"the IDC index cannot answer "
-                                                          f"{endpoint}: use backend='nbia'"))
-
-    def _search(self, form: dict[str, str]) -> pa.Table:
-        """The series a getSimpleSearch form (:func:`intake_tcia.search.search_form`) selects,
-        read as NBIA reads it: values of one criterion ORed, criteria ANDed, names folded."""
-        pa, pc, ds = self.pa, self.pc, self.ds
-        values: dict[str, list[str]] = {}
-        released, more_than, anded = None, -1, False
-        i = 0
-        while f"criteriaType{i}" in form:
-            kind = form[f"criteriaType{i}"]
-            if kind in _CRITERIA:
-                values.setdefault(_CRITERIA[kind], []).append(form[f"value{i}"])
-            elif kind == "DateRangeCriteria":
-                released = (form[f"fromDate{i}"], form[f"toDate{i}"])
-            elif kind == "MinNumberOfStudiesCriteria":
-                more_than = int(form[f"value{i}"])
-            elif kind == "ModalityAndedSearchCriteria":
-                anded = form[f"value{i}"] == "all"
-            i += 1
-        names = values.pop("Collection", None)
-        tables = [self.rows({"Collection": n}) for n in names] if names else [self.rows({})]
-        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        modalities = values.pop("Modality") if anded else []
-        where = None
-        for column, wanted in values.items():
-            folded = column in _FOLDED
-            keys = [w.upper() for w in wanted] if folded else wanted
-            term = (pc.utf8_upper(ds.field(column)) if folded else ds.field(column)).isin(keys)
-            if column == "BodyPartExamined" and _NOT_SPECIFIED in keys:
-                term = term | ds.field(column).is_null()
-            where = term if where is None else where & term
-        if released is not None:
-            self._since(table.slice(0, 0), released[0], strict=False)  # no release dates: refuse
-            start, end = (pa.scalar(datetime.strptime(d, "%m-%d-%Y"), pa.timestamp("ns"))
-                          for d in released)
-            term = (ds.field("DateReleased") >= start) & (ds.field("DateReleased") <= end)
-            where = term if where is None else where & term
-        rows = table if where is None else table.filter(where)
-        for modality in modalities:  # patients holding every modality asked; then their rows
-            holders = table.filter(pc.utf8_upper(ds.field("Modality")) == modality.upper())
-            rows = rows.filter(pc.is_in(self._patient_key(rows), self._patient_key(holders)))
-        if more_than >= 0:
-            studies = self.pa.table({"key": self._patient_key(rows), "study": rows[
-                "StudyInstanceUID"]}).group_by("key").aggregate([("study", "count_distinct")])
-            keep = studies.filter(pc.greater(studies["study_count_distinct"], more_than))["key"]
-            rows = rows.filter(pc.is_in(self._patient_key(rows), keep))
-        return rows.sort_by([(c, "ascending") for c in _ORDER])
-
-    def _patient_key(self, table: pa.Table) -> Any:
-        pa = self.pa
-        return self.pc.binary_join_element_wise(
-            table["Collection"].cast(pa.large_string()),
-            table["PatientID"].cast(pa.large_string()), pa.scalar("\0", pa.large_string()))
-
-    def _by_uid(self, uids: list[str], columns: list[str] | None = None) -> pa.Table:
-        raw = self._dataset.to_table(
-            columns=columns, filter=self.ds.field("SeriesInstanceUID").isin(uids))
-        return self._v4(raw)
+        return answer(self, endpoint, params)
 
     # -- for IDC retrieval -------------------------------------------------------------------
 
@@ -563,46 +502,77 @@ class IDCIndex:
         uids = list(dict.fromkeys(series_uids))
         self.refresh()
         raw = self._dataset.to_table(
-            columns=["SeriesInstanceUID", "collection_id", "aws_bucket", "crdc_series_uuid",
-                     "series_aws_url", "instanceCount", "series_size_MB"],
-            filter=self.ds.field("SeriesInstanceUID").isin(uids))
-        raw = raw.append_column("Collection", self._lookup(
-            raw["collection_id"], self.name_of, self.pa.large_string()))
+            columns=[
+                "SeriesInstanceUID",
+                "collection_id",
+                "aws_bucket",
+                "crdc_series_uuid",
+                "series_aws_url",
+                "instanceCount",
+                "series_size_MB",
+            ],
+            filter=self.ds.field("SeriesInstanceUID").isin(uids),
+        )
+        raw = raw.append_column(
+            "Collection", self._lookup(raw["collection_id"], self.name_of, self.pa.large_string())
+        )
         frame = raw.select(LOCATION_COLUMNS).to_pandas(types_mapper=_pandas_type)
         order = {u: i for i, u in enumerate(uids)}
         frame = frame.drop_duplicates("SeriesInstanceUID")
-        return frame.sort_values("SeriesInstanceUID", key=lambda s: s.map(order),
-                                 ignore_index=True)
+        return frame.sort_values("SeriesInstanceUID", key=lambda s: s.map(order), ignore_index=True)
 
 
-#: getSimpleSearch criteria that select values of a v4 column.
-_CRITERIA = {"CollectionCriteria": "Collection", "PatientCriteria": "PatientID",
-             "StudyCriteria": "StudyInstanceUID", "SeriesCriteria": "SeriesInstanceUID",
-             "ImageModalityCriteria": "Modality", "AnatomicalSiteCriteria": "BodyPartExamined",
-             "ManufacturerCriteria": "Manufacturer", "SpeciesCriteria": "SpeciesCode"}
-_NOT_SPECIFIED = "NOT SPECIFIED"
-
-_UNANSWERED = {
-    "getContentsByName": "shared carts live in NBIA only: the IDC index cannot answer "
-                         "shared_cart(); use backend='nbia'",
-    "getSOPInstanceUIDs": "the IDC index does not list instances (they are read from the "
-                          "bucket's objects)",
-    "getDicomTags": "the IDC index holds no DICOM headers (they are read from the bucket's "
-                    "objects)",
-}
+#: The index columns the v4 columns are made of (of 31).
+_READ = [
+    "collection_id",
+    "analysis_result_id",
+    "PatientID",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "source_DOI",
+    "PatientAge",
+    "PatientSex",
+    "StudyDate",
+    "StudyDescription",
+    "BodyPartExamined",
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SeriesDate",
+    "SeriesDescription",
+    "SeriesNumber",
+    "instanceCount",
+    "series_init_idc_version",
+    "series_revised_idc_version",
+    "series_size_MB",
+]
 
 
 def _raw_columns(columns: Iterable[str], params: dict[str, str]) -> set[str]:
     """The index columns that v4 ``columns`` and the filters of ``params`` need."""
-    sources = {"SeriesDate": "SeriesDate", "StudyDate": "StudyDate", "StudyDesc":
-               "StudyDescription", "ImageCount": "instanceCount", "FileSize": "series_size_MB",
-               "DataDescriptionURI": "source_DOI", "ThirdPartyAnalysis": "analysis_result_id",
-               "DateReleased": "series_init_idc_version", "MaxSubmissionTimestamp":
-               "series_revised_idc_version", "Collection": "collection_id", "SpeciesCode":
-               "collection_id", "SpeciesDescription": "collection_id", "Phantom":
-               "collection_id", "LicenseName": "source_DOI", "LicenseURI": "source_DOI"}
-    needed = {sources.get(c, c) for c in columns} | {"collection_id", "PatientID",
-                                                      "StudyInstanceUID", "SeriesInstanceUID"}
+    sources = {
+        "SeriesDate": "SeriesDate",
+        "StudyDate": "StudyDate",
+        "StudyDesc": "StudyDescription",
+        "ImageCount": "instanceCount",
+        "FileSize": "series_size_MB",
+        "DataDescriptionURI": "source_DOI",
+        "ThirdPartyAnalysis": "analysis_result_id",
+        "DateReleased": "series_init_idc_version",
+        "MaxSubmissionTimestamp": "series_revised_idc_version",
+        "Collection": "collection_id",
+        "SpeciesCode": "collection_id",
+        "SpeciesDescription": "collection_id",
+        "Phantom": "collection_id",
+        "LicenseName": "source_DOI",
+        "LicenseURI": "source_DOI",
+    }
+    needed = {sources.get(c, c) for c in columns} | {
+        "collection_id",
+        "PatientID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+    }
     if {"LicenseName", "LicenseURI"} & set(columns):
         needed.add("collection_id")
     return needed | {p for p in params if p in _FOLDED or p.endswith("InstanceUID")}
@@ -624,32 +594,3 @@ def _pandas_type(kind: Any) -> Any:
 def open_index(folder: Path | None, cache_dir: Path | None) -> IDCIndex:
     """The :class:`IDCIndex` of a folder and cache, opened once per process."""
     return IDCIndex(folder, cache_dir)
-
-
-def routed(
-    client: TCIAClient, endpoint: str, params: dict[str, str], ask: Callable[[], pd.DataFrame]
-) -> pd.DataFrame:
-    """``ask()`` (NBIA) or the index's answer, as ``client.settings.backend`` says.
-
-    ``"nbia"``: ``ask()``. ``"idc"``: the index, no request. ``"auto"``: ``ask()``, and when
-    NBIA cannot be reached (:class:`TCIAConnectionError`, after its retries; an HTTP error
-    status is an answer, not a fall-back) the index, with an :class:`IDCFallbackWarning`. If the
-    index cannot answer either, the connection error is raised.
-    """
-    backend = client.settings.backend
-    if backend == "idc":
-        return client.idc_index.answer(endpoint, params)
-    try:
-        return ask()
-    except TCIAConnectionError as exc:
-        if backend != "auto":
-            raise
-        try:
-            index = client.idc_index
-            frame = index.answer(endpoint, params)
-        except (TCIABackendError, MissingDependencyError, TCIANotFoundError):
-            raise exc from None
-        warnings.warn(f"NBIA could not be reached ({exc}); {endpoint} answered from the IDC "
-                      f"index at {str(index.folder)!r}", IDCFallbackWarning, stacklevel=3)
-        return frame
-

@@ -130,7 +130,7 @@ def search(client: TCIAClient, *, page_size: int = PAGE_SIZE, **criteria: Any) -
     :meth:`TCIAClient.search <intake_tcia.client.TCIAClient.search>`)."""
     if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
         raise ValueError(f"page_size must be a whole number >= 1, not {page_size!r}")
-    from .idc_index import routed  # it builds on this module's SPECIES
+    from .idc_queries import routed  # it builds on this module's SPECIES
 
     form = search_form(**criteria)
     return routed(client, "getSimpleSearch", form,

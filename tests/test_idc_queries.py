@@ -29,30 +29,51 @@ from intake_tcia.errors import (
     TCIANotFoundError,
     TCIAUnknownNameError,
 )
-from intake_tcia.idc_index import IDCFallbackWarning, IDCIndex
+from intake_tcia.idc_index import IDCIndex
+from intake_tcia.idc_queries import IDCFallbackWarning
 from intake_tcia.schema import SCHEMAS, frame_from_records
 from intake_tcia.testing import ArchiveServer, write_idc_index
 from intake_tcia.testing.builder import parse_mdy
 
 #: Fields the IDC index does not hold: null in its frames.
-LACKS = frozenset({
-    "ProtocolName", "AnnotationsFlag", "Site", "AdmittingDiagnosisDescription",
-    "SoftwareVersions", "ReleasedStatus", "PatientName", "EthnicGroup",
-    "AdmittingDiagnosesDescription", "StudyID", "LongitudinalTemporalEventType",
-    "LongitudinalTemporalOffsetFromEvent", "PixelSpacing(mm)-Row", "SliceThickness(mm)",
-})
+LACKS = frozenset(
+    {
+        "ProtocolName",
+        "AnnotationsFlag",
+        "Site",
+        "AdmittingDiagnosisDescription",
+        "SoftwareVersions",
+        "ReleasedStatus",
+        "PatientName",
+        "EthnicGroup",
+        "AdmittingDiagnosesDescription",
+        "StudyID",
+        "LongitudinalTemporalEventType",
+        "LongitudinalTemporalOffsetFromEvent",
+        "PixelSpacing(mm)-Row",
+        "SliceThickness(mm)",
+    }
+)
 
 
 def client_for(server, cache, backend, **options):
-    return TCIAClient(api_url=server.api_url, nlst_api_url=server.nlst_api_url, cache_dir=cache,
-                      backend=backend, retries=0, **options)
+    return TCIAClient(
+        api_url=server.api_url,
+        nlst_api_url=server.nlst_api_url,
+        cache_dir=cache,
+        backend=backend,
+        retries=0,
+        **options,
+    )
 
 
 @pytest.fixture
 def both(server, tmp_cache, idc_index):
     """(NBIA client, IDC client) over the same sample archive."""
-    with client_for(server, tmp_cache, "nbia") as nbia, client_for(
-            server, tmp_cache, "idc", idc_index=idc_index) as idc:
+    with (
+        client_for(server, tmp_cache, "nbia") as nbia,
+        client_for(server, tmp_cache, "idc", idc_index=idc_index) as idc,
+    ):
         yield nbia, idc
 
 
@@ -76,36 +97,62 @@ def firsts(server):
 
 #: (method, keywords filled from a series row; names given in lower case where NBIA folds them)
 CALLS = [
-    ("collections", ()), ("modalities", ()), ("modalities", ("collection",)),
-    ("modalities", ("collection", "body_part")), ("modalities", ("body_part",)),
-    ("body_parts", ()), ("body_parts", ("collection",)), ("body_parts", ("modality",)),
-    ("body_parts", ("collection", "modality")), ("manufacturers", ()),
-    ("manufacturers", ("collection",)), ("manufacturers", ("collection", "modality")),
-    ("manufacturers", ("modality", "body_part")), ("patients", ()), ("patients", ("collection",)),
-    ("patients_by_modality", ("collection", "modality")), ("studies", ()),
-    ("studies", ("collection",)), ("studies", ("patient_id",)), ("studies", ("study_uid",)),
-    ("studies", ("collection", "patient_id")), ("series", ()), ("series", ("collection",)),
-    ("series", ("collection", "modality")), ("series", ("patient_id",)),
-    ("series", ("study_uid",)), ("series", ("series_uid",)), ("series", ("modality", "body_part")),
-    ("series", ("manufacturer",)), ("series", ("collection", "manufacturer_model")),
+    ("collections", ()),
+    ("modalities", ()),
+    ("modalities", ("collection",)),
+    ("modalities", ("collection", "body_part")),
+    ("modalities", ("body_part",)),
+    ("body_parts", ()),
+    ("body_parts", ("collection",)),
+    ("body_parts", ("modality",)),
+    ("body_parts", ("collection", "modality")),
+    ("manufacturers", ()),
+    ("manufacturers", ("collection",)),
+    ("manufacturers", ("collection", "modality")),
+    ("manufacturers", ("modality", "body_part")),
+    ("patients", ()),
+    ("patients", ("collection",)),
+    ("patients_by_modality", ("collection", "modality")),
+    ("studies", ()),
+    ("studies", ("collection",)),
+    ("studies", ("patient_id",)),
+    ("studies", ("study_uid",)),
+    ("studies", ("collection", "patient_id")),
+    ("series", ()),
+    ("series", ("collection",)),
+    ("series", ("collection", "modality")),
+    ("series", ("patient_id",)),
+    ("series", ("study_uid",)),
+    ("series", ("series_uid",)),
+    ("series", ("modality", "body_part")),
+    ("series", ("manufacturer",)),
+    ("series", ("collection", "manufacturer_model")),
     ("series", ("collection", "patient_id", "study_uid", "modality")),
     ("value_counts_per_collection", ("collection",)),
 ]
-_SOURCES = {"collection": "Collection", "patient_id": "PatientID", "study_uid":
-            "StudyInstanceUID", "series_uid": "SeriesInstanceUID", "modality": "Modality",
-            "body_part": "BodyPartExamined", "manufacturer": "Manufacturer",
-            "manufacturer_model": "ManufacturerModelName"}
+_SOURCES = {
+    "collection": "Collection",
+    "patient_id": "PatientID",
+    "study_uid": "StudyInstanceUID",
+    "series_uid": "SeriesInstanceUID",
+    "modality": "Modality",
+    "body_part": "BodyPartExamined",
+    "manufacturer": "Manufacturer",
+    "manufacturer_model": "ManufacturerModelName",
+}
 
 
 def _call(client, method, kwargs):
     if method == "value_counts_per_collection":
-        return [client.value_counts(of, **kwargs) for of in ("modality", "body_part",
-                                                              "manufacturer")]
+        return [
+            client.value_counts(of, **kwargs) for of in ("modality", "body_part", "manufacturer")
+        ]
     return [getattr(client, method)(**kwargs)]
 
 
-@pytest.mark.parametrize("method, keywords", CALLS, ids=[f"{m}-{'+'.join(k) or 'all'}"
-                                                         for m, k in CALLS])
+@pytest.mark.parametrize(
+    "method, keywords", CALLS, ids=[f"{m}-{'+'.join(k) or 'all'}" for m, k in CALLS]
+)
 def test_every_query_gives_nbias_frame(both, server, method, keywords):
     nbia, idc = both
     seen = set()
@@ -113,8 +160,10 @@ def test_every_query_gives_nbias_frame(both, server, method, keywords):
         if any(pd.isna(row[_SOURCES[k]]) for k in keywords):
             continue
         kwargs = {k: row[_SOURCES[k]] for k in keywords}
-        kwargs = {k: v.lower() if k in ("collection", "modality", "body_part") else v
-                  for k, v in kwargs.items()}
+        kwargs = {
+            k: v.lower() if k in ("collection", "modality", "body_part") else v
+            for k, v in kwargs.items()
+        }
         if tuple(kwargs.items()) in seen:
             continue
         seen.add(tuple(kwargs.items()))
@@ -131,14 +180,21 @@ def test_values_counted_over_the_whole_archive(both, server):
     """Patients per value over both hosts at once (NBIA answers per host)."""
     nbia, idc = both
     table = server.archive.table
-    for of, column in [("modality", "Modality"), ("body_part", "BodyPartExamined"),
-                       ("manufacturer", "Manufacturer"), ("collection", "Collection")]:
+    for of, column in [
+        ("modality", "Modality"),
+        ("body_part", "BodyPartExamined"),
+        ("manufacturer", "Manufacturer"),
+        ("collection", "Collection"),
+    ]:
         ours = idc.value_counts(of)
         assert ours.dtypes.to_dict() == nbia.value_counts(of).dtypes.to_dict()
         patients = table.assign(v=table[column].fillna("")).drop_duplicates(
-            ["v", "Collection", "PatientID"])
-        assert dict(zip(ours[column], ours["Count"], strict=True)) == patients["v"].value_counts(
-        ).to_dict()
+            ["v", "Collection", "PatientID"]
+        )
+        assert (
+            dict(zip(ours[column], ours["Count"], strict=True))
+            == patients["v"].value_counts().to_dict()
+        )
         assert (ours["Authorized"] == 1).all()
 
 
@@ -167,8 +223,11 @@ def test_empty_answers_and_unknown_names_as_nbia(both, server):
         assert empty.empty and list(empty.columns) == SCHEMAS["getSeries"].names
         nothing = frame_from_records([], SCHEMAS["getSeries"])
         assert empty.dtypes.to_dict() == nothing.dtypes.to_dict()
-    for kwargs in (dict(collection="Pydicom-DICOMDIRR"), dict(modality="CTT"),
-                   dict(collection="NLST", patient_id="PYCT-001")):
+    for kwargs in (
+        dict(collection="Pydicom-DICOMDIRR"),
+        dict(modality="CTT"),
+        dict(collection="NLST", patient_id="PYCT-001"),
+    ):
         errors = []
         for client in (nbia, idc):
             with pytest.raises(TCIAUnknownNameError) as err:
@@ -209,15 +268,19 @@ def test_a_collection_is_read_from_its_cached_arrow_copy(server, tmp_cache, idc_
     (copy,) = tmp_cache.glob("idc-index/*/nlst.arrow")
     table = ipc.open_file(pa.memory_map(str(copy))).read_all()
     assert table.num_rows == len(first) > 0
-    changed = table.set_column(table.column_names.index("SeriesDescription"), "SeriesDescription",
-                               pa.array(["from the copy"] * table.num_rows, pa.large_string()))
+    changed = table.set_column(
+        table.column_names.index("SeriesDescription"),
+        "SeriesDescription",
+        pa.array(["from the copy"] * table.num_rows, pa.large_string()),
+    )
     with ipc.new_file(str(copy) + ".new", changed.schema) as out:
         out.write_table(changed)
     os.replace(str(copy) + ".new", copy)  # as the index writes it: the mapped file stays whole
     again = IDCIndex(idc_index, tmp_cache).answer("getSeries", {"Collection": "nlst"})
     assert set(again["SeriesDescription"]) == {"from the copy"}  # read from the copy
-    pd.testing.assert_frame_equal(again.drop(columns="SeriesDescription"),
-                                  first.drop(columns="SeriesDescription"))
+    pd.testing.assert_frame_equal(
+        again.drop(columns="SeriesDescription"), first.drop(columns="SeriesDescription")
+    )
 
 
 def test_a_changed_index_is_read_again(server, tmp_cache, idc_index):
@@ -237,18 +300,45 @@ def test_the_written_index_has_the_real_files_columns_and_types(tmp_path, server
 
     real = Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).parent
     folder = write_idc_index(tmp_path / "index", server.archive)
-    for name in ("idc_index.parquet", "collections_index.parquet",
-                 "version_metadata_index.parquet"):
+    for name in (
+        "idc_index.parquet",
+        "collections_index.parquet",
+        "version_metadata_index.parquet",
+    ):
         ours, theirs = pq.read_schema(folder / name), pq.read_schema(real / name)
         assert ours.remove_metadata().equals(theirs.remove_metadata()), name
     index = IDCIndex(folder)
     uids = server.archive.series["SeriesInstanceUID"].tolist()[::-1]
     where = index.series_locations(uids + ["1.2.3.4"])
     assert where["SeriesInstanceUID"].tolist() == uids  # in the order given, unknown left out
-    assert (where["series_aws_url"] == "s3://idc-open-data/" + where["crdc_series_uuid"]
-            + "/*").all()
+    assert (
+        where["series_aws_url"] == "s3://idc-open-data/" + where["crdc_series_uuid"] + "/*"
+    ).all()
     sizes = server.archive.series.set_index("SeriesInstanceUID").loc[uids]
     assert where["instanceCount"].tolist() == sizes["ImageCount"].tolist()
+
+
+def test_doi_lookups_and_descriptions_from_the_index(both, server):
+    nbia, idc = both
+    for info in server.archive.collections.values():
+        if info.name not in set(server.archive.series["Collection"]):
+            continue
+        for doi in (info.doi, info.doi.lower(), info.doi_url):
+            for level in ("series", "collection"):
+                assert_same(
+                    nbia.series_for_doi(doi, level=level), idc.series_for_doi(doi, level=level)
+                )
+        ours = idc.collection_descriptions(info.name.lower())
+        theirs = nbia.collection_descriptions(info.name.lower())
+        assert ours.dtypes.to_dict() == theirs.dtypes.to_dict()
+        assert ours["collectionName"].tolist() == [info.name]
+        assert ours["descriptionText"].tolist() == theirs["descriptionText"].tolist()
+        assert ours["descriptionURI"].tolist() == theirs["descriptionURI"].tolist()
+    assert len(idc.collection_descriptions()) == len(nbia.collection_descriptions())
+    server.clear_log()
+    assert idc.series_for_doi("10.7937/NO-SUCH-DOI").empty
+    idc.collection_descriptions()
+    assert server.requests == []  # the index answered
 
 
 # -- backend="auto" -------------------------------------------------------------------------
@@ -267,11 +357,20 @@ def test_auto_falls_back_to_the_index_when_nbia_is_down(tmp_cache, idc_index):
     with ArchiveServer() as stopped:
         urls = dict(api_url=stopped.api_url, nlst_api_url=stopped.nlst_api_url)
     # stopped: nothing listens at its ports any more
-    auto = TCIAClient(**urls, cache_dir=tmp_cache, backend="auto", idc_index=idc_index,
-                      retries=1, backoff_factor=0.01)
+    auto = TCIAClient(
+        **urls,
+        cache_dir=tmp_cache,
+        backend="auto",
+        idc_index=idc_index,
+        retries=1,
+        backoff_factor=0.01,
+    )
     idc = TCIAClient(**urls, cache_dir=tmp_cache, backend="idc", idc_index=idc_index)
-    for call in (lambda c: c.series(collection="NLST"), lambda c: c.collections(),
-                 lambda c: c.search(modality="CT")):
+    for call in (
+        lambda c: c.series(collection="NLST"),
+        lambda c: c.collections(),
+        lambda c: c.search(modality="CT"),
+    ):
         with pytest.warns(IDCFallbackWarning, match="could not be reached"):
             frame = call(auto)
         pd.testing.assert_frame_equal(frame, call(idc))
@@ -292,8 +391,13 @@ def test_auto_without_an_index_raises_the_connection_error(tmp_cache, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    auto = TCIAClient(api_url=f"http://127.0.0.1:{port}/", nlst_api_url=f"http://127.0.0.1:{port}/",
-                      cache_dir=tmp_cache, backend="auto", idc_index=tmp_path / "none")
+    auto = TCIAClient(
+        api_url=f"http://127.0.0.1:{port}/",
+        nlst_api_url=f"http://127.0.0.1:{port}/",
+        cache_dir=tmp_cache,
+        backend="auto",
+        idc_index=tmp_path / "none",
+    )
     with pytest.raises(TCIAConnectionError):
         auto.series(collection="NLST")
 
@@ -312,15 +416,25 @@ def test_search_criteria_alone_and_combined_on_the_index(both, server, name):
     assert_same(nbia.search(**criteria), ours)
 
 
-@pytest.mark.parametrize("criteria", [
-    dict(min_studies=2, collection=["NLST", "Pydicom-DICOMDIR"]),
-    dict(min_studies=1, modality="CT"),
-    dict(modality=["CT", "MR"], all_modalities=True),
-    dict(modality=["ct", "mr"], all_modalities=True, collection="NLST", body_part="chest"),
-    dict(collection="NLST", species="human", released_to="2021-01-01", manufacturer="GE MEDICAL "
-         "SYSTEMS", min_studies=2),
-    dict(collection="NoSuchCollection"), dict(modality="XX"), dict(species="dog"),
-])
+@pytest.mark.parametrize(
+    "criteria",
+    [
+        dict(min_studies=2, collection=["NLST", "Pydicom-DICOMDIR"]),
+        dict(min_studies=1, modality="CT"),
+        dict(modality=["CT", "MR"], all_modalities=True),
+        dict(modality=["ct", "mr"], all_modalities=True, collection="NLST", body_part="chest"),
+        dict(
+            collection="NLST",
+            species="human",
+            released_to="2021-01-01",
+            manufacturer="GE MEDICAL SYSTEMS",
+            min_studies=2,
+        ),
+        dict(collection="NoSuchCollection"),
+        dict(modality="XX"),
+        dict(species="dog"),
+    ],
+)
 def test_search_patient_criteria_and_unknown_values(both, criteria):
     nbia, idc = both
     ours = idc.search(**criteria)
@@ -328,12 +442,43 @@ def test_search_patient_criteria_and_unknown_values(both, criteria):
     assert list(ours.columns) == SCHEMAS["getSeries"].names
 
 
-@pytest.mark.parametrize("criteria, message", [
-    (dict(released_from="2020/01/01"), "released_from"), (dict(min_studies=0), "min_studies"),
-    (dict(study_uid="1.2.x"), "study_uid"), (dict(species="cat"), "species"),
-    (dict(all_modalities=True), "all_modalities"), (dict(colection="NLST"), "colection"),
-])
+@pytest.mark.parametrize(
+    "criteria, message",
+    [
+        (dict(released_from="2020/01/01"), "released_from"),
+        (dict(min_studies=0), "min_studies"),
+        (dict(study_uid="1.2.x"), "study_uid"),
+        (dict(species="cat"), "species"),
+        (dict(all_modalities=True), "all_modalities"),
+        (dict(colection="NLST"), "colection"),
+    ],
+)
 def test_bad_search_criteria_refused_on_the_index(server, tmp_cache, tmp_path, criteria, message):
     idc = client_for(server, tmp_cache, "idc", idc_index=tmp_path / "never-read")
     with pytest.raises((ValueError, TypeError), match=message):
         idc.search(**criteria)
+
+
+# -- the real index (idc-index-data), where it is cheap to ask -------------------------------
+
+
+def test_the_real_index_answers_with_tcia_names(tmp_cache):
+    idc_index_data = pytest.importorskip("idc_index_data")
+    path = idc_index_data.IDC_INDEX_PARQUET_FILEPATH
+    client = TCIAClient(backend="idc", cache_dir=tmp_cache)  # the installed package's index
+    assert {"LIDC-IDRI", "NLST", "4D-Lung"} <= set(client.collections()["Collection"])
+    # 4D-Lung comes first in the file: reading it stops early, and its copy is small
+    frame = client.series(collection="4d-lung")
+    raw = pq.read_table(
+        path,
+        columns=["collection_id", "SeriesInstanceUID", "instanceCount", "license_short_name"],
+        filters=[("collection_id", "==", "4d_lung")],
+    ).to_pandas()
+    assert len(frame) == len(raw) > 0 and set(frame["Collection"]) == {"4D-Lung"}
+    counts = raw.set_index("SeriesInstanceUID")["instanceCount"]
+    assert frame.set_index("SeriesInstanceUID")["ImageCount"].to_dict() == counts.to_dict()
+    assert set(raw["license_short_name"]) == {"CC BY 3.0"}
+    assert set(frame["LicenseName"]) == {"Creative Commons Attribution 3.0 Unported License"}
+    assert frame["SeriesDate"].dtype == "datetime64[ns]" and frame["DateReleased"].notna().all()
+    where = client.idc_index.series_locations(raw["SeriesInstanceUID"][:3])
+    assert where["series_aws_url"].str.fullmatch(r"s3://[a-z-]+/[0-9a-f-]{36}/\*").all()

@@ -42,26 +42,63 @@ def index_schemas() -> dict[str, Any]:
     import pyarrow as pa
 
     text = pa.large_string()
-    index = pa.schema([(c, pa.int64() if c in _INTS else pa.float64() if c == "series_size_MB"
-                        else text) for c in _INDEX_COLUMNS])
+    index = pa.schema(
+        [
+            (c, pa.int64() if c in _INTS else pa.float64() if c == "series_size_MB" else text)
+            for c in _INDEX_COLUMNS
+        ]
+    )
     plain = pa.string()
-    source = pa.struct([
-        ("source_id", plain), ("source_title", plain), ("source_type", plain),
-        ("source_doi", plain), ("source_url", plain), ("modalities", plain),
-        ("license", pa.struct([("license_url", plain), ("license_long_name", plain),
-                               ("license_short_name", plain)])),
-        ("citation", plain),
-        ("provenance", pa.struct([("data_contributor", plain), ("source_data_provider", plain),
-                                  ("deidentification_party", plain),
-                                  ("dicom_conversion_by", plain)])),
-        ("Access", plain), ("ImageTypes", plain),
-    ])
-    collections = pa.schema([
-        ("collection_name", text), ("collection_id", text), ("cancer_types", text),
-        ("tumor_locations", text), ("subjects", pa.int64()), ("species", text),
-        ("sources", pa.list_(source)), ("supporting_data", text), ("program_id", text),
-        ("status", text), ("updated", text), ("description", text),
-    ])
+    source = pa.struct(
+        [
+            ("source_id", plain),
+            ("source_title", plain),
+            ("source_type", plain),
+            ("source_doi", plain),
+            ("source_url", plain),
+            ("modalities", plain),
+            (
+                "license",
+                pa.struct(
+                    [
+                        ("license_url", plain),
+                        ("license_long_name", plain),
+                        ("license_short_name", plain),
+                    ]
+                ),
+            ),
+            ("citation", plain),
+            (
+                "provenance",
+                pa.struct(
+                    [
+                        ("data_contributor", plain),
+                        ("source_data_provider", plain),
+                        ("deidentification_party", plain),
+                        ("dicom_conversion_by", plain),
+                    ]
+                ),
+            ),
+            ("Access", plain),
+            ("ImageTypes", plain),
+        ]
+    )
+    collections = pa.schema(
+        [
+            ("collection_name", text),
+            ("collection_id", text),
+            ("cancer_types", text),
+            ("tumor_locations", text),
+            ("subjects", pa.int64()),
+            ("species", text),
+            ("sources", pa.list_(source)),
+            ("supporting_data", text),
+            ("program_id", text),
+            ("status", text),
+            ("updated", text),
+            ("description", text),
+        ]
+    )
     versions = pa.schema([("idc_version", pa.int64()), ("version_timestamp", text)])
     return {INDEX_FILE: index, COLLECTIONS_FILE: collections, VERSIONS_FILE: versions}
 
@@ -92,8 +129,9 @@ def _header(archive: SampleArchive, series_uid: str) -> dict[str, str | None]:
         "TransferSyntaxUID": str(syntax) if syntax else None,
         "transfer_syntax_name": syntax.name if syntax else None,
         "PhotometricInterpretation": ds.get("PhotometricInterpretation"),
-        "PixelRepresentation": (str(ds.PixelRepresentation) if "PixelRepresentation" in ds
-                                else None),
+        "PixelRepresentation": (
+            str(ds.PixelRepresentation) if "PixelRepresentation" in ds else None
+        ),
     }
 
 
@@ -119,8 +157,10 @@ def write_idc_index(folder: str | Path, archive: SampleArchive | None = None) ->
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     table = archive.table
-    dates = sorted({d for c in ("DateReleased", "MaxSubmissionTimestamp")
-                    for d in table[c].dropna()}, key=lambda d: _iso(d) or "")
+    dates = sorted(
+        {d for c in ("DateReleased", "MaxSubmissionTimestamp") for d in table[c].dropna()},
+        key=lambda d: _iso(d) or "",
+    )
     version = {d: i + 1 for i, d in enumerate(dates)}
     rows = []
     for record in table.to_dict("records"):
@@ -128,36 +168,50 @@ def write_idc_index(folder: str | Path, archive: SampleArchive | None = None) ->
         doi = record["DataDescriptionURI"]
         number = record["SeriesNumber"]
         size = record["FileSize"]
-        rows.append({
-            "collection_id": collection_id(record["Collection"]),
-            "analysis_result_id": None if record["ThirdPartyAnalysis"] != "YES" else "analysis",
-            "PatientID": record["PatientID"], "SeriesInstanceUID": uid,
-            "StudyInstanceUID": record["StudyInstanceUID"],
-            "source_DOI": doi.removeprefix("https://doi.org/") if isinstance(doi, str) else None,
-            "PatientAge": record["PatientAge"], "PatientSex": record["PatientSex"],
-            "StudyDate": _iso(record["StudyDate"]), "StudyDescription": record["StudyDesc"],
-            "BodyPartExamined": record["BodyPartExamined"], "Modality": record["Modality"],
-            **_header(archive, uid),
-            "Manufacturer": record["Manufacturer"],
-            "ManufacturerModelName": record["ManufacturerModelName"],
-            "SeriesDate": _iso(record["SeriesDate"]),
-            "SeriesDescription": record["SeriesDescription"],
-            "SeriesNumber": None if pd.isna(number) else str(int(number)),
-            "instanceCount": None if pd.isna(record["ImageCount"]) else int(record["ImageCount"]),
-            "license_short_name": _SHORT.get(record["LicenseName"], record["LicenseName"]),
-            "series_init_idc_version": version.get(record["DateReleased"]),
-            "series_revised_idc_version": version.get(record["MaxSubmissionTimestamp"]),
-            "aws_bucket": BUCKET, "crdc_series_uuid": crdc_series_uuid(uid),
-            "series_aws_url": series_aws_url(uid),
-            "series_size_MB": None if pd.isna(size) else int(size) / 1e6,
-        })
+        rows.append(
+            {
+                "collection_id": collection_id(record["Collection"]),
+                "analysis_result_id": None if record["ThirdPartyAnalysis"] != "YES" else "analysis",
+                "PatientID": record["PatientID"],
+                "SeriesInstanceUID": uid,
+                "StudyInstanceUID": record["StudyInstanceUID"],
+                "source_DOI": doi.removeprefix("https://doi.org/")
+                if isinstance(doi, str)
+                else None,
+                "PatientAge": record["PatientAge"],
+                "PatientSex": record["PatientSex"],
+                "StudyDate": _iso(record["StudyDate"]),
+                "StudyDescription": record["StudyDesc"],
+                "BodyPartExamined": record["BodyPartExamined"],
+                "Modality": record["Modality"],
+                **_header(archive, uid),
+                "Manufacturer": record["Manufacturer"],
+                "ManufacturerModelName": record["ManufacturerModelName"],
+                "SeriesDate": _iso(record["SeriesDate"]),
+                "SeriesDescription": record["SeriesDescription"],
+                "SeriesNumber": None if pd.isna(number) else str(int(number)),
+                "instanceCount": None
+                if pd.isna(record["ImageCount"])
+                else int(record["ImageCount"]),
+                "license_short_name": _SHORT.get(record["LicenseName"], record["LicenseName"]),
+                "series_init_idc_version": version.get(record["DateReleased"]),
+                "series_revised_idc_version": version.get(record["MaxSubmissionTimestamp"]),
+                "aws_bucket": BUCKET,
+                "crdc_series_uuid": crdc_series_uuid(uid),
+                "series_aws_url": series_aws_url(uid),
+                "series_size_MB": None if pd.isna(size) else int(size) / 1e6,
+            }
+        )
     schemas = index_schemas()
     pq.write_table(pa.Table.from_pylist(rows, schema=schemas[INDEX_FILE]), folder / INDEX_FILE)
-    pq.write_table(pa.Table.from_pylist(_collections(archive), schema=schemas[COLLECTIONS_FILE]),
-                   folder / COLLECTIONS_FILE)
+    pq.write_table(
+        pa.Table.from_pylist(_collections(archive), schema=schemas[COLLECTIONS_FILE]),
+        folder / COLLECTIONS_FILE,
+    )
     releases = [{"idc_version": v, "version_timestamp": _iso(d)} for d, v in version.items()]
-    pq.write_table(pa.Table.from_pylist(releases, schema=schemas[VERSIONS_FILE]),
-                   folder / VERSIONS_FILE)
+    pq.write_table(
+        pa.Table.from_pylist(releases, schema=schemas[VERSIONS_FILE]), folder / VERSIONS_FILE
+    )
     return folder
 
 
@@ -169,23 +223,38 @@ def _collections(archive: SampleArchive) -> list[dict[str, Any]]:
         info = archive.collection(name)
         species = rows["SpeciesDescription"].dropna().unique().tolist()
         modalities = ", ".join(sorted(rows["Modality"].dropna().unique()))
-        out.append({
-            "collection_name": name, "collection_id": collection_id(name),
-            "cancer_types": None, "tumor_locations": None,
-            "subjects": int(rows["PatientID"].nunique()),
-            "species": "Human" if species == ["Homo sapiens"] else None,
-            "sources": [{
-                "source_id": collection_id(name), "source_title": info.title,
-                "source_type": "original_data", "source_doi": info.doi,
-                "source_url": info.doi_url, "modalities": modalities,
-                "license": {"license_url": info.license_uri,
+        out.append(
+            {
+                "collection_name": name,
+                "collection_id": collection_id(name),
+                "cancer_types": None,
+                "tumor_locations": None,
+                "subjects": int(rows["PatientID"].nunique()),
+                "species": "Human" if species == ["Homo sapiens"] else None,
+                "sources": [
+                    {
+                        "source_id": collection_id(name),
+                        "source_title": info.title,
+                        "source_type": "original_data",
+                        "source_doi": info.doi,
+                        "source_url": info.doi_url,
+                        "modalities": modalities,
+                        "license": {
+                            "license_url": info.license_uri,
                             "license_long_name": info.license_name,
-                            "license_short_name": _SHORT.get(info.license_name)},
-                "citation": None, "provenance": None, "Access": "Public",
-                "ImageTypes": modalities,
-            }],
-            "supporting_data": None, "program_id": "community", "status": "Complete",
-            "updated": _iso(info.date_released), "description": description_text(
-                info.description),
-        })
+                            "license_short_name": _SHORT.get(info.license_name),
+                        },
+                        "citation": None,
+                        "provenance": None,
+                        "Access": "Public",
+                        "ImageTypes": modalities,
+                    }
+                ],
+                "supporting_data": None,
+                "program_id": "community",
+                "status": "Complete",
+                "updated": _iso(info.date_released),
+                "description": description_text(info.description),
+            }
+        )
     return out
