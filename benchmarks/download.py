@@ -1,22 +1,25 @@
-"""Series download: intake-tcia vs tcia_utils vs curl, from a slow, distant-looking archive.
+"""Series retrieval: intake-tcia vs tcia_utils vs curl (the transfer limit), side by side.
 
 The sample archive is seeded with synthetic CT series (``--series`` x ``--slices`` 512 x 512 int16
-slices, about 0.5 MB each) and served on loopback with a per-connection bandwidth cap and a latency
-before every answer, like a distant server. Each contender runs in its own fresh interpreter, with
-the same number of series at once (``--workers``):
+slices, about 0.5 MB each). Their getImage zips are recorded once, deflated as NBIA sends them,
+and replayed from disk (:mod:`_replay`) with a bandwidth cap per connection and a latency before
+every answer, like a distant server; the replay costs this machine next to no CPU. Each
+contender runs in its own fresh interpreter:
 
-* ``intake-tcia``: ``TCIAClient.download(uids, dest, workers=N)``: streamed to disk, every MD5
-  verified, published to the cache, hard-linked into the default folder layout.
+* ``curl``: ``curl --parallel --parallel-max N`` of the same getImage URLs to /dev/null (the
+  transfer limit; it neither inflates nor writes), and one getSingleImage for the first slice.
 * ``tcia_utils``: ``nbia.downloadSeries(uids, input_type="list", max_workers=N)``, its base URL
-  pointed at the sample archive by replacing ``nbia.setApiUrl`` (it only knows TCIA's hosts).
-  Holds each zip in memory; checks nothing.
-* ``curl``: one ``curl --parallel --parallel-immediate --parallel-max N`` of the same getImage
-  URLs to /dev/null: the transfer limit.
+  pointed at the replay server (it only knows TCIA's hosts). Holds each zip in memory, then
+  extracts it; checks nothing.
+* ``intake-tcia``: ``TCIAClient.download(uids, dest, workers=N)``: every zip unpacked while it
+  arrives, each file checked, hashed, verified against md5hashes.csv, published to the cache,
+  copied into the default folder layout. First slice: ``pydicom.dcmread(fs.open(path))`` on
+  ``tcia://`` for an instance of an uncached series.
 
-Reported: wall time, throughput (DICOM MB of the series per second), peak RSS (``VmHWM`` of the
-contender's process; curl's polled), and ratios. A second part measures intake-tcia's peak RSS on a
-small and a ~1 GB series (no bandwidth cap), with tcia_utils' for contrast (``--no-peers-big``
-skips it). Run: ``python benchmarks/download.py`` (about 3 minutes; ``--quick`` for a smaller run).
+Rows: the series all at once (``--workers`` connections), one series alone, the first slice,
+and peak RSS (``VmHWM`` of the contender's process; curl's polled), with ratios to curl and
+tcia_utils; then intake-tcia's peak RSS on a small and a big series (flat in series size). Run:
+``python benchmarks/download.py`` (about 4 minutes; ``--quick`` for a smaller run).
 """
 
 from __future__ import annotations
@@ -36,44 +39,44 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _measure import peak_rss_mb, print_table, run_contender  # noqa: E402
 
-CONTENDERS = ("intake-tcia", "tcia_utils", "curl")
+CONTENDERS = ("curl", "tcia_utils", "intake-tcia")
 _MB = 1e6
 
 
 # -- contenders (each runs in its own process) ----------------------------------------------------
 
 
-def _run_ours(api_url: str, uids: list[str], dest: Path, workers: int) -> dict[str, Any]:
+def _run_ours(args: argparse.Namespace, uids: list[str]) -> dict[str, Any]:
     from intake_tcia.client import TCIAClient
 
-    client = TCIAClient(api_url=api_url, nlst_api_url=api_url, cache_dir=dest / "cache")
+    dest = Path(args.dest)
+    client = TCIAClient(api_url=args.api_url, nlst_api_url=args.api_url, cache_dir=dest / "cache")
     start = time.perf_counter()
-    table = client.download(uids, dest / "files", workers=workers, progress=False)
+    table = client.download(uids, dest / "files", workers=args.workers, progress=False)
     seconds = time.perf_counter() - start
     assert (table["status"] == "downloaded").all(), table
-    return {"seconds": seconds, "files": int(table["files"].sum()),
-            "bytes": int(table["bytes"].sum())}
+    return {"seconds": seconds, "bytes": int(table["bytes"].sum())}
 
 
-def _run_tcia_utils(api_url: str, uids: list[str], dest: Path, workers: int) -> dict[str, Any]:
+def _run_tcia_utils(args: argparse.Namespace, uids: list[str]) -> dict[str, Any]:
     from tcia_utils import nbia
 
+    api_url = args.api_url
     nbia.setApiUrl = lambda endpoint, api_url_=None: api_url  # its hosts are hard-coded
     start = time.perf_counter()
-    nbia.downloadSeries(uids, input_type="list", path=str(dest), max_workers=workers)
+    nbia.downloadSeries(uids, input_type="list", path=args.dest, max_workers=args.workers)
     seconds = time.perf_counter() - start
-    files = [p for p in dest.rglob("*.dcm")]
-    return {"seconds": seconds, "files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+    files = list(Path(args.dest).rglob("*.dcm"))
+    return {"seconds": seconds, "bytes": sum(p.stat().st_size for p in files)}
 
 
-def _run_curl(api_url: str, uids: list[str], dest: Path, workers: int) -> dict[str, Any]:
+def _run_curl(args: argparse.Namespace, uids: list[str]) -> dict[str, Any]:
     import psutil
 
     command = ["curl", "-sS", "--fail", "--parallel", "--parallel-immediate",
-               "--parallel-max", str(workers),
-               "-w", "%{http_code} %{size_download}\\n"]
+               "--parallel-max", str(args.workers), "-w", "%{http_code} %{size_download}\\n"]
     for uid in uids:
-        url = f"{api_url}getImage?NewFileNames=Yes&IncludeMD5=Yes&SeriesInstanceUID={uid}"
+        url = f"{args.api_url}getImage?NewFileNames=Yes&IncludeMD5=Yes&SeriesInstanceUID={uid}"
         command += ["-o", "/dev/null", url]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -89,16 +92,54 @@ def _run_curl(api_url: str, uids: list[str], dest: Path, workers: int) -> dict[s
     lines = [line.split() for line in out.splitlines() if line.strip()]
     assert process.returncode == 0 and len(lines) == len(uids), out
     assert all(code == "200" for code, _ in lines), out
-    return {"seconds": seconds, "files": None, "wire_bytes": sum(int(n) for _, n in lines),
+    return {"seconds": seconds, "wire_bytes": sum(int(n) for _, n in lines),
             "child_rss_mb": peak / 2**20}
 
 
+def _first_slice_ours(args: argparse.Namespace, path: str) -> dict[str, Any]:
+    import pydicom
+
+    from intake_tcia.fs import TCIAFileSystem
+
+    start = time.perf_counter()
+    fs = TCIAFileSystem(api_url=args.api_url, nlst_api_url=args.api_url,
+                        cache_dir=str(Path(args.dest) / "cache"))
+    with fs.open(path) as f:
+        ds = pydicom.dcmread(f)
+    seconds = time.perf_counter() - start
+    assert ds.SOPInstanceUID == path.rsplit("/", 1)[-1][: -len(".dcm")]
+    return {"seconds": seconds}
+
+
+def _first_slice_curl(args: argparse.Namespace, path: str) -> dict[str, Any]:
+    series, sop = path.split("/")[-2], path.split("/")[-1][: -len(".dcm")]
+    url = f"{args.api_url}getSingleImage?SeriesInstanceUID={series}&SOPInstanceUID={sop}"
+    start = time.perf_counter()
+    subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", url], check=True)
+    return {"seconds": time.perf_counter() - start}
+
+
 _RUNNERS = {"intake-tcia": _run_ours, "tcia_utils": _run_tcia_utils, "curl": _run_curl}
+_FIRST_SLICE = {"intake-tcia": _first_slice_ours, "curl": _first_slice_curl}
+
+
+def _cpu_seconds() -> float:
+    """float: CPU time (user + system) of this process and its waited-for children so far."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _contender_main(args: argparse.Namespace) -> None:
-    uids = json.loads(Path(args.uids).read_text())
-    result = _RUNNERS[args.contender](args.api_url, uids, Path(args.dest), args.workers)
+    what = json.loads(Path(args.job).read_text())
+    before = _cpu_seconds()
+    if what["kind"] == "slice":
+        result = _FIRST_SLICE[args.contender](args, what["path"])
+    else:
+        result = _RUNNERS[args.contender](args, what["uids"])
+    result["cpu_s"] = _cpu_seconds() - before
     result["peak_rss_mb"] = result.pop("child_rss_mb", None) or peak_rss_mb()
     print(json.dumps(result))
 
@@ -106,93 +147,101 @@ def _contender_main(args: argparse.Namespace) -> None:
 # -- the driver -----------------------------------------------------------------------------------
 
 
-def _measure(name: str, api_url: str, uids: list[str], work: Path, workers: int) -> dict:
-    uid_file = work / "uids.json"
-    uid_file.write_text(json.dumps(uids))
+def _measure(name: str, api_url: str, job: dict[str, Any], work: Path, workers: int) -> dict:
+    job_file = work / "job.json"
+    job_file.write_text(json.dumps(job))
     dest = work / name.replace(" ", "_")
     dest.mkdir()
     try:
         return run_contender(__file__, [
-            "--contender", name, "--api-url", api_url, "--uids", str(uid_file),
+            "--contender", name, "--api-url", api_url, "--job", str(job_file),
             "--dest", str(dest), "--workers", str(workers),
         ])
     finally:
         shutil.rmtree(dest, ignore_errors=True)
 
 
-def _throughput_part(args: argparse.Namespace, server: Any, uids: list[str], dicom_bytes: int,
-                     work: Path) -> None:
-    server.faults.latency = args.latency
-    server.faults.bandwidth = args.bandwidth_mb * _MB
-    print(f"\n## {len(uids)} series, {dicom_bytes / _MB:,.0f} MB of DICOM; {args.workers} at once; "
-          f"{args.bandwidth_mb:g} MB/s per connection, {args.latency * 1000:g} ms latency\n")
-    best: dict[str, dict] = {}
-    for _ in range(args.repeat):
-        for name in CONTENDERS:
-            result = _measure(name, server.api_url, uids, work, args.workers)
-            if name in best and best[name]["seconds"] <= result["seconds"]:
-                continue
-            best[name] = result
-    rows = []
+def _best(name: str, api_url: str, job: dict[str, Any], work: Path, workers: int,
+          repeat: int) -> dict:
+    runs = [_measure(name, api_url, job, work, workers) for _ in range(repeat)]
+    return min(runs, key=lambda r: r["seconds"])
+
+
+def _row(label: str, results: dict[str, dict], key: str = "seconds") -> dict[str, Any]:
+    """One row of the side-by-side table; ratios are intake-tcia's figure over the others'."""
+    ours = results["intake-tcia"][key]
+    row: dict[str, Any] = {"measure": label}
     for name in CONTENDERS:
-        result = best[name]
-        if name != "curl":
-            assert result["bytes"] == dicom_bytes, (name, result["bytes"], dicom_bytes)
-        rows.append({
-            "contender": name,
-            "seconds": result["seconds"],
-            "MB/s": dicom_bytes / _MB / result["seconds"],
-            "peak RSS MB": result["peak_rss_mb"],
-            "vs curl": best["curl"]["seconds"] / result["seconds"],
-            "vs tcia_utils": best["tcia_utils"]["seconds"] / result["seconds"],
-        })
-    print_table(rows, ["contender", "seconds", "MB/s", "peak RSS MB", "vs curl", "vs tcia_utils"])
-    print(f"\n(curl moved {best['curl']['wire_bytes'] / _MB:,.0f} MB of zip; best of "
-          f"{args.repeat}; 'vs' = throughput ratio)")
-    server.faults.clear()
+        row[name] = results[name][key] if name in results else None
+    row["vs curl"] = ours / results["curl"][key]
+    row["vs tcia_utils"] = ours / results["tcia_utils"][key] if "tcia_utils" in results else None
+    return row
 
 
-def _memory_part(args: argparse.Namespace, server: Any, sizes: dict[str, str],
-                 work: Path) -> None:
-    print("\n## peak RSS by series size (one series, no bandwidth cap)\n")
+def _side_by_side(args: argparse.Namespace, replay: Any, uids: list[str], slice_path: str,
+                  sizes: dict[str, int], work: Path) -> None:
+    dicom = sum(sizes[u] for u in uids)
+    print(f"\n## {len(uids)} series, {dicom / _MB:,.0f} MB of DICOM in {args.zip_mb:,.0f} MB of "
+          f"zips; {args.bandwidth_mb:g} MB/s per connection, {args.latency * 1000:g} ms latency; "
+          f"best of {args.repeat}\n")
+    many = {n: _best(n, replay.api_url, {"kind": "series", "uids": uids}, work, args.workers,
+                     args.repeat) for n in CONTENDERS}
+    one = {n: _best(n, replay.api_url, {"kind": "series", "uids": uids[:1]}, work, 1,
+                    args.repeat) for n in CONTENDERS}
+    first = {n: _best(n, replay.api_url, {"kind": "slice", "path": slice_path}, work, 1,
+                      args.repeat) for n in _FIRST_SLICE}
+    for name in ("tcia_utils", "intake-tcia"):
+        assert many[name]["bytes"] == dicom, (name, many[name]["bytes"], dicom)
+    rows = [
+        _row(f"{len(uids)} series, {args.workers} at once (s)", many),
+        _row(f"one series, {sizes[uids[0]] / _MB:.0f} MB (s)", one),
+        _row("first slice of an uncached series (s)", first),
+        _row("peak RSS, download (MB)", many, "peak_rss_mb"),
+        _row(f"CPU time of the {len(uids)} series (s)", many, "cpu_s"),
+    ]
+    print_table(rows, ["measure", *CONTENDERS, "vs curl", "vs tcia_utils"])
+    print(f"\n(throughput of the {len(uids)} series: " + ", ".join(
+        f"{n} {dicom / _MB / many[n]['seconds']:,.0f} MB/s" for n in CONTENDERS) +
+        "; 'vs' = intake-tcia's figure / theirs; curl's first slice is one getSingleImage)")
+
+
+def _memory_part(args: argparse.Namespace, replay: Any, series: dict[str, str],
+                 sizes: dict[str, int], work: Path) -> None:
+    print("\n## intake-tcia's peak RSS by series size (one series, no bandwidth cap)\n")
+    replay.bandwidth = 1e12
     rows = []
-    table = server.archive.series.set_index("SeriesInstanceUID")
-    for label, uid in sizes.items():
-        size = int(table.loc[uid, "FileSize"])
-        contenders = ["intake-tcia"]
-        if args.peers_big:
-            contenders.append("tcia_utils")
-        for name in contenders:
-            result = _measure(name, server.api_url, [uid], work, 1)
-            rows.append({"series": label, "MB": size / _MB, "contender": name,
-                         "seconds": result["seconds"], "peak RSS MB": result["peak_rss_mb"]})
-    print_table(rows, ["series", "MB", "contender", "seconds", "peak RSS MB"])
+    for label, uid in series.items():
+        result = _measure("intake-tcia", replay.api_url, {"kind": "series", "uids": [uid]},
+                          work, 1)
+        rows.append({"series": label, "DICOM MB": sizes[uid] / _MB, "seconds": result["seconds"],
+                     "peak RSS MB": result["peak_rss_mb"]})
+    print_table(rows, ["series", "DICOM MB", "seconds", "peak RSS MB"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--series", type=int, default=16)
-    parser.add_argument("--slices", type=int, default=48, help="512 x 512 slices per series")
-    parser.add_argument("--workers", type=int, default=10)
-    parser.add_argument("--bandwidth-mb", type=float, default=3.0, help="MB/s per connection")
-    parser.add_argument("--latency", type=float, default=0.08, help="seconds before answers")
-    parser.add_argument("--big-slices", type=int, default=2000,
-                        help="slices of the big series (0: skip the memory part)")
+    parser.add_argument("--series", type=int, default=6)
+    parser.add_argument("--slices", type=int, default=200, help="512 x 512 slices per series")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--bandwidth-mb", type=float, default=25.0,
+                        help="MB/s per connection (25 = 200 Mbit/s)")
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds before answers")
+    parser.add_argument("--big-slices", type=int, default=600,
+                        help="slices of the big series of the memory part (0: skip it)")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--compression", default="stored", choices=["deflated", "stored"],
-                        help="zip compression of the server (deflating costs this machine's CPU)")
-    parser.add_argument("--no-peers-big", dest="peers_big", action="store_false")
-    parser.add_argument("--quick", action="store_true", help="4 series, a 200 MB big one")
+    parser.add_argument("--quick", action="store_true", help="3 series of 60 slices, once")
     parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--api-url", help=argparse.SUPPRESS)
-    parser.add_argument("--uids", help=argparse.SUPPRESS)
+    parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--dest", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.contender:
         _contender_main(args)
         return
     if args.quick:
-        args.series, args.big_slices, args.repeat = 4, 400, 1
+        args.series, args.slices, args.big_slices, args.repeat = 3, 60, 240, 1
+
+    from _replay import ReplayServer
 
     from intake_tcia.testing import ArchiveServer, SampleArchive
 
@@ -202,17 +251,27 @@ def main() -> None:
         start = time.perf_counter()
         uids = [archive.add_synthetic_series("Bench", f"BENCH-{i:03d}", args.slices, seed=i)
                 for i in range(args.series)]
-        sizes = {}
+        memory = {}
         if args.big_slices:
-            sizes["small"] = archive.add_synthetic_series("Bench", "SMALL", 48, seed=1000)
-            sizes["big"] = archive.add_synthetic_series("Bench", "BIG", args.big_slices, seed=1001)
-        table = archive.series.set_index("SeriesInstanceUID")
-        dicom_bytes = int(table.loc[uids, "FileSize"].sum())
-        print(f"archive built in {time.perf_counter() - start:.0f} s")
-        with ArchiveServer(archive, compression=args.compression) as server:
-            _throughput_part(args, server, uids, dicom_bytes, work)
-            if sizes:
-                _memory_part(args, server, sizes, work)
+            memory["small (48 slices)"] = archive.add_synthetic_series("Bench", "SMALL", 48,
+                                                                       seed=1000)
+            memory[f"big ({args.big_slices} slices)"] = archive.add_synthetic_series(
+                "Bench", "BIG", args.big_slices, seed=1001)
+        sizes = archive.series.set_index("SeriesInstanceUID")["FileSize"].astype(int).to_dict()
+        with ArchiveServer(archive, compression="deflated") as upstream:
+            replay = ReplayServer(upstream.api_url, work / "zips",
+                                  bandwidth=args.bandwidth_mb * _MB, latency=args.latency)
+            zips = {uid: replay.record(uid) for uid in [*uids, *memory.values()]}
+            args.zip_mb = sum(zips[u] for u in uids) / _MB
+            first_sop = sorted(sop for sop, _ in archive.instances(uids[0]))[0]
+            row = archive.series.set_index("SeriesInstanceUID").loc[uids[0]]
+            slice_path = (f"tcia://{row.Collection}/{row.PatientID}/{row.StudyInstanceUID}/"
+                          f"{uids[0]}/{first_sop}.dcm")
+            print(f"archive built and zips recorded in {time.perf_counter() - start:.0f} s")
+            with replay:
+                _side_by_side(args, replay, uids, slice_path, sizes, work)
+                if memory:
+                    _memory_part(args, replay, memory, sizes, work)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ Nothing else in the package talks HTTP. Each operation (a query, a series downlo
 draws from: 429 and 5xx answers (waiting as Retry-After says, up to ``max_backoff``), refused or
 timed-out connections, and bodies cut off mid-way. So an operation never makes more than
 ``1 + retries`` requests, whatever the mix of failures. Every failure leaves as a
-:class:`~intake_tcia.errors.TCIAError`; no requests or urllib3 exception escapes.
+:class:`~intake_tcia.errors.TCIAError` whose ``retryable`` flag says whether asking again may help;
+:meth:`RetryBudget.run` is the one loop that reads it, for single requests, whole answers and whole
+series downloads alike. No requests or urllib3 exception escapes.
 
 What cannot mend itself fails at once, unretried: an unknown host name, a refused connection to
 a host that has never answered (a mistyped URL, not a restarting server), a URL of another

@@ -214,13 +214,14 @@ def atomic_path(target: Path, *, suffix: str = ".tmp", durable: bool = False) ->
     try:
         yield temporary
         if durable:
-            _fsync_file(temporary)
+            fsync_file(temporary)
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a written file to disk."""
     fd = os.open(path, os.O_RDWR)
     try:
         os.fsync(fd)
@@ -230,8 +231,8 @@ def _fsync_file(path: Path) -> None:
 
 def copy_file(source: Path, target: Path) -> None:
     """Copy ``source`` to a new file ``target``: a reflink where the file system has them
-    (Linux FICLONE), else a plain copy. Never a hard link, so ``target`` can be edited without
-    changing ``source``."""
+    (Linux FICLONE), else a copy in the kernel (``copy_file_range``), else a plain copy. Never a
+    hard link, so ``target`` can be edited without changing ``source``."""
     with open(source, "rb") as src, open(target, "xb") as dst:
         try:
             import fcntl
@@ -240,6 +241,14 @@ def copy_file(source: Path, target: Path) -> None:
             return
         except (ImportError, OSError):
             pass
+        try:
+            while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
+                pass
+            return
+        except (AttributeError, OSError):  # not Linux, or a file system that cannot
+            src.seek(0)
+            dst.seek(0)
+            dst.truncate()
         shutil.copyfileobj(src, dst, 1 << 20)
 
 

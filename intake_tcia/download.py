@@ -37,7 +37,7 @@ from .cache import (
     stamped,
 )
 from .cache import write_record as _write_record
-from .errors import DownloadError, TCIAError, TCIAStorageError
+from .errors import DownloadError, storage_errors
 from .manifest import series_uid_values
 from .retrieval import LAYOUT_FIELDS, extract_series, fetch_series, plain, read_series
 
@@ -182,13 +182,8 @@ def _download_one(
             client, request.uid, metadata=request.metadata, progress=on_bytes, slots=slots
         )
         status = "cached" if request.cached is not None else "downloaded"
-        with client.cache.lock(request.uid):
-            try:
-                _place(series, request.path)
-            except OSError as exc:
-                if isinstance(exc, TCIAError):
-                    raise
-                raise TCIAStorageError.naming(request.uid, exc) from exc
+        with client.cache.lock(request.uid), storage_errors(request.uid):
+            _place(series, request.path)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row; the caller raises
         log.debug("series %s failed", request.uid, exc_info=True)
         bar.finish(request.uid)

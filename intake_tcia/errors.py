@@ -26,8 +26,9 @@ Every exception the package raises on purpose derives from :class:`TCIAError`, w
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
     "DownloadError",
     "TCIABackendError",
     "MissingDependencyError",
-    "RETRY_STATUSES",
 ]
 
 #: Statuses worth asking again: a request timeout, rate limiting and passing server trouble.
@@ -193,6 +193,18 @@ class TCIAStorageError(TCIAError, OSError):
         where = exc.filename or "the cache or destination"
         reason = exc.strerror or str(exc)
         return cls(exc.errno or 0, f"series {series_uid}: {reason}: {where}")
+
+
+@contextlib.contextmanager
+def storage_errors(series_uid: str) -> Iterator[None]:
+    """Raise a file-system failure in the block (not a TCIA error) as :class:`TCIAStorageError`
+    naming ``series_uid`` and the path."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, TCIAError):
+            raise
+        raise TCIAStorageError.naming(series_uid, exc) from exc
 
 
 class DownloadError(TCIAError):

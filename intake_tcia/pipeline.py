@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,8 +28,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .cache import LICENSE_NAME, CachedInstance, CachedSeries, SeriesCache
-from .errors import TCIAError, TCIAIntegrityError, TCIAStorageError, UnsafeArchiveError
+from ._dicomhead import header_uids
+from .cache import LICENSE_NAME, CachedInstance, CachedSeries, SeriesCache, fsync_file
+from .errors import TCIAIntegrityError, TCIAStorageError, UnsafeArchiveError, storage_errors
 from .members import name_problem
 
 __all__ = ["SeriesWriter", "SeriesFolder", "MD5_MEMBER"]
@@ -39,6 +39,8 @@ log = logging.getLogger("intake_tcia")
 
 #: The member of an NBIA zip listing every file's MD5 (``Filename,MD5Hash``); never a file.
 MD5_MEMBER = "md5hashes.csv"
+#: The first bytes of each file kept in memory, to check its header without reading it again.
+_HEAD = 1 << 16
 _flusher: ThreadPoolExecutor | None = None
 _flusher_lock = threading.Lock()
 
@@ -49,15 +51,7 @@ def _flush_later(path: Path) -> Future[None]:
     with _flusher_lock:
         if _flusher is None:
             _flusher = ThreadPoolExecutor(2, thread_name_prefix="intake-tcia-flush")
-    return _flusher.submit(_fsync, path)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return _flusher.submit(fsync_file, path)
 
 
 @dataclass
@@ -161,21 +155,19 @@ class SeriesFolder:
         path = self.folder / name
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
-        try:
-            with open(path, "xb") as sink:
-                for chunk in chunks:
-                    self._reserve(len(chunk))
-                    digest.update(chunk)
-                    sink.write(chunk)
-                    size += len(chunk)
-        except OSError as exc:
-            if isinstance(exc, TCIAError):
-                raise
-            raise TCIAStorageError.naming(self.series_uid, exc) from exc
+        head = b""
+        with storage_errors(self.series_uid), open(path, "xb") as sink:
+            for chunk in chunks:
+                self._reserve(len(chunk))
+                digest.update(chunk)
+                sink.write(chunk)
+                size += len(chunk)
+                if len(head) < _HEAD:
+                    head += chunk[: _HEAD - len(head)]
         md5 = digest.hexdigest()
         sop, problem = "", None
         if name != LICENSE_NAME:
-            sop, problem = _instance_problem(path, self.series_uid)
+            sop, problem = _instance_problem(path, head, size, self.series_uid)
         entry = _File(name, size, md5, sop, problem, _flush_later(path))
         with self._lock:
             self._files[name] = entry
@@ -295,6 +287,7 @@ class SeriesWriter(SeriesFolder):
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         self.cache = cache
+        self.series_uid = series_uid
         self.metadata = {k: str(v) for k, v in (metadata or {}).items() if v is not None}
         self._staging: Any = None
         self._pending = (series_uid, expected_count, size_limit)
@@ -332,7 +325,7 @@ class SeriesWriter(SeriesFolder):
             The series at its place in the cache.
         """
         series = self.complete()
-        try:
+        with storage_errors(self.series_uid):
             return self.cache.publish(
                 CachedSeries(
                     series.series_uid,
@@ -342,27 +335,19 @@ class SeriesWriter(SeriesFolder):
                     self.metadata,
                 )
             )
-        except OSError as exc:
-            if isinstance(exc, TCIAError):
-                raise
-            raise TCIAStorageError.naming(self.series_uid, exc) from exc
 
 
-def _instance_problem(path: Path, series_uid: str) -> tuple[str, str | None]:
+def _instance_problem(
+    path: Path, head: bytes, size: int, series_uid: str
+) -> tuple[str, str | None]:
     """A written file's (0008,0018) *SOP Instance UID* ("" when it has none), and why it is no
-    instance of the series (None when it is)."""
-    sop, series = _header_uids(path)
-    if not sop and not _has_dicom_prefix(path):
+    instance of the series (None when it is); ``head`` holds its first bytes."""
+    sop, series = header_uids(head, whole=size <= len(head)) or _header_uids(path)
+    if not sop and head[128:132] != b"DICM":  # no DICOM prefix (PS3.10 section 7.1)
         return "", "is not DICOM"
     if series and series != series_uid:
         return sop, f"is an instance of series {series}"
     return sop, None
-
-
-def _has_dicom_prefix(path: Path) -> bool:
-    """bool: the file starts with the 128-byte preamble and ``DICM`` (PS3.10 section 7.1)."""
-    with open(path, "rb") as f:
-        return f.read(132)[128:] == b"DICM"
 
 
 def _header_uids(path: Path) -> tuple[str, str]:

@@ -22,13 +22,7 @@ import pandas as pd
 
 from ._validate import validate_uid
 from .cache import CachedSeries
-from .errors import (
-    TCIAConnectionError,
-    TCIAError,
-    TCIAResponseError,
-    TCIAStorageError,
-    UnsafeArchiveError,
-)
+from .errors import TCIAConnectionError, TCIAResponseError, UnsafeArchiveError, storage_errors
 from .members import iter_members
 from .pipeline import MD5_MEMBER, SeriesFolder, SeriesWriter
 from .schema import SCHEMAS
@@ -111,39 +105,32 @@ def fetch_series(
     collection = collection or metadata.get("Collection")
     if collection:
         client.remember_host(uid, client.settings.host_for(collection))
-    try:
-        with cache.lock(uid):
-            found = cache.get(uid)  # another thread or process may have fetched it meanwhile
-            if found is not None:
-                return found
-            limit, count = _size_limit(client, uid, metadata)
-            keep = {k: v for k, v in metadata.items() if k in LAYOUT_FIELDS}
-            budget = client._transport.budget()  # statuses, resets and bad zips alike
-            deadline = time.monotonic() + client.settings.series_timeout  # retries included
-            counter = _Counter(progress or _ignore)
+    with storage_errors(uid), cache.lock(uid):
+        found = cache.get(uid)  # another thread or process may have fetched it meanwhile
+        if found is not None:
+            return found
+        limit, count = _size_limit(client, uid, metadata)
+        keep = {k: v for k, v in metadata.items() if k in LAYOUT_FIELDS}
+        budget = client._transport.budget()  # statuses, resets and bad zips alike
+        deadline = time.monotonic() + client.settings.series_timeout  # retries included
+        counter = _Counter(progress or _ignore)
 
-            def attempt() -> CachedSeries:
-                counter.take_back()  # what a failed attempt counted
-                with SeriesWriter(
-                    cache, uid, expected_count=count, size_limit=limit, metadata=keep
-                ) as writer:
-                    client.on_series_host(
-                        uid,
-                        lambda host: _receive(
-                            client, host, writer, limit, counter, budget, deadline
-                        ),
-                    )
-                    return writer.publish()
+        def attempt() -> CachedSeries:
+            counter.take_back()  # what a failed attempt counted
+            with SeriesWriter(
+                cache, uid, expected_count=count, size_limit=limit, metadata=keep
+            ) as writer:
+                client.on_series_host(
+                    uid,
+                    lambda host: _receive(client, host, writer, limit, counter, budget, deadline),
+                )
+                return writer.publish()
 
-            try:
-                return budget.run(attempt, deadline=deadline)
-            except BaseException:
-                counter.take_back()
-                raise
-    except OSError as exc:
-        if isinstance(exc, TCIAError):
+        try:
+            return budget.run(attempt, deadline=deadline)
+        except BaseException:
+            counter.take_back()
             raise
-        raise TCIAStorageError.naming(uid, exc) from exc
 
 
 def _receive(

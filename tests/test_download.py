@@ -88,6 +88,34 @@ def test_fetch_series_verifies_caches_and_keeps_the_license(
     assert server.count() == 0  # from the cache, by another client, with no request
 
 
+def test_files_appear_in_staging_while_the_zip_is_still_arriving(
+    server: ArchiveServer, client: TCIAClient, ct_uid: str
+) -> None:
+    import threading
+
+    client.fetch_series(ct_uid)
+    wire = [r for r in server.requests if r.endpoint == "getImage"][-1].bytes_sent
+    client.cache.remove(ct_uid)
+    server.clear_log()
+    server.faults.add("stall", endpoint="getImage", series=ct_uid, after_bytes=wire // 2,
+                      seconds=4)
+    done: list[object] = []
+    fetching = threading.Thread(target=lambda: done.append(client.fetch_series(ct_uid)))
+    fetching.start()
+    staged: list[Path] = []
+    give_up = time.monotonic() + 3
+    while not staged and time.monotonic() < give_up:
+        staged = sorted((client.cache_dir / "staging").glob("*/series/*.dcm"))
+        time.sleep(0.02)
+    sent = server.requests[-1].bytes_sent  # the server is stalled half way
+    published = client.cache.get(ct_uid)
+    fetching.join(30)
+    assert staged and len(staged) < 10  # some files are written, not all of them
+    assert sent == wire // 2 < wire
+    assert published is None  # nothing is published before the whole zip is verified
+    assert len(done[0].instances) == 10 and server.count("getImage") == 1
+
+
 @pytest.mark.parametrize("code", [429, 500, 503])
 def test_error_statuses_are_retried(
     server: ArchiveServer, client: TCIAClient, ct_uid: str, code: int
