@@ -23,9 +23,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
-import secrets
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -38,12 +36,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ._validate import validate_uid
-from .cache import CachedSeries
+from .cache import CachedSeries, atomic_path
 from .errors import (
     TCIAConnectionError,
     TCIAIntegrityError,
     TCIANotFoundError,
     TCIAResponseError,
+    storage_errors,
 )
 
 if TYPE_CHECKING:
@@ -245,15 +244,12 @@ def _saved_listing(client: TCIAClient, series_uid: str) -> tuple[IDCLocation, li
 
 def _save_listing(client: TCIAClient, where: IDCLocation, objects: list[IDCObject]) -> None:
     path = _listing_path(client, where.series_uid)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     record = {"version": _LISTING_VERSION, "series_uid": where.series_uid,
               "location": asdict(where), "objects": [asdict(o) for o in objects]}
-    try:
-        temporary.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with storage_errors(where.series_uid):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as temporary:
+            temporary.write_text(json.dumps(record), encoding="utf-8")
 
 
 def instances(client: TCIAClient, series_uid: str) -> list[IDCObject]:

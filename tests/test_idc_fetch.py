@@ -23,7 +23,7 @@ from intake_tcia.cli import main
 from intake_tcia.client import TCIAClient
 from intake_tcia.errors import TCIAHTTPError, TCIAIntegrityError, TCIANotFoundError
 from intake_tcia.fs import TCIAFileSystem
-from intake_tcia.idc_index import IDCFallbackWarning
+from intake_tcia.idc_queries import IDCFallbackWarning
 from intake_tcia.sources import TCIASeriesSource
 from intake_tcia.testing import ArchiveServer, IDCBucketServer
 
