@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         settings = {**server.environ, **bucket.environ, "INTAKE_TCIA_IDC_INDEX": str(index)}
         for variable, value in settings.items():
             print(f"export {variable}={value}")
-        print("Ctrl-C to stop", flush=True)
-        try:
+        try:  # a Ctrl-C may come as soon as this line is out
+            print("Ctrl-C to stop", flush=True)
             threading.Event().wait()
         except KeyboardInterrupt:
             print("stopped")
