@@ -299,6 +299,7 @@ class Transport:
         params: Mapping[str, str] | None,
         data: Mapping[str, str] | None,
         budget: RetryBudget,
+        headers: Mapping[str, str] | None = None,
     ) -> requests.Response:
         """One answer with a status below 400, retrying what is worth retrying on ``budget``."""
         if self.route is not None:
@@ -306,7 +307,7 @@ class Transport:
 
         def once() -> requests.Response:
             try:
-                response = self._follow(method, url, params, data)
+                response = self._follow(method, url, params, data, headers)
             except requests.RequestException as exc:
                 raise self._connection_error(exc, url, params) from exc
             if response.status_code >= 400:
@@ -321,14 +322,15 @@ class Transport:
         url: str,
         params: Mapping[str, str] | None,
         data: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None = None,
     ) -> requests.Response:
         """One answer that is no redirect: redirects are followed here, each hop a new request
         (so credentials are chosen for its own URL), at most :data:`MAX_REDIRECTS`."""
         first = url
         for _ in range(MAX_REDIRECTS + 1):
             response = self.session.request(
-                method, url, params=params, data=data, stream=True, timeout=self.timeout,
-                allow_redirects=False,
+                method, url, params=params, data=data, headers=headers, stream=True,
+                timeout=self.timeout, allow_redirects=False,
             )
             self._answered.add(_origin(url))
             if not response.headers:
@@ -387,14 +389,17 @@ class Transport:
         params: Mapping[str, str] | None = None,
         *,
         budget: RetryBudget | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Iterator[requests.Response]:
         """Open a GET whose body is read by the caller (:meth:`iter_body`); closed on exit.
+
+        ``headers`` are sent with it (a ``Range`` for part of an object).
 
         Errors in the body itself (a reset, a short read) surface as
         :class:`TCIAConnectionError` from :meth:`iter_body`; a caller that retries them spends
         the same ``budget`` it passed here.
         """
-        response = self._send("GET", url, params, None, budget or self.budget())
+        response = self._send("GET", url, params, None, budget or self.budget(), headers)
         try:
             yield response
         finally:

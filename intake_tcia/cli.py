@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from ._validate import validate_uid
+from .config import BACKENDS
 from .errors import TCIAError
 
 if TYPE_CHECKING:
@@ -249,6 +250,14 @@ def _connection_options() -> argparse.ArgumentParser:
     group.add_argument("--api-url", metavar="URL", help="base URL of the NBIA v4 API")
     group.add_argument("--nlst-api-url", metavar="URL", help="base URL of the NLST host")
     group.add_argument("--cache-dir", type=Path, metavar="DIR", help="the series cache")
+    group.add_argument("--backend", choices=BACKENDS,
+                       help="where data comes from: NBIA, the Imaging Data Commons (a local "
+                       "index and public buckets) or auto (NBIA, with IDC for series files it "
+                       "lists with the same count and as the fallback; the default)")
+    group.add_argument("--idc-url", metavar="URL",
+                       help="the S3 endpoint of IDC's buckets (default https://s3.amazonaws.com)")
+    group.add_argument("--idc-index", type=Path, metavar="DIR",
+                       help="a folder laid out like idc-index-data (default: that package's)")
     group.add_argument("-v", "--verbose", action="store_true",
                        help="print retries and other progress messages on stderr")
     return parent
@@ -318,7 +327,8 @@ def _client(args: argparse.Namespace) -> TCIAClient:
     from .client import TCIAClient
 
     return TCIAClient(**{key: getattr(args, key, None)
-                         for key in ("api_url", "nlst_api_url", "cache_dir", "datacite_url")})
+                         for key in ("api_url", "nlst_api_url", "cache_dir", "datacite_url",
+                                     "backend", "idc_url", "idc_index")})
 
 
 def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, str]:

@@ -39,6 +39,7 @@ from ._auth import auth_for
 from ._http import Transport
 from ._jsonframe import JSONFrame
 from ._validate import format_query_date, validate_date, validate_text, validate_uid
+from .backends import on_files_backend
 from .cache import CachedSeries, SeriesCache
 from .config import Settings
 from .download import DEFAULT_LAYOUT
@@ -559,17 +560,39 @@ class TCIAClient:
         return {k: int(frame.loc[0, k]) for k in ("TotalSizeInBytes", "ObjectCount")}
 
     def sop_instance_uids(self, series_uid: str, *, collection: str | None = None) -> list[str]:
-        """The SOPInstanceUIDs of one series' instances (``collection`` routes, as above)."""
+        """The SOPInstanceUIDs of one series' instances (``collection`` routes, as above); on
+        IDC, read from the first bytes of each object, once (kept in the cache directory)."""
         uid = validate_uid(series_uid, "series_uid")
-        frame = self._query(
-            "getSOPInstanceUIDs", {"SeriesInstanceUID": uid}, collection=collection, uid=uid
-        )
-        return frame["SOPInstanceUID"].dropna().tolist()
+
+        def nbia() -> list[str]:
+            frame = self._query(
+                "getSOPInstanceUIDs", {"SeriesInstanceUID": uid}, collection=collection, uid=uid
+            )
+            return frame["SOPInstanceUID"].dropna().tolist()
+
+        def idc() -> list[str]:
+            from .idc_fetch import instances
+
+            return [str(o.sop_instance_uid) for o in instances(self, uid)]
+
+        return on_files_backend(self, nbia, idc)
 
     def dicom_tags(self, series_uid: str, *, collection: str | None = None) -> pd.DataFrame:
-        """The DICOM header of one instance of a series: element, name, data."""
+        """The DICOM header of one instance of a series: element, name, data (on IDC, read from
+        the first bytes of one object)."""
         uid = validate_uid(series_uid, "series_uid")
-        return self._query("getDicomTags", {"SeriesUID": uid}, collection=collection, uid=uid)
+
+        def idc() -> pd.DataFrame:
+            from .idc_fetch import read_header, tag_rows
+
+            return frame_from_records(tag_rows(read_header(self, uid)), SCHEMAS["getDicomTags"])
+
+        return on_files_backend(
+            self,
+            lambda: self._query("getDicomTags", {"SeriesUID": uid}, collection=collection,
+                                uid=uid),
+            idc,
+        )
 
     def value_counts(
         self,
@@ -602,7 +625,8 @@ class TCIAClient:
     def single_image(
         self, series_uid: str, sop_instance_uid: str, *, collection: str | None = None
     ) -> bytes:
-        """The bytes of one DICOM instance (getSingleImage), with no use of the cache."""
+        """The bytes of one DICOM instance (getSingleImage, or one GET of its IDC object), with
+        no use of the series cache."""
         params = {
             "SeriesInstanceUID": validate_uid(series_uid, "series_uid"),
             "SOPInstanceUID": validate_uid(sop_instance_uid, "sop_instance_uid"),
@@ -611,7 +635,17 @@ class TCIAClient:
         def fetch(host: str) -> bytes:
             return bytes(self._transport.fetch("GET", host + "getSingleImage", params=params)[0])
 
-        return self.on_series_host(params["SeriesInstanceUID"], fetch, collection=collection)
+        def idc() -> bytes:
+            from .idc_fetch import read_instance
+
+            return read_instance(self, params["SeriesInstanceUID"], params["SOPInstanceUID"])
+
+        return on_files_backend(
+            self,
+            lambda: self.on_series_host(params["SeriesInstanceUID"], fetch,
+                                        collection=collection),
+            idc,
+        )
 
     @property
     def cache(self) -> SeriesCache:
@@ -619,9 +653,9 @@ class TCIAClient:
         return SeriesCache(self.cache_dir)
 
     def fetch_series(self, series_uid: str, *, collection: str | None = None) -> CachedSeries:
-        """One series from the cache, else downloaded, verified and cached (see
-        :func:`intake_tcia.download.fetch_series`)."""
-        from .download import fetch_series
+        """One series from the cache, else downloaded, verified and cached, from NBIA or IDC as
+        ``settings.backend`` says (see :func:`intake_tcia.backends.fetch_series`)."""
+        from .backends import fetch_series
 
         return fetch_series(self, series_uid, collection=collection)
 

@@ -2,7 +2,9 @@
 
 The tour starts :class:`~intake_tcia.testing.ArchiveServer` in this process (no network), then
 shows each layer in turn: the collections, a series query as a DataFrame, the lazy catalog down
-to one series, that series as a volume, and a PNG of its middle slice.
+to one series, that series as a volume, and a PNG of its middle slice. On the sample archive it
+then fetches the same series the Imaging Data Commons way (the sample IDC bucket and index,
+``backend="idc"``) and checks that both backends gave the same voxels.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def run_demo(
     import_optional("PIL.Image", "demo", "the demo's PNG")  # fail before any work
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
+        server = None
         if api_url is None:
             from .testing import ArchiveServer
 
@@ -84,7 +87,8 @@ def run_demo(
             cache_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="intake-tcia-"))
             echo(f"Series are cached in {cache_dir} (temporary).")
         client = stack.enter_context(
-            TCIAClient(api_url=api_url, nlst_api_url=nlst_api_url, cache_dir=cache_dir)
+            TCIAClient(api_url=api_url, nlst_api_url=nlst_api_url, cache_dir=cache_dir,
+                       backend="nbia" if server is not None else None)
         )
         _section(echo, "1. Collections", "client.collections()")
         echo(client.collections().to_string(index=False))
@@ -98,6 +102,8 @@ def run_demo(
         _section(echo, "5. A picture", f"the middle slice, k = {middle} "
                  f"({volume.positions[middle]:.1f} mm along the slice normal)")
         echo(f"Saved {path}")
+        if server is not None:
+            _from_idc(stack, server, row, volume, echo)
     echo(f"\nTour done in {time.perf_counter() - started:.1f} s.")
     return path
 
@@ -147,6 +153,36 @@ def _volume(source: Any, echo: Callable[[str], Any]) -> Any:
     echo(f"shape (z, y, x) {volume.shape}, spacing ({spacing}) mm, values "
          f"{volume.array.min()} .. {volume.array.max()} ({volume.dtype})")
     return volume
+
+
+def _from_idc(stack: contextlib.ExitStack, server: Any, row: pd.Series, volume: Any,
+              echo: Callable[[str], Any]) -> None:
+    """The same series from the sample archive's IDC bucket and index (``backend="idc"``)."""
+    import numpy as np
+
+    from .client import TCIAClient
+    from .testing import IDCBucketServer, write_idc_index
+    from .volume import volume_from_datasets
+
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="intake-tcia-idc-")))
+    bucket = stack.enter_context(IDCBucketServer(server.archive))
+    index = write_idc_index(folder / "idc-index", server.archive)
+    echo(f"\nThe sample archive's IDC bucket is serving at {bucket.url}{bucket.bucket}, its index "
+         f"is {index}.")
+    uid = row["SeriesInstanceUID"]
+    _section(echo, "6. The same series from IDC",
+             f"TCIAClient(backend='idc', idc_url=..., idc_index=...).read_series({uid!r})")
+    client = stack.enter_context(TCIAClient(backend="idc", idc_url=bucket.url, idc_index=index,
+                                            cache_dir=folder / "cache"))
+    started = time.perf_counter()
+    again = volume_from_datasets(client.read_series(uid))
+    echo(f"{bucket.count('ListObjectsV2')} listing, {bucket.count('GetObject')} GETs of "
+         f"{row['ImageCount']} objects in {time.perf_counter() - started:.2f} s, every MD5 = "
+         "its ETag")
+    same = again.shape == volume.shape and np.array_equal(again.array, volume.array)
+    echo(f"same voxels as from NBIA: {same}")
+    if not same:
+        raise AssertionError(f"series {uid}: IDC and NBIA gave different voxels")
 
 
 def _client_options(client: TCIAClient) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from . import backends
 from ._validate import is_reserved_name, validate_uid
 from .cache import (
     LICENSE_NAME,
@@ -118,11 +119,16 @@ def download(
         except ValueError as exc:  # e.g. a symbolic link of the user's leads out: this series only
             request.problem = str(exc)
     _refuse_shared_folders(requests, layout)
+    backends.locate_ahead(client, [r.uid for r in requests if r.cached is None])  # one scan
+    backends.import_readers()
 
     bar = _ProgressBar(progress, requests)
-    try:  # `workers` zips arrive at once, each unpacked as it arrives
+    # `workers` zips arrive at once, each unpacked as it arrives; or, from IDC, `workers`
+    # objects at once in all, whatever their series
+    slots = threading.Semaphore(workers)
+    try:
         with ThreadPoolExecutor(max_workers=min(workers, len(requests))) as pool:
-            futures = [pool.submit(_download_one, client, r, bar) for r in requests]
+            futures = [pool.submit(_download_one, client, r, bar, slots) for r in requests]
             try:
                 rows = [f.result() for f in futures]
             except BaseException:
@@ -152,7 +158,9 @@ def _results_table(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
     )
 
 
-def _download_one(client: TCIAClient, request: _Request, bar: _ProgressBar) -> tuple[Any, ...]:
+def _download_one(
+    client: TCIAClient, request: _Request, bar: _ProgressBar, slots: threading.Semaphore
+) -> tuple[Any, ...]:
     """One status row: the series made complete in its folder, or the reason it failed."""
     if request.problem is not None or request.path is None:
         bar.finish(request.uid)
@@ -170,8 +178,8 @@ def _download_one(client: TCIAClient, request: _Request, bar: _ProgressBar) -> t
         bar.advance(request.uid, received[0])
 
     try:
-        series = request.cached or fetch_series(
-            client, request.uid, metadata=request.metadata, progress=on_bytes
+        series = request.cached or backends.fetch_series(
+            client, request.uid, metadata=request.metadata, progress=on_bytes, slots=slots
         )
         status = "cached" if request.cached is not None else "downloaded"
         with client.cache.read_lock(request.uid), storage_errors(request.uid, request.path):

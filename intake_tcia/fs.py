@@ -26,7 +26,6 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -472,13 +471,13 @@ def _uids_only(values: list[str], series_uid: str) -> list[str]:
 
 
 def _checked(data: bytes, sop_uid: str) -> bytes:
-    """``data`` if it is the DICOM instance ``sop_uid``, else TCIAIntegrityError."""
-    import pydicom
+    """``data`` if it is the DICOM instance ``sop_uid``, else TCIAIntegrityError (only the
+    header up to the SOPInstanceUID is parsed)."""
+    from .idc_fetch import sop_instance_uid_of
 
-    try:
-        found = pydicom.dcmread(BytesIO(data), stop_before_pixels=True).get("SOPInstanceUID")
-    except Exception as exc:  # pydicom raises many types on garbage
-        raise TCIAIntegrityError(f"getSingleImage for {sop_uid} did not answer DICOM") from exc
+    found = sop_instance_uid_of(data)
+    if found is None:
+        raise TCIAIntegrityError(f"getSingleImage for {sop_uid} did not answer DICOM")
     if found != sop_uid:
         raise TCIAIntegrityError(f"getSingleImage for {sop_uid} answered instance {found}")
     return data

@@ -289,5 +289,5 @@ def read_series(
 
     from .volume import sort_slices_by_position
 
-    series = fetch_series(client, series_uid, collection=collection)
+    series = client.fetch_series(series_uid, collection=collection)  # from NBIA or IDC
     return sort_slices_by_position(pydicom.dcmread(path) for path in series.files)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from intake_tcia.testing import ArchiveServer
+from intake_tcia.testing import ArchiveServer, IDCBucketServer
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +47,22 @@ def env(server: ArchiveServer, tmp_cache: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("INTAKE_TCIA_NLST_API_URL", server.nlst_api_url)
     monkeypatch.setenv("INTAKE_TCIA_CACHE_DIR", str(tmp_cache))
     return server
+
+
+@pytest.fixture(scope="session")
+def idc_bucket_server(archive_server: ArchiveServer) -> Iterator[IDCBucketServer]:
+    """The sample archive's instances in a loopback S3 bucket (IDC's keys), for the whole run."""
+    with IDCBucketServer(archive_server.archive) as bucket:
+        yield bucket
+
+
+@pytest.fixture
+def bucket(idc_bucket_server: IDCBucketServer) -> Iterator[IDCBucketServer]:
+    """The session's bucket with no faults, S3's page size and an empty request log."""
+    idc_bucket_server.reset()
+    idc_bucket_server.sync()
+    yield idc_bucket_server
+    idc_bucket_server.reset()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The offline sample archive: a real NBIA v4 server on loopback, serving pydicom's DICOM files.
+"""The offline sample archive: a real NBIA v4 server on loopback, serving pydicom's DICOM files,
+and the same files the IDC way (:class:`IDCBucketServer`, a loopback S3 bucket).
 
 >>> from intake_tcia.testing import ArchiveServer
 >>> with ArchiveServer() as server:                    # doctest: +SKIP
@@ -9,6 +10,7 @@ Run it by hand with ``python -m intake_tcia.testing --port 8080``.
 
 from .builder import COLLECTIONS, CollectionInfo, SampleArchive
 from .faults import KINDS, Fault, FaultPlan
+from .idc_bucket import IDCBucketServer, S3FaultPlan
 from .idc_index import write_idc_index
 from .seeding import idc_series_table
 from .server import ArchiveServer, RequestRecord
@@ -20,7 +22,9 @@ __all__ = [
     "CollectionInfo",
     "Fault",
     "FaultPlan",
+    "IDCBucketServer",
     "RequestRecord",
+    "S3FaultPlan",
     "SampleArchive",
     "idc_series_table",
     "write_idc_index",

@@ -77,9 +77,7 @@ class Fault:
     times: int = 1
 
     def matches(self, host: str, endpoint: str, series: str | None) -> bool:
-        """Whether this fault applies to a request."""
-        if self.kind in ZIP_KINDS and endpoint not in ZIP_ENDPOINTS:
-            return False
+        """Whether this fault applies to a request (endpoint, series and host filters)."""
         return (
             (self.endpoint is None or self.endpoint == endpoint)
             and (self.series is None or self.series == series)
@@ -90,13 +88,23 @@ class Fault:
 class FaultPlan:
     """The faults a server injects (thread-safe).
 
+    Subclasses for other servers set :attr:`kinds` and :attr:`only_on` (the S3 bucket of
+    :mod:`intake_tcia.testing.idc_bucket` does).
+
     Attributes
     ----------
+    kinds : tuple of str
+        The kinds this plan knows (:data:`KINDS`).
+    only_on : dict of str to tuple of str
+        Kinds that apply only to some endpoints (the zip kinds: getImage, getImageWithMD5Hash).
     latency : float
         Seconds slept before every answer.
     bandwidth : float or None
         Cap on body bytes per second, per connection.
     """
+
+    kinds: tuple[str, ...] = KINDS
+    only_on: dict[str, tuple[str, ...]] = dict.fromkeys(ZIP_KINDS, ZIP_ENDPOINTS)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -132,8 +140,8 @@ class FaultPlan:
         -------
         Fault
         """
-        if kind not in KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {KINDS}")
+        if kind not in self.kinds:
+            raise ValueError(f"unknown fault kind {kind!r}; expected one of {self.kinds}")
         if times < 1:
             raise ValueError(f"times must be at least 1, got {times}")
         fault = Fault(kind, dict(params), endpoint, series, host, times)
@@ -155,9 +163,10 @@ class FaultPlan:
         504. Zip kinds drawn for a query endpoint leave that request alone.
         """
         kinds = tuple(kinds)
-        unknown = set(kinds) - set(KINDS)
+        unknown = set(kinds) - set(self.kinds)
         if unknown or not kinds:
-            raise ValueError(f"unknown fault kinds {sorted(unknown)}; expected some of {KINDS}")
+            raise ValueError(
+                f"unknown fault kinds {sorted(unknown)}; expected some of {self.kinds}")
         if not 0 <= rate <= 1:
             raise ValueError(f"rate must be within [0, 1], got {rate}")
         with self._lock:
@@ -181,7 +190,7 @@ class FaultPlan:
         """Return the fault for one request (using up a one-shot), or None."""
         with self._lock:
             for fault in self._faults:
-                if fault.matches(host, endpoint, series):
+                if self._applies(fault, host, endpoint, series):
                     fault.times -= 1
                     if fault.times == 0:
                         self._faults.remove(fault)
@@ -194,4 +203,9 @@ class FaultPlan:
             kind = rng.choice(kinds)
             params = {"code": rng.choice(_RANDOM_STATUS_CODES)} if kind == "status" else {}
         fault = Fault(kind, params, endpoint, series, host)
-        return fault if fault.matches(host, endpoint, series) else None
+        return fault if self._applies(fault, host, endpoint, series) else None
+
+    def _applies(self, fault: Fault, host: str, endpoint: str, series: str | None) -> bool:
+        if endpoint not in self.only_on.get(fault.kind, (endpoint,)):
+            return False
+        return fault.matches(host, endpoint, series)

@@ -1,0 +1,559 @@
+"""IDC retrieval: a series' instances from the Imaging Data Commons bucket, object by object.
+
+IDC keeps each instance as its own object, ``s3://<aws_bucket>/<crdc_series_uuid>/<uuid>.dcm``
+(design.md, "Two backends"). Everything here goes through the package's one transport
+(:mod:`intake_tcia._http`), anonymously, path style on ``settings.idc_url``:
+
+* :func:`list_objects`: ListObjectsV2 of the series' prefix, page after page.
+* :func:`fetch_series`: every object GET in parallel on pooled connections, all within one
+  :class:`~intake_tcia._http.RetryBudget` and the series' deadline; the object count must be
+  the index's ``instanceCount``, each body its listed size and, where the ETag is a plain MD5,
+  that MD5; each file DICOM of the series. The files are written, verified and published into
+  the series cache by :class:`~intake_tcia.pipeline.SeriesWriter`, the same cache NBIA
+  downloads go to.
+* :func:`instances`: the SOPInstanceUID of every object, from ranged reads of the first bytes
+  of each (kept in ``{cache_dir}/idc/{SeriesInstanceUID}.json``, so a series is listed once).
+* :func:`read_instance` and :func:`read_header`: one instance's bytes (one GET, verified), or
+  one header (a ranged read) of a series that is not in the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from ._validate import validate_uid
+from .cache import CachedSeries, atomic_path
+from .errors import (
+    TCIAConnectionError,
+    TCIAIntegrityError,
+    TCIANotFoundError,
+    TCIAResponseError,
+    storage_errors,
+)
+
+if TYPE_CHECKING:
+    import pydicom
+
+    from ._http import RetryBudget
+    from .client import TCIAClient
+
+__all__ = [
+    "IDCLocation",
+    "IDCObject",
+    "locate",
+    "list_objects",
+    "instances",
+    "fetch_series",
+    "read_instance",
+    "read_header",
+    "sop_instance_uid_of",
+    "tag_rows",
+]
+
+log = logging.getLogger("intake_tcia")
+
+#: Where the listing and instance UIDs of IDC series are kept, under the cache directory.
+LISTINGS_DIR = "idc"
+_S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+_PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
+#: Bytes of an object read first for its header; grown (x16) until the header is in them.
+_HEAD_BYTES = 16 * 1024
+_GET_CHUNK = 1 << 18
+_LISTING_VERSION = 1
+_PIXEL_DATA_LE = b"\xe0\x7f\x10\x00"  # (7FE0,0010) in little-endian byte order
+
+
+@dataclass(frozen=True)
+class IDCLocation:
+    """Where IDC keeps a series.
+
+    Attributes
+    ----------
+    series_uid : str
+        The SeriesInstanceUID.
+    bucket : str
+        ``aws_bucket`` (``idc-open-data``).
+    prefix : str
+        ``<crdc_series_uuid>/``, the folder of its objects.
+    instance_count : int or None
+        The index's ``instanceCount``.
+    collection : str or None
+        TCIA's collection name.
+    """
+
+    series_uid: str
+    bucket: str
+    prefix: str
+    instance_count: int | None = None
+    collection: str | None = None
+
+
+@dataclass(frozen=True)
+class IDCObject:
+    """One object of a series: its key, size, MD5 (from a plain-MD5 ETag, else None) and, once
+    its header has been read, its SOPInstanceUID."""
+
+    key: str
+    size: int
+    md5: str | None
+    sop_instance_uid: str | None = None
+
+    @property
+    def name(self) -> str:
+        """str: the file name the object gets in the cache (the key's last part)."""
+        return self.key.rpartition("/")[2]
+
+
+def locate(client: TCIAClient, series_uids: Iterable[str]) -> dict[str, IDCLocation]:
+    """The IDC locations of the series the index lists (one index scan for all of them).
+
+    Returns
+    -------
+    dict of str to IDCLocation
+        Unknown series are left out.
+    """
+    frame = client.idc_index.series_locations(series_uids)
+    found = {}
+    for row in frame.to_dict("records"):
+        count = row.get("instanceCount")
+        found[row["SeriesInstanceUID"]] = IDCLocation(
+            row["SeriesInstanceUID"], str(row["aws_bucket"]), f"{row['crdc_series_uuid']}/",
+            None if count is None or count != count else int(count), row.get("Collection"),
+        )
+    return found
+
+
+def _located(client: TCIAClient, series_uid: str) -> IDCLocation:
+    found = locate(client, [series_uid]).get(series_uid)
+    if found is None:
+        raise TCIANotFoundError(404, f"the IDC index does not list series {series_uid}",
+                                str(client.idc_index.folder))
+    return found
+
+
+def _object_url(client: TCIAClient, bucket: str, key: str) -> str:
+    return f"{client.settings.idc_url}{quote(bucket)}/{quote(key)}"
+
+
+# -- listing --------------------------------------------------------------------------------------
+
+
+def list_objects(
+    client: TCIAClient, where: IDCLocation, *, budget: RetryBudget | None = None,
+    max_keys: int | None = None,
+) -> list[IDCObject]:
+    """The objects under a series' prefix (ListObjectsV2, every page), sorted by key.
+
+    ``max_keys`` stops after that many (one page asking for only them).
+    """
+    transport = client._transport
+    budget = budget or transport.budget()
+    url = f"{client.settings.idc_url}{quote(where.bucket)}"
+    found: list[IDCObject] = []
+    token = None
+    tokens: set[str] = set()
+    while True:
+        params = {"list-type": "2", "prefix": where.prefix}
+        if max_keys is not None:
+            params["max-keys"] = str(max_keys - len(found))
+        if token:
+            params["continuation-token"] = token
+        try:
+            root = ET.fromstring(bytes(_read_all(client, url, params, budget)))
+            page = _page(root, where)
+        except (ET.ParseError, ValueError) as exc:
+            raise TCIAResponseError(f"{url}: not a ListObjectsV2 answer ({exc})") from exc
+        found += page
+        token = root.findtext(f"{_S3}NextContinuationToken")
+        truncated = (root.findtext(f"{_S3}IsTruncated") or "").lower() == "true"
+        if not (truncated and token) or (max_keys is not None and len(found) >= max_keys):
+            break
+        if token in tokens or not page:
+            raise TCIAResponseError(f"{url}: the listing of {where.prefix} does not move on "
+                                    f"(continuation token {token[:40]!r} again, or an empty page)")
+        tokens.add(token)
+    return sorted({o.key: o for o in found}.values(), key=lambda o: o.key)
+
+
+def _page(root: ET.Element, where: IDCLocation) -> list[IDCObject]:
+    """The objects of one ListObjectsV2 page that are the series' (under its prefix, no deeper);
+    ValueError for a size that is no number."""
+    found = []
+    for item in root.iter(f"{_S3}Contents"):
+        key = item.findtext(f"{_S3}Key") or ""
+        if not key.startswith(where.prefix) or "/" in key[len(where.prefix):]:
+            log.warning("series %s: the listing names %.80r, not an object of the series; "
+                        "left out", where.series_uid, key)
+            continue
+        etag = (item.findtext(f"{_S3}ETag") or "").strip().strip('"').lower()
+        found.append(IDCObject(key, int(item.findtext(f"{_S3}Size") or 0),
+                               etag if _PLAIN_MD5.fullmatch(etag) else None))
+    return found
+
+
+def _read_all(client: TCIAClient, url: str, params: dict[str, str] | None,
+              budget: RetryBudget, headers: dict[str, str] | None = None,
+              limit: int | None = None) -> bytearray:
+    """A whole (small) answer: at most ``limit`` (else ``max_answer_bytes``) bytes, within
+    ``query_timeout``; a body cut off is asked again on ``budget``."""
+    transport = client._transport
+    limit = client.settings.max_answer_bytes if limit is None else limit
+
+    def attempt() -> bytearray:
+        deadline = time.monotonic() + client.settings.query_timeout
+        data = bytearray()
+        with transport.stream(url, params, budget=budget, headers=headers) as response:
+            for chunk in transport.iter_body(response, deadline=deadline):
+                data += chunk
+                if len(data) > limit:
+                    raise TCIAResponseError(f"{url} sent more than {limit} bytes; giving up")
+        return data
+
+    return budget.run(attempt)
+
+
+# -- instance UIDs from ranged header reads -------------------------------------------------------
+
+
+def _listing_path(client: TCIAClient, series_uid: str) -> Path:
+    return client.cache_dir / LISTINGS_DIR / f"{series_uid}.json"
+
+
+def _saved_listing(client: TCIAClient, series_uid: str) -> tuple[IDCLocation, list[IDCObject]]:
+    """The listing kept by :func:`instances`; FileNotFoundError or ValueError if none."""
+    record = json.loads(_listing_path(client, series_uid).read_text(encoding="utf-8"))
+    if record.get("version") != _LISTING_VERSION or record.get("series_uid") != series_uid:
+        raise ValueError("another listing")
+    where = IDCLocation(**record["location"])
+    return where, [IDCObject(**item) for item in record["objects"]]
+
+
+def _save_listing(client: TCIAClient, where: IDCLocation, objects: list[IDCObject]) -> None:
+    path = _listing_path(client, where.series_uid)
+    record = {"version": _LISTING_VERSION, "series_uid": where.series_uid,
+              "location": asdict(where), "objects": [asdict(o) for o in objects]}
+    with storage_errors(where.series_uid):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as temporary:
+            temporary.write_text(json.dumps(record), encoding="utf-8")
+
+
+def instances(client: TCIAClient, series_uid: str) -> list[IDCObject]:
+    """A series' objects with the SOPInstanceUID of each, read from its first bytes.
+
+    Each object's head is read with one ranged GET (in parallel); the answer is kept on disk,
+    so later calls, in any process sharing the cache, make no request.
+    """
+    return _listing(client, validate_uid(series_uid, "series_uid"))[1]
+
+
+def _listing(client: TCIAClient, uid: str) -> tuple[IDCLocation, list[IDCObject]]:
+    """The kept listing of a series (see :func:`instances`), made first if there is none."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return _saved_listing(client, uid)
+    from .backends import import_readers
+
+    where = _located(client, uid)
+    budget = client._transport.budget()
+    objects = list_objects(client, where, budget=budget)
+    import_readers()  # before the threads parse heads
+
+    def read(obj: IDCObject) -> IDCObject:
+        head = _head(client, where.bucket, obj, budget, _sop_from_head)
+        return IDCObject(obj.key, obj.size, obj.md5, head)
+
+    with ThreadPoolExecutor(max(1, min(client.settings.workers, len(objects)))) as pool:
+        read_objects = list(pool.map(read, objects))
+    _save_listing(client, where, read_objects)
+    return where, read_objects
+
+
+def _head(client: TCIAClient, bucket: str, obj: IDCObject, budget: RetryBudget,
+          parse: Callable[[bytes, bool], Any]) -> Any:
+    """``parse(first bytes, whole)`` of an object, reading more (x16) until it can."""
+    want = _HEAD_BYTES
+    while True:
+        whole = want >= obj.size
+        headers = None if whole else {"Range": f"bytes=0-{want - 1}"}
+        data = _read_all(client, _object_url(client, bucket, obj.key), None, budget, headers,
+                         limit=max(want, obj.size) if whole else want)
+        result = parse(bytes(data), whole or len(data) >= obj.size)
+        if result is not None:
+            return result
+        if whole:
+            raise TCIAIntegrityError(f"{obj.key} in {bucket} is not a DICOM instance")
+        want *= 16
+
+
+def sop_instance_uid_of(data: bytes) -> str | None:
+    """The (0008,0018) *SOP Instance UID* in the first bytes of a DICOM file (else its file
+    meta's), or None if they do not hold it; only the elements before it are parsed."""
+    return _sop_from_head(data, False)
+
+
+def _sop_from_head(data: bytes, whole: bool) -> str | None:
+    """The SOPInstanceUID in the first bytes of a DICOM file, or None if not in them."""
+    from pydicom.filereader import read_partial
+
+    try:
+        ds = read_partial(BytesIO(data), stop_when=lambda tag, vr, length: tag > 0x00080018)
+        uid = ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")
+    except Exception:  # noqa: BLE001 - cut short, or not DICOM: read more, or fail when whole
+        return None
+    return str(uid) if uid else None
+
+
+def _header_from_head(data: bytes, whole: bool) -> pydicom.Dataset | None:
+    """The header (all before the pixel data) in the first bytes of a file, or None."""
+    import pydicom
+
+    at = data.find(_PIXEL_DATA_LE, 132)
+    if at < 0 and not whole:
+        return None
+    try:
+        return pydicom.dcmread(BytesIO(data if at < 0 else data[:at]), stop_before_pixels=True)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def tag_rows(ds: pydicom.Dataset) -> list[dict[str, str | None]]:
+    """getDicomTags rows of a header: element ``(GGGG,EEEE)`` (items' elements prefixed
+    ``>``), name, data; binary and private elements left out, as NBIA does."""
+    rows: list[dict[str, str | None]] = []
+
+    def walk(items: pydicom.Dataset, depth: int) -> None:
+        for elem in items:
+            if elem.VR in ("OB", "OW", "OF", "OD", "OL", "UN") or elem.tag.is_private:
+                continue
+            row = {"element": f"{'>' * depth}({elem.tag.group:04X},{elem.tag.element:04X})",
+                   "name": elem.name, "data": None}
+            rows.append(row)
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    walk(item, depth + 1)
+            elif elem.VM > 1:
+                row["data"] = "\\".join(str(v) for v in elem.value)
+            else:
+                row["data"] = str(elem.value)
+
+    walk(ds, 0)
+    return rows
+
+
+def _object_of(client: TCIAClient, series_uid: str, sop_uid: str) -> tuple[str, IDCObject]:
+    where, listing = _listing(client, series_uid)
+    for obj in listing:
+        if obj.sop_instance_uid == sop_uid:
+            return where.bucket, obj
+    raise TCIANotFoundError(404, f"series {series_uid} has no instance {sop_uid} in IDC",
+                            f"s3://{where.bucket}/{where.prefix}")
+
+
+def read_instance(client: TCIAClient, series_uid: str, sop_instance_uid: str) -> bytes:
+    """One instance's bytes (one GET), checked: listed size, MD5 = ETag, its SOPInstanceUID.
+
+    Uses the listing :func:`instances` keeps (made first if there is none).
+    """
+    series_uid = validate_uid(series_uid, "series_uid")
+    sop_uid = validate_uid(sop_instance_uid, "sop_instance_uid")
+    bucket, obj = _object_of(client, series_uid, sop_uid)
+    budget = client._transport.budget()
+    url = _object_url(client, bucket, obj.key)
+
+    def attempt() -> bytes:
+        data = bytes(_read_all(client, url, None, budget, limit=obj.size))
+        problem = _problem(data, obj)
+        if problem is not None:
+            raise TCIAIntegrityError(f"series {series_uid}: {problem}")
+        if _sop_from_head(data, True) != sop_uid:
+            raise TCIAIntegrityError(f"{obj.key} does not hold instance {sop_uid}",
+                                     retryable=False)
+        return data
+
+    return budget.run(attempt)
+
+
+def _problem(data: bytes, obj: IDCObject) -> str | None:
+    if len(data) != obj.size:
+        return f"{obj.key}: {len(data)} bytes received, {obj.size} listed"
+    if obj.md5 is not None and hashlib.md5(data, usedforsecurity=False).hexdigest() != obj.md5:
+        return f"{obj.key}: MD5 differs from its ETag"
+    return None
+
+
+def read_header(client: TCIAClient, series_uid: str) -> pydicom.Dataset:
+    """The header (no pixel data) of one instance of a series: one small listing, one ranged
+    read; nothing else."""
+    series_uid = validate_uid(series_uid, "series_uid")
+    try:
+        where, listing = _saved_listing(client, series_uid)
+    except (OSError, ValueError, KeyError, TypeError):
+        where = _located(client, series_uid)
+        listing = list_objects(client, where, max_keys=1)
+    if not listing:
+        raise TCIANotFoundError(404, f"IDC holds no objects of series {series_uid}",
+                                f"s3://{where.bucket}/{where.prefix}")
+    return _head(client, where.bucket, listing[0], client._transport.budget(),
+                 _header_from_head)
+
+
+# -- whole series ---------------------------------------------------------------------------------
+
+
+def fetch_series(
+    client: TCIAClient,
+    where: IDCLocation,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+    slots: threading.Semaphore | None = None,
+) -> CachedSeries:
+    """A series from the cache, else fetched from IDC, verified and published to the cache.
+
+    Parameters
+    ----------
+    client : TCIAClient
+        Its cache, transport (pooled connections), retries and ``series_timeout``.
+    where : IDCLocation
+        The series (from :func:`locate`).
+    metadata : mapping, optional
+        Series metadata kept in the cache record.
+    progress : callable, optional
+        Called with bytes received (negative to take back a failed attempt's).
+    slots : threading.Semaphore, optional
+        Held during each GET, to bound the connections of several series together
+        (default: ``settings.workers`` GETs at once for this series).
+
+    Raises
+    ------
+    TCIAIntegrityError
+        The bucket lists another number of objects than the index, or an object stays
+        different from its listing (size, MD5) or is not DICOM of this series.
+    TCIAConnectionError, TCIAHTTPError
+        The retries were spent.
+    """
+    from .backends import import_readers
+    from .pipeline import SeriesWriter
+    from .retrieval import _Counter
+
+    import_readers()  # before the GET threads check files
+
+    uid = where.series_uid
+    cache = client.cache
+    found = cache.get(uid)
+    if found is not None:
+        return found
+    with cache.lock(uid):
+        found = cache.get(uid)
+        if found is not None:
+            return found
+        budget = client._transport.budget()  # statuses, lost bodies and bad objects alike
+        deadline = time.monotonic() + client.settings.series_timeout  # retries included
+        objects = list_objects(client, where, budget=budget)
+        if where.instance_count is not None and len(objects) != where.instance_count:
+            raise TCIAIntegrityError(
+                f"series {uid}: the bucket lists {len(objects)} objects under "
+                f"s3://{where.bucket}/{where.prefix}, the IDC index says {where.instance_count}")
+        slots = slots or threading.Semaphore(client.settings.workers)
+        counter = _Counter(progress or _ignore)
+        lock = threading.Lock()
+
+        def count(n: int) -> None:
+            with lock:
+                counter(n)
+
+        def attempt() -> CachedSeries:
+            counter.take_back()  # what a failed attempt counted
+            with SeriesWriter(cache, uid, expected_count=len(objects),
+                              size_limit=sum(o.size for o in objects),
+                              metadata=dict(metadata or {})) as writer:
+                _run_all(lambda obj: _get_into(client, where.bucket, obj, writer, budget,
+                                               deadline, slots, count),
+                         objects, client.settings.workers)
+                return writer.publish()
+
+        try:
+            return budget.run(attempt, deadline=deadline)
+        except BaseException:
+            counter.take_back()
+            raise
+
+
+def _ignore(n: int) -> None:
+    """A progress callback that does nothing."""
+
+
+def _run_all(call: Callable[[IDCObject], None], objects: list[IDCObject], workers: int) -> None:
+    """``call`` on every object in a pool of threads; the first failure stops the rest."""
+    if not objects:
+        return
+    stop = threading.Event()
+
+    def guarded(obj: IDCObject) -> None:
+        if not stop.is_set():
+            call(obj)
+
+    with ThreadPoolExecutor(max(1, min(workers, len(objects)))) as pool:
+        futures = [pool.submit(guarded, obj) for obj in objects]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            stop.set()
+            for future in futures:
+                future.cancel()
+    if failed:
+        raise failed[0].exception()  # type: ignore[misc]
+
+
+def _get_into(client: TCIAClient, bucket: str, obj: IDCObject, writer: Any,
+              budget: RetryBudget, deadline: float, slots: threading.Semaphore,
+              progress: Callable[[int], None]) -> None:
+    """GET one object into the writer: its listed size, its ETag as the expected MD5.
+
+    The slot and the connection are given back as soon as the last byte is in, before the
+    writer checks the file, so the next GET starts meanwhile.
+    """
+    transport = client._transport
+    url = _object_url(client, bucket, obj.key)
+    with contextlib.ExitStack() as held:
+        held.enter_context(slots)
+        response = held.enter_context(transport.stream(url, budget=budget))
+        chunks = transport.iter_body(response, _GET_CHUNK, deadline=deadline)
+        try:
+            md5 = writer.add(obj.name, _counted(chunks, obj, progress, held.close),
+                             expected_md5=obj.md5)
+        except (TCIAConnectionError, TCIAResponseError) as exc:
+            raise type(exc)(f"series {writer.series_uid}: {exc}",
+                            retryable=exc.retryable) from exc
+    if obj.md5 is None:  # a multipart ETag is no MD5: the size and the header are checked
+        writer.expect_md5s({obj.name: md5})
+
+
+def _counted(chunks: Iterable[bytes], obj: IDCObject, progress: Callable[[int], None],
+             done: Callable[[], None]) -> Iterator[bytes]:
+    """``chunks``, counted into ``progress``, then ``done()``; TCIAIntegrityError when they are
+    not the object's listed size."""
+    received = 0
+    for chunk in chunks:
+        received += len(chunk)
+        if received > obj.size:
+            raise TCIAIntegrityError(f"{obj.key}: more than the {obj.size} bytes listed")
+        progress(len(chunk))
+        yield chunk
+    if received != obj.size:
+        raise TCIAIntegrityError(f"{obj.key}: {received} bytes received, {obj.size} listed")
+    done()
