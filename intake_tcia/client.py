@@ -48,7 +48,7 @@ from .flavours import Flavour, flavour_for
 from .idc_index import IDCIndex, open_index
 from .idc_queries import routed
 from .manifest import as_series_uids
-from .schema import SCHEMAS, frame_from_csv
+from .schema import SCHEMAS, frame_from_csv, frame_from_records
 
 if TYPE_CHECKING:
     import pydicom
