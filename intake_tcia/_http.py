@@ -156,6 +156,11 @@ class _Head:
         self.size += len(data)
         self.sink.feed(data)
 
+    @property
+    def held(self) -> int:
+        """Bytes the sink's parsed rows hold, where it counts them."""
+        return getattr(self.sink, "held", 0)
+
 
 def _full_url(url: str, params: Mapping[str, str] | None) -> str:
     """The URL as sent, query included, for error messages."""
@@ -474,7 +479,7 @@ class Transport:
         """Feed a whole answer into a new ``sink()``, asking again when a body is cut off mid-way.
 
         Each answer must arrive within ``settings.query_timeout`` seconds in all and hold at
-        most ``settings.max_answer_bytes`` bytes.
+        most ``settings.max_answer_bytes`` bytes, as sent and as parsed.
         """
         budget = self.budget()
         limit = self.settings.max_answer_bytes
@@ -490,6 +495,11 @@ class Transport:
                         raise TCIAResponseError(
                             f"{response.url} sent more than {limit} bytes (max_answer_bytes); "
                             "giving up"
+                        )
+                    if target.held > limit:
+                        raise TCIAResponseError(
+                            f"{response.url} sent rows that hold more than {limit} bytes once "
+                            "parsed (max_answer_bytes); giving up"
                         )
                 return target, response.headers.get("Content-Type", "")
             finally:

@@ -122,15 +122,22 @@ class JSONFrame(ArrayBatches):
         self.schema = schema
         self._layout = _layout(tuple(schema.columns.items()), tuple(schema.renames.items()))
         self._parts: list[pa.Table | pd.DataFrame] = []
+        #: Bytes the parsed rows hold so far (sparse rows can hold more than they were sent).
+        self.held = 0
 
     def _take(self, array: bytes) -> None:
         try:
-            self._parts.append(self._layout.table(array))
+            table = self._layout.table(array)
         except (msgspec.DecodeError, pa.ArrowException, OverflowError, _Unfit):
             self._take_value(loads(array))
+        else:
+            self._parts.append(table)
+            self.held += table.nbytes
 
     def _take_value(self, value: Any) -> None:
-        self._parts.append(raw_frame(value if isinstance(value, list) else [value], self.schema))
+        frame = raw_frame(value if isinstance(value, list) else [value], self.schema)
+        self._parts.append(frame)
+        self.held += int(frame.memory_usage(index=False, deep=True).sum())
 
     def _result(self) -> pd.DataFrame:
         frames = []

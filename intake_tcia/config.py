@@ -100,8 +100,8 @@ class Settings:
     series_timeout : float
         Seconds the download of one series may take in all, retries included.
     max_answer_bytes : int
-        Bytes a metadata answer may hold (default 4 GiB, far above the largest real answer,
-        getSeries of all 150k NLST series at about 100 MB).
+        Bytes a metadata answer may hold, as sent and as parsed into columns (default 1 GiB;
+        getSeries of 150,000 NLST series is about 116 MB, and holds less once parsed).
     retries : int
         How many times a request is retried on 429, 5xx and connection errors.
     backoff_factor, max_backoff : float
@@ -144,7 +144,7 @@ class Settings:
     read_timeout: float = 120.0
     query_timeout: float = 600.0
     series_timeout: float = 6 * 3600.0
-    max_answer_bytes: int = 4 << 30
+    max_answer_bytes: int = 1 << 30
     retries: int = 5
     backoff_factor: float = 0.5
     max_backoff: float = 60.0

@@ -249,6 +249,16 @@ def test_an_endless_answer_is_cut_at_max_answer_bytes(hostile, tmp_path):
     assert time.monotonic() - start < 10
 
 
+
+def test_sparse_rows_are_cut_when_their_columns_outgrow_max_answer_bytes(hostile, tmp_path):
+    # each 20-byte row becomes a row of every getPatient column once parsed: the parsed size,
+    # not only the bytes sent, must meet the cap, or memory grows several times faster than it
+    server = hostile(endless)
+    with client_for(server.url, tmp_path, max_answer_bytes=16 << 20) as client:
+        with pytest.raises(TCIAResponseError, match="once parsed") as cut:
+            client.patients()
+    assert "max_answer_bytes" in str(cut.value)
+
 def trickle(handler, data: bytes, pause: float) -> None:
     try:
         for byte in data:
