@@ -86,6 +86,7 @@ class RetryBudget:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.used = 0
+        self._lock = threading.Lock()  # one series' parallel GETs share a budget
 
     @property
     def left(self) -> int:
@@ -98,10 +99,11 @@ class RetryBudget:
         The wait is the server's Retry-After when it sent one, else ``backoff_factor * 2**n``;
         either way at most ``max_backoff``.
         """
-        if self.left <= 0:
-            return None
-        pause = self.settings.backoff_factor * 2**self.used if retry_after is None else retry_after
-        self.used += 1
+        with self._lock:
+            if self.left <= 0:
+                return None
+            n, self.used = self.used, self.used + 1
+        pause = self.settings.backoff_factor * 2**n if retry_after is None else retry_after
         return min(max(pause, 0.0), self.settings.max_backoff)
 
     def run(self, attempt: Callable[[], T], *, deadline: float | None = None) -> T:
