@@ -40,12 +40,16 @@ def execute(notebook: Path) -> Any:
 
 
 def shape(node: Any) -> list[tuple[str, str, list[tuple[Any, ...]]]]:
-    """Each cell's type, source, and (code cells) the kinds of its outputs, in order."""
+    """Each cell's type, source, and (code cells) the kinds of its outputs, in order.
+
+    Text on stderr is left out: whether a progress bar or a log line shows depends on how fast
+    the machine is (errors are outputs of their own kind, and count)."""
     cells = []
     for cell in node["cells"]:
         kinds = [
             (out["output_type"], out.get("name"), tuple(sorted(out.get("data", {}))))
             for out in cell.get("outputs", [])
+            if out.get("name") != "stderr"
         ]
         cells.append((cell["cell_type"], "".join(cell["source"]), kinds))
     return cells
