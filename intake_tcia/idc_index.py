@@ -501,17 +501,14 @@ class IDCIndex:
         """
         uids = list(dict.fromkeys(series_uids))
         self.refresh()
-        raw = self._dataset.to_table(
-            columns=[
-                "SeriesInstanceUID",
-                "collection_id",
-                "aws_bucket",
-                "crdc_series_uuid",
-                "series_aws_url",
-                "instanceCount",
-                "series_size_MB",
-            ],
-            filter=self.ds.field("SeriesInstanceUID").isin(uids),
+        # Batch by batch, keeping only the rows asked for: reading every column of a million
+        # rows whole would cost hundreds of MB on each download.
+        wanted = self.pa.array(uids, self.pa.string())
+        file = self.pq.ParquetFile(str(self.path), pre_buffer=False, buffer_size=1 << 20)
+        batches = file.iter_batches(batch_size=1 << 16, columns=_LOCATION_READ, use_threads=False)
+        raw = self.pa.Table.from_batches(
+            [b.filter(self.pc.is_in(b["SeriesInstanceUID"], value_set=wanted)) for b in batches],
+            schema=self._dataset.schema.empty_table().select(_LOCATION_READ).schema,
         )
         raw = raw.append_column(
             "Collection", self._lookup(raw["collection_id"], self.name_of, self.pa.large_string())
@@ -521,6 +518,17 @@ class IDCIndex:
         frame = frame.drop_duplicates("SeriesInstanceUID")
         return frame.sort_values("SeriesInstanceUID", key=lambda s: s.map(order), ignore_index=True)
 
+
+#: The index columns :meth:`IDCIndex.series_locations` reads, one at a time.
+_LOCATION_READ = [
+    "SeriesInstanceUID",
+    "collection_id",
+    "aws_bucket",
+    "crdc_series_uuid",
+    "series_aws_url",
+    "instanceCount",
+    "series_size_MB",
+]
 
 #: The index columns the v4 columns are made of (of 31).
 _READ = [
