@@ -1,9 +1,10 @@
-"""Many series into a folder layout: what the cache lacks is fetched, then copied into ``dest``.
+"""Many series into a folder layout: what the cache lacks is fetched, then placed into ``dest``.
 
 :func:`download` fetches the series the cache lacks on a bounded pool of threads (each one
 series at a time, :func:`intake_tcia.retrieval.fetch_series`: streamed, checked, verified and
-published while it arrives), then fills a folder layout under ``dest`` from the cache with copies
-(reflinks where the file system has them; never hard links), and returns one status row per
+published while it arrives), then fills a folder layout under ``dest`` from the cache without
+writing the bytes again (reflinks where the file system has them, else hard links, which the
+cache's records watch: :func:`intake_tcia.cache.place_file`), and returns one status row per
 series. :func:`fetch_series`, :func:`read_series` and :func:`extract_series` are re-exported from
 :mod:`intake_tcia.retrieval`.
 """
@@ -32,7 +33,7 @@ from .cache import (
     RECORD_NAME,
     CachedSeries,
     atomic_path,
-    copy_file,
+    place_file,
     read_series_folder,
     stamped,
 )
@@ -183,7 +184,8 @@ def _download_one(
         )
         status = "cached" if request.cached is not None else "downloaded"
         with client.cache.read_lock(request.uid), storage_errors(request.uid, request.path):
-            _place(series, request.path)
+            if _place(series, request.path):  # new links moved the cached files' ctime
+                client.cache.restamp(series)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row; the caller raises
         log.debug("series %s failed", request.uid, exc_info=True)
         bar.finish(request.uid)
@@ -215,9 +217,10 @@ def _refuse_shared_folders(requests: list[_Request], layout: str) -> None:
                 )
 
 
-def _place(series: CachedSeries, folder: Path) -> None:
-    """Copy (reflink where possible, never hard-link) a cached series' files into ``folder``;
-    its record last. A file already there at its recorded size, and no link to the cache, stays.
+def _place(series: CachedSeries, folder: Path) -> bool:
+    """Place a cached series' files into ``folder`` (:func:`place_file`: reflinks, else hard
+    links, else copies); its record last. A file already there that is the cached file, or at
+    its recorded size, stays. Whether any hard link was made.
 
     Call it with the series' lock held: temporaries left in ``folder`` by a run killed while
     placing are removed first.
@@ -229,16 +232,18 @@ def _place(series: CachedSeries, folder: Path) -> None:
     names = [i.name for i in series.instances]
     if series.license_text is not None:
         names.append(LICENSE_NAME)
+    linked = False
     for name in names:
         source, target = series.path / name, folder / name
         with contextlib.suppress(OSError):
-            if not os.path.samefile(source, target) and (
+            if os.path.samefile(source, target) or (
                 target.stat().st_size == source.stat().st_size
             ):
                 continue
         with atomic_path(target) as temporary:
-            copy_file(source, temporary)
+            linked |= place_file(source, temporary) == "link"
     _write_record(folder, stamped(replace(series, path=folder)))
+    return linked
 
 
 def _refuse_foreign_folder(series_uid: str, folder: Path) -> None:
