@@ -126,6 +126,14 @@ def locate(client: TCIAClient, series_uids: Iterable[str]) -> dict[str, IDCLocat
     dict of str to IDCLocation
         Unknown series are left out.
     """
+    from .idc_locations import table_for
+
+    table = table_for(client.settings.idc_index, client.settings.cache_dir)
+    if table is not None:  # memory-mapped, built once per index version
+        return {
+            uid: IDCLocation(uid, bucket, f"{uuid}/", count, collection)
+            for uid, (collection, bucket, uuid, count) in table.lookup(series_uids).items()
+        }
     frame = client.idc_index.series_locations(series_uids)
     found = {}
     for row in frame.to_dict("records"):

@@ -90,6 +90,18 @@ def default_folder() -> Path:
     return Path(module.IDC_INDEX_PARQUET_FILEPATH).parent
 
 
+def index_fingerprint(folder: Path) -> str:
+    """str: a digest of the index files' paths, sizes and modification times (the name of the
+    cache folder of what is derived from this version of the index)."""
+    digest = hashlib.sha256(str(_CACHE_FORMAT).encode())
+    for name in (INDEX_FILE, COLLECTIONS_FILE, VERSIONS_FILE):
+        path = folder / name
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class _Collection:
     """What collections_index says of one collection."""
@@ -341,14 +353,7 @@ class IDCIndex:
         return expression
 
     def _stat(self) -> str:
-        """A digest of the index files' paths, sizes and modification times."""
-        digest = hashlib.sha256(str(_CACHE_FORMAT).encode())
-        for name in (INDEX_FILE, COLLECTIONS_FILE, VERSIONS_FILE):
-            path = self.folder / name
-            if path.is_file():
-                stat = path.stat()
-                digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-        return digest.hexdigest()[:16]
+        return index_fingerprint(self.folder)
 
     def refresh(self) -> None:
         """Forget what was read if the index files have changed since (three ``stat`` calls)."""
