@@ -472,7 +472,7 @@ def _cite(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     """Re-hash cached series; exit status 1 when any was damaged."""
-    from .cache import SeriesCache
+    from .retrieval.cache import SeriesCache
     from .config import Settings
 
     cache = SeriesCache(Settings.from_env(cache_dir=getattr(args, "cache_dir", None)).cache_dir)

@@ -1,7 +1,7 @@
 """TCIAClient: the NBIA v4 endpoints as methods that return typed pandas DataFrames.
 
 Each public query builds its parameters (validated before any request), picks the host that holds
-the data (NLST has its own), asks through the one :class:`~intake_tcia._http.Transport`, and shapes
+the data (NLST has its own), asks through the one :class:`~intake_tcia.retrieval.transport.Transport`, and shapes
 the rows with the endpoint's fixed schema (:mod:`intake_tcia.schema`).
 
 Host routing: a query naming collection NLST goes to the NLST host. A query that names only a
@@ -14,12 +14,12 @@ archive does not have raises :class:`~intake_tcia.errors.TCIAUnknownNameError`, 
 real names; the listings that check needs are asked for only then.
 
 Flavours: each host may speak another dialect of the API (older NBIA v1/v2, the legacy TCIA REST
-API, an NBIA that wants a login; see :mod:`intake_tcia.flavours`). The client still asks in v4
+API, an NBIA that wants a login; see :mod:`intake_tcia.nbia.flavours`). The client still asks in v4
 terms; its transport puts every request into the host's dialect (:meth:`Flavour.request`) and
-carries its credentials (:mod:`intake_tcia._auth`), and :meth:`TCIAClient._get` reads answers
+carries its credentials (:mod:`intake_tcia.nbia.auth`), and :meth:`TCIAClient._get` reads answers
 with the flavour's schemas, so every flavour gives the same v4-named, typed DataFrames.
 
-Backends: every query goes through :func:`intake_tcia.idc_queries.routed`, which asks NBIA
+Backends: every query goes through :func:`intake_tcia.idc.queries.routed`, which asks NBIA
 (``backend="nbia"``), the IDC index instead (``"idc"``: the same frames, no request), or NBIA and
 the index when NBIA cannot be reached (``"auto"``).
 """
@@ -35,18 +35,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pandas as pd
 import requests
 
-from ._auth import auth_for
-from ._http import Transport
+from .nbia.auth import auth_for
+from .retrieval.transport import Transport
 from ._jsonframe import JSONFrame
 from ._validate import format_query_date, validate_date, validate_text, validate_uid
-from .backends import on_files_backend
-from .cache import CachedSeries, SeriesCache
+from .routing import on_files_backend
+from .retrieval.cache import CachedSeries, SeriesCache
 from .config import Settings
-from .download import DEFAULT_LAYOUT
+from .retrieval.download import DEFAULT_LAYOUT
 from .errors import TCIANotFoundError, TCIAResponseError, TCIAUnknownNameError
-from .flavours import Flavour, flavour_for
-from .idc_index import IDCIndex, open_index
-from .idc_queries import routed
+from .nbia.flavours import Flavour, flavour_for
+from .idc.index import IDCIndex, open_index
+from .idc.queries import routed
 from .manifest import as_series_uids
 from .schema import SCHEMAS, frame_from_csv, frame_from_records
 
@@ -117,7 +117,7 @@ class TCIAClient:
     **options
         Any other :class:`~intake_tcia.config.Settings` field (``backoff_factor``, ...), among
         them ``api_version``, ``api_key``, ``username`` and ``password`` for older and other
-        NBIA servers (:mod:`intake_tcia.flavours`).
+        NBIA servers (:mod:`intake_tcia.nbia.flavours`).
 
     Examples
     --------
@@ -503,14 +503,14 @@ class TCIAClient:
         TypeError, ValueError
             Before any request, for an unknown keyword or a malformed value (named).
         """
-        from .search import search
+        from .nbia.search import search
 
         return search(self, page_size=page_size, **criteria)
 
     def collection_descriptions(self, collection: str | None = None) -> pd.DataFrame:
         """collectionName, description (HTML, as kept by NBIA), descriptionURI, id, and
         descriptionText (the description as plain text), of one collection or of all."""
-        from .search import description_text
+        from .nbia.search import description_text
 
         params = {} if collection is None else {"collectionName": validate_text(
             collection, "collection")}
@@ -527,7 +527,7 @@ class TCIAClient:
         ThirdPartyAnalysis, Authorized); ``level="collection"``: one row per collection, the
         same columns with SeriesInstanceUID null. Empty when no series carries the DOI.
         """
-        from .search import doi_url
+        from .nbia.search import doi_url
 
         if level not in ("series", "collection"):
             raise ValueError(f"level must be 'series' or 'collection', not {level!r}")
@@ -571,7 +571,7 @@ class TCIAClient:
             return frame["SOPInstanceUID"].dropna().tolist()
 
         def idc() -> list[str]:
-            from .idc_fetch import instances
+            from .idc.bucket import instances
 
             return [str(o.sop_instance_uid) for o in instances(self, uid)]
 
@@ -583,7 +583,7 @@ class TCIAClient:
         uid = validate_uid(series_uid, "series_uid")
 
         def idc() -> pd.DataFrame:
-            from .idc_fetch import read_header, tag_rows
+            from .idc.bucket import read_header, tag_rows
 
             return frame_from_records(tag_rows(read_header(self, uid)), SCHEMAS["getDicomTags"])
 
@@ -636,7 +636,7 @@ class TCIAClient:
             return bytes(self._transport.fetch("GET", host + "getSingleImage", params=params)[0])
 
         def idc() -> bytes:
-            from .idc_fetch import read_instance
+            from .idc.bucket import read_instance
 
             return read_instance(self, params["SeriesInstanceUID"], params["SOPInstanceUID"])
 
@@ -654,8 +654,8 @@ class TCIAClient:
 
     def fetch_series(self, series_uid: str, *, collection: str | None = None) -> CachedSeries:
         """One series from the cache, else downloaded, verified and cached, from NBIA or IDC as
-        ``settings.backend`` says (see :func:`intake_tcia.backends.fetch_series`)."""
-        from .backends import fetch_series
+        ``settings.backend`` says (see :func:`intake_tcia.routing.fetch_series`)."""
+        from .routing import fetch_series
 
         return fetch_series(self, series_uid, collection=collection)
 
@@ -708,7 +708,7 @@ class TCIAClient:
         --------
         >>> c.download(c.series(collection="LIDC-IDRI", modality="CT"), "data")  # doctest: +SKIP
         """
-        from .download import download
+        from .retrieval.download import download
 
         return download(
             self, series, dest, on_error=on_error, layout=layout, workers=workers,
@@ -720,7 +720,7 @@ class TCIAClient:
     ) -> list[pydicom.Dataset]:
         """The pydicom datasets of one series, fetched once into the cache, sorted by position
         along the slice normal (ascending)."""
-        from .download import read_series
+        from .retrieval.download import read_series
 
         return read_series(self, series_uid, collection=collection)
 
@@ -744,7 +744,7 @@ class TCIAClient:
         TCIANotFoundError
             No series ``series_uid``.
         """
-        from ._references import annotations
+        from .annotations import annotations
 
         return annotations(self, validate_uid(series_uid, "series_uid"), collection=collection)
 
@@ -766,7 +766,7 @@ class TCIAClient:
         intake_tcia.segmentation.SegmentationError
             Not a SEG or RTSTRUCT series, or it names no single image series.
         """
-        from ._references import read_annotation_series
+        from .annotations import read_annotation_series
 
         uid = validate_uid(annotation_series_uid, "annotation_series_uid")
         return read_annotation_series(self, uid, collection=collection, **options)

@@ -112,7 +112,7 @@ class Settings:
     datacite_url : str
         Base URL of the DataCite REST API, for citations of collection DOIs.
     api_version : {"v4", "token", "v1", "v2", "legacy"}, optional
-        The dialect of the API (:mod:`intake_tcia.flavours`); by default read from each base URL.
+        The dialect of the API (:mod:`intake_tcia.nbia.flavours`); by default read from each base URL.
     api_key : str, optional
         The ``api_key`` header of the legacy TCIA REST API.
     username, password : str, optional
@@ -187,7 +187,7 @@ class Settings:
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value}")
         if self.api_version is not None:
-            from .flavours import flavour_for
+            from .nbia.flavours import flavour_for
 
             flavour_for(self.api_url, self.api_version)  # ValueError for an unknown one
 

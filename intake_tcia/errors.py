@@ -2,7 +2,7 @@
 
 Every exception the package raises on purpose derives from :class:`TCIAError`, whose
 ``retryable`` flag says whether asking again may help (one retry loop,
-:meth:`intake_tcia._http.RetryBudget.run`, reads it; nothing else decides)::
+:meth:`intake_tcia.retrieval.transport.RetryBudget.run`, reads it; nothing else decides)::
 
     TCIAError
     ├── TCIAHTTPError (also OSError)        the server answered with an error status

@@ -37,7 +37,7 @@ from fsspec.spec import make_instance
 from fsspec.utils import isfilelike, tokenize
 
 from ._validate import validate_uid
-from .cache import INSTANCES_DIR, CachedSeries
+from .retrieval.cache import INSTANCES_DIR, CachedSeries
 from .client import TCIAClient
 from .config import SECRETS, Settings
 from .errors import TCIAIntegrityError, TCIANotFoundError
@@ -473,7 +473,7 @@ def _uids_only(values: list[str], series_uid: str) -> list[str]:
 def _checked(data: bytes, sop_uid: str) -> bytes:
     """``data`` if it is the DICOM instance ``sop_uid``, else TCIAIntegrityError (only the
     header up to the SOPInstanceUID is parsed)."""
-    from .idc_fetch import sop_instance_uid_of
+    from .idc.bucket import sop_instance_uid_of
 
     found = sop_instance_uid_of(data)
     if found is None:

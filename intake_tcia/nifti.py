@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import atomic_path
+from .retrieval.cache import atomic_path
 from .errors import import_optional
 
 __all__ = ["LPS_TO_RAS", "nifti_affine", "write_nifti"]

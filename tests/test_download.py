@@ -15,9 +15,9 @@ import pandas as pd
 import pydicom
 import pytest
 
-from intake_tcia.cache import LICENSE_NAME, RECORD_NAME
+from intake_tcia.retrieval.cache import LICENSE_NAME, RECORD_NAME
 from intake_tcia.client import TCIAClient
-from intake_tcia.download import extract_series, fetch_series
+from intake_tcia.retrieval.download import extract_series, fetch_series
 from intake_tcia.errors import (
     DownloadError,
     TCIAConnectionError,
@@ -624,7 +624,7 @@ def test_download_clears_staging_left_by_dead_processes(
 _MEASURE_FETCH = """
 import sys
 from intake_tcia.client import TCIAClient
-import intake_tcia.download
+import intake_tcia.retrieval.download
 
 def hwm():
     for line in open("/proc/self/status"):

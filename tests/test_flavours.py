@@ -16,7 +16,7 @@ import requests
 from intake_tcia import TCIAClient
 from intake_tcia.cli import main
 from intake_tcia.config import Settings
-from intake_tcia.flavours import FLAVOURS, detect_flavour, flavour_for
+from intake_tcia.nbia.flavours import FLAVOURS, detect_flavour, flavour_for
 from intake_tcia.schema import SCHEMAS, frame_from_records, with_old_names
 from intake_tcia.sources import TCIAQuerySource
 from intake_tcia.testing import ArchiveServer

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from intake_tcia import TCIAClient
-from intake_tcia._http import MAX_REDIRECTS
+from intake_tcia.retrieval.transport import MAX_REDIRECTS
 from intake_tcia.cli import main
 from intake_tcia.errors import (
     TCIAAuthError,

@@ -29,8 +29,8 @@ from intake_tcia.errors import (
     TCIANotFoundError,
     TCIAUnknownNameError,
 )
-from intake_tcia.idc_index import IDCIndex
-from intake_tcia.idc_queries import IDCFallbackWarning
+from intake_tcia.idc.index import IDCIndex
+from intake_tcia.idc.queries import IDCFallbackWarning
 from intake_tcia.schema import SCHEMAS, frame_from_records
 from intake_tcia.testing import ArchiveServer, write_idc_index
 from intake_tcia.testing.builder import parse_mdy

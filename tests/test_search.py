@@ -11,7 +11,7 @@ import pytest
 
 from intake_tcia import TCIAClient
 from intake_tcia.schema import SCHEMAS, frame_from_records
-from intake_tcia.search import description_text
+from intake_tcia.nbia.search import description_text
 
 ORDER = ["Collection", "PatientID", "StudyInstanceUID", "SeriesInstanceUID"]
 

@@ -26,7 +26,7 @@ import pandas as pd
 import pydicom
 
 import intake_tcia
-from intake_tcia.cache import SeriesCache
+from intake_tcia.retrieval.cache import SeriesCache
 from intake_tcia.client import TCIAClient
 from intake_tcia.testing import ArchiveServer, SampleArchive
 

@@ -1,11 +1,11 @@
 """Many series into a folder layout: what the cache lacks is fetched, then copied into ``dest``.
 
 :func:`download` fetches the series the cache lacks on a bounded pool of threads (each one
-series at a time, :func:`intake_tcia.retrieval.fetch_series`: streamed, checked, verified and
+series at a time, :func:`intake_tcia.nbia.getimage.fetch_series`: streamed, checked, verified and
 published while it arrives), then fills a folder layout under ``dest`` from the cache with copies
 (reflinks where the file system has them; never hard links), and returns one status row per
 series. :func:`fetch_series`, :func:`read_series` and :func:`extract_series` are re-exported from
-:mod:`intake_tcia.retrieval`.
+:mod:`intake_tcia.nbia.getimage`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from . import backends
-from ._validate import is_reserved_name, validate_uid
+from .. import routing
+from .._validate import is_reserved_name, validate_uid
 from .cache import (
     LICENSE_NAME,
     RECORD_NAME,
@@ -37,12 +37,12 @@ from .cache import (
     stamped,
 )
 from .cache import write_record as _write_record
-from .errors import DownloadError, storage_errors
-from .manifest import series_uid_values
-from .retrieval import LAYOUT_FIELDS, extract_series, fetch_series, plain, read_series
+from ..errors import DownloadError, storage_errors
+from ..manifest import series_uid_values
+from ..nbia.getimage import LAYOUT_FIELDS, extract_series, fetch_series, plain, read_series
 
 if TYPE_CHECKING:
-    from .client import TCIAClient
+    from ..client import TCIAClient
 
 __all__ = [
     "fetch_series",

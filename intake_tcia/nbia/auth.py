@@ -29,8 +29,8 @@ from urllib.parse import quote, quote_plus, urlsplit
 import requests
 from requests.auth import AuthBase
 
-from .config import Settings
-from .errors import TCIAAuthError, TCIAConnectionError, TCIAHTTPError
+from ..config import Settings
+from ..errors import TCIAAuthError, TCIAConnectionError, TCIAHTTPError
 
 __all__ = [
     "ApiKeyAuth",

@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .errors import (
+from ..errors import (
     TCIABackendError,
     import_optional,
 )
-from .search import SPECIES
+from ..nbia.search import SPECIES
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -475,8 +475,8 @@ class IDCIndex:
 
     def answer(self, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
         """The DataFrame NBIA's ``endpoint`` would answer to ``params`` (v4 names, validated);
-        see :func:`intake_tcia.idc_queries.answer`."""
-        from .idc_queries import answer
+        see :func:`intake_tcia.idc.queries.answer`."""
+        from .queries import answer
 
         self.refresh()
         return answer(self, endpoint, params)

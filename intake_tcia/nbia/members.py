@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 from isal import isal_zlib
 
-from ._validate import is_reserved_name
-from .errors import TCIAIntegrityError, TCIAResponseError, UnsafeArchiveError
+from .._validate import is_reserved_name
+from ..errors import TCIAIntegrityError, TCIAResponseError, UnsafeArchiveError
 
 __all__ = [
     "ZipMember",

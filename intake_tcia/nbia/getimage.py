@@ -1,11 +1,11 @@
 """Fetching one series from NBIA: its getImage zip unpacked into the cache while it arrives.
 
 :func:`fetch_series` takes the series' lock, streams the zip (``IncludeMD5=Yes``) and hands each
-member to a :class:`~intake_tcia.pipeline.SeriesWriter` as soon as its header is in
-(:func:`intake_tcia.members.iter_members`): checked, inflated, hashed and written to staging
+member to a :class:`~intake_tcia.retrieval.pipeline.SeriesWriter` as soon as its header is in
+(:func:`intake_tcia.nbia.members.iter_members`): checked, inflated, hashed and written to staging
 while the next bytes are still on the wire. ``md5hashes.csv``, which comes last, is compared with
 the hashes already computed; only then is the series published. Lost connections, truncated
-zips and wrong MD5s are retried on one :class:`~intake_tcia._http.RetryBudget` with the
+zips and wrong MD5s are retried on one :class:`~intake_tcia.retrieval.transport.RetryBudget` with the
 statuses of the requests themselves, within ``series_timeout``; unsafe zips are not.
 """
 
@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ._validate import validate_uid
-from .cache import CachedSeries
-from .errors import TCIAConnectionError, TCIAResponseError, UnsafeArchiveError, storage_errors
+from .._validate import validate_uid
+from ..retrieval.cache import CachedSeries
+from ..errors import TCIAConnectionError, TCIAResponseError, UnsafeArchiveError, storage_errors
 from .members import iter_members
-from .pipeline import MD5_MEMBER, SeriesFolder, SeriesWriter
-from .schema import SCHEMAS
+from ..retrieval.pipeline import MD5_MEMBER, SeriesFolder, SeriesWriter
+from ..schema import SCHEMAS
 
 if TYPE_CHECKING:
     import pydicom
 
-    from ._http import RetryBudget
-    from .client import TCIAClient
+    from ..retrieval.transport import RetryBudget
+    from ..client import TCIAClient
 
 __all__ = ["fetch_series", "read_series", "extract_series", "write_zip", "LAYOUT_FIELDS"]
 
@@ -180,8 +180,8 @@ def write_zip(target: SeriesFolder, chunks: Iterable[bytes], *, limit: int | Non
 
     ``md5hashes.csv`` gives the expected MD5s; ``LICENSE`` and the DICOM files become files.
     Returns once the zip's central directory has been read and checked; ``target`` is then
-    ready to be completed. Raises as :func:`~intake_tcia.members.iter_members` and
-    :meth:`~intake_tcia.pipeline.SeriesFolder.add` do.
+    ready to be completed. Raises as :func:`~intake_tcia.nbia.members.iter_members` and
+    :meth:`~intake_tcia.retrieval.pipeline.SeriesFolder.add` do.
     """
     for member in iter_members(chunks, target.series_uid, limit=limit):
         if member.name == MD5_MEMBER:
@@ -234,7 +234,7 @@ def extract_series(
     Raises
     ------
     UnsafeArchiveError, TCIAIntegrityError
-        As :func:`write_zip` and :meth:`~intake_tcia.pipeline.SeriesFolder.complete`.
+        As :func:`write_zip` and :meth:`~intake_tcia.retrieval.pipeline.SeriesFolder.complete`.
     """
     target = SeriesFolder(folder, uid, expected_count=max_files, size_limit=limit)
     with open(zip_path, "rb") as f:
@@ -287,7 +287,7 @@ def read_series(
     """The datasets of a series (fetched into the cache if needed), sorted along the normal."""
     import pydicom
 
-    from .volume import sort_slices_by_position
+    from ..volume import sort_slices_by_position
 
     series = client.fetch_series(series_uid, collection=collection)  # from NBIA or IDC
     return sort_slices_by_position(pydicom.dcmread(path) for path in series.files)

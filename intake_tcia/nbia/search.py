@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ._validate import format_query_date, validate_date, validate_text, validate_uid
-from .citation import bare_doi
-from .errors import TCIAError
-from .schema import SCHEMAS, frame_from_records
+from .._validate import format_query_date, validate_date, validate_text, validate_uid
+from ..citation import bare_doi
+from ..errors import TCIAError
+from ..schema import SCHEMAS, frame_from_records
 
 if TYPE_CHECKING:
-    from .client import TCIAClient
+    from ..client import TCIAClient
 
 __all__ = ["search", "search_form", "SPECIES", "description_text", "doi_url"]
 
@@ -130,7 +130,7 @@ def search(client: TCIAClient, *, page_size: int = PAGE_SIZE, **criteria: Any) -
     :meth:`TCIAClient.search <intake_tcia.client.TCIAClient.search>`)."""
     if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
         raise ValueError(f"page_size must be a whole number >= 1, not {page_size!r}")
-    from .idc_queries import routed  # it builds on this module's SPECIES
+    from ..idc.queries import routed  # it builds on this module's SPECIES
 
     form = search_form(**criteria)
     return routed(client, "getSimpleSearch", form,

@@ -1,11 +1,11 @@
-"""NBIA's query endpoints answered from an :class:`~intake_tcia.idc_index.IDCIndex`, and the
+"""NBIA's query endpoints answered from an :class:`~intake_tcia.idc.index.IDCIndex`, and the
 choice between NBIA and the index (:func:`routed`, ``settings.backend``).
 
 Each answer is the DataFrame NBIA's endpoint gives (:mod:`intake_tcia.schema`), made from the
-index's v4 rows (:meth:`IDCIndex.rows <intake_tcia.idc_index.IDCIndex.rows>`) in Arrow and turned
+index's v4 rows (:meth:`IDCIndex.rows <intake_tcia.idc.index.IDCIndex.rows>`) in Arrow and turned
 into pandas once: value listings sorted with the missing value first, counts of patients per
 value, patients and studies one row each (first non-null values), search read from the same
-getSimpleSearch form NBIA is sent (:func:`intake_tcia.search.search_form`).
+getSimpleSearch form NBIA is sent (:func:`intake_tcia.nbia.search.search_form`).
 """
 
 from __future__ import annotations
@@ -17,20 +17,20 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .errors import (
+from ..errors import (
     MissingDependencyError,
     TCIABackendError,
     TCIAConnectionError,
     TCIANotFoundError,
 )
-from .idc_index import _FOLDED, _ORDER, _READ, COLLECTIONS_FILE, _pandas_type
-from .schema import SCHEMAS
+from .index import _FOLDED, _ORDER, _READ, COLLECTIONS_FILE, _pandas_type
+from ..schema import SCHEMAS
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .client import TCIAClient
-    from .idc_index import IDCIndex
+    from ..client import TCIAClient
+    from .index import IDCIndex
 
 __all__ = ["answer", "routed", "IDCFallbackWarning"]
 
@@ -288,7 +288,7 @@ class _Answers:
         )
 
     def _search(self, form: dict[str, str]) -> pa.Table:
-        """The series a getSimpleSearch form (:func:`intake_tcia.search.search_form`) selects,
+        """The series a getSimpleSearch form (:func:`intake_tcia.nbia.search.search_form`) selects,
         read as NBIA reads it: values of one criterion ORed, criteria ANDed, names folded."""
         pa, pc, ds = self.pa, self.pc, self.ds
         values: dict[str, list[str]] = {}

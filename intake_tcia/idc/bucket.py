@@ -2,14 +2,14 @@
 
 IDC keeps each instance as its own object, ``s3://<aws_bucket>/<crdc_series_uuid>/<uuid>.dcm``
 (design.md, "Two backends"). Everything here goes through the package's one transport
-(:mod:`intake_tcia._http`), anonymously, path style on ``settings.idc_url``:
+(:mod:`intake_tcia.retrieval.transport`), anonymously, path style on ``settings.idc_url``:
 
 * :func:`list_objects`: ListObjectsV2 of the series' prefix, page after page.
 * :func:`fetch_series`: every object GET in parallel on pooled connections, all within one
-  :class:`~intake_tcia._http.RetryBudget` and the series' deadline; the object count must be
+  :class:`~intake_tcia.retrieval.transport.RetryBudget` and the series' deadline; the object count must be
   the index's ``instanceCount``, each body its listed size and, where the ETag is a plain MD5,
   that MD5; each file DICOM of the series. The files are written, verified and published into
-  the series cache by :class:`~intake_tcia.pipeline.SeriesWriter`, the same cache NBIA
+  the series cache by :class:`~intake_tcia.retrieval.pipeline.SeriesWriter`, the same cache NBIA
   downloads go to.
 * :func:`instances`: the SOPInstanceUID of every object, from ranged reads of the first bytes
   of each (kept in ``{cache_dir}/idc/{SeriesInstanceUID}.json``, so a series is listed once).
@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ._validate import validate_uid
-from .cache import CachedSeries, atomic_path
-from .errors import (
+from .._validate import validate_uid
+from ..retrieval.cache import CachedSeries, atomic_path
+from ..errors import (
     TCIAConnectionError,
     TCIAIntegrityError,
     TCIANotFoundError,
@@ -48,8 +48,8 @@ from .errors import (
 if TYPE_CHECKING:
     import pydicom
 
-    from ._http import RetryBudget
-    from .client import TCIAClient
+    from ..retrieval.transport import RetryBudget
+    from ..client import TCIAClient
 
 __all__ = [
     "IDCLocation",
@@ -265,7 +265,7 @@ def _listing(client: TCIAClient, uid: str) -> tuple[IDCLocation, list[IDCObject]
     """The kept listing of a series (see :func:`instances`), made first if there is none."""
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         return _saved_listing(client, uid)
-    from .backends import import_readers
+    from ..routing import import_readers
 
     where = _located(client, uid)
     budget = client._transport.budget()
@@ -446,9 +446,9 @@ def fetch_series(
     TCIAConnectionError, TCIAHTTPError
         The retries were spent.
     """
-    from .backends import import_readers
-    from .pipeline import SeriesWriter
-    from .retrieval import _Counter
+    from ..routing import import_readers
+    from ..retrieval.pipeline import SeriesWriter
+    from ..nbia.getimage import _Counter
 
     import_readers()  # before the GET threads check files
 

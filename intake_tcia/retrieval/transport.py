@@ -18,7 +18,7 @@ Bounds: the status line and headers must arrive within ``read_timeout`` in all (
 between two bytes); a metadata answer must arrive within ``query_timeout`` and hold at most
 ``max_answer_bytes``; an answer cut inside its headers is a lost connection, retried. Redirects
 are followed here, at most :data:`MAX_REDIRECTS`, and every hop is asked anew so the credential
-policy of :mod:`intake_tcia._auth` decides for its own URL.
+policy of :mod:`intake_tcia.nbia.auth` decides for its own URL.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
-from . import __version__
-from ._auth import conceal
-from ._jsonrows import JSONRows
-from .config import Settings
-from .errors import (
+from .. import __version__
+from ..nbia.auth import conceal
+from .._jsonrows import JSONRows
+from ..config import Settings
+from ..errors import (
     RETRY_STATUSES,
     TCIAAuthError,
     TCIAConnectionError,
@@ -69,7 +69,7 @@ _ERROR_HEAD = 200  # bytes of an unparsable answer quoted in the error
 _CHUNK = 1 << 20
 
 #: Rewrites a v4-style request (``base + endpoint``, v4 parameters) into what a server of
-#: another flavour expects (see :meth:`intake_tcia.flavours.Flavour.request`).
+#: another flavour expects (see :meth:`intake_tcia.nbia.flavours.Flavour.request`).
 Route = Callable[[str, Any], tuple[str, Any]]
 T = TypeVar("T")
 

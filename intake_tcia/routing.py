@@ -21,9 +21,9 @@ from ._validate import validate_uid
 from .errors import MissingDependencyError, TCIAConnectionError, TCIAError, TCIANotFoundError
 
 if TYPE_CHECKING:
-    from .cache import CachedSeries
+    from .retrieval.cache import CachedSeries
     from .client import TCIAClient
-    from .idc_fetch import IDCLocation
+    from .idc.bucket import IDCLocation
 
 __all__ = [
     "fetch_series", "file_sources", "import_readers", "locate_ahead", "on_files_backend",
@@ -46,7 +46,7 @@ def locate_ahead(client: TCIAClient, series_uids: Iterable[str]) -> None:
     uids = list(series_uids)
     if client.settings.backend == "nbia" or not uids:
         return
-    from .idc_fetch import locate
+    from .idc.bucket import locate
 
     try:
         found = locate(client, uids)
@@ -122,11 +122,12 @@ def fetch_series(
 ) -> CachedSeries:
     """A series from the cache, else from the source(s) :func:`file_sources` names, in turn.
 
-    Parameters and errors as :func:`intake_tcia.retrieval.fetch_series` (``slots``: see
-    :func:`intake_tcia.idc_fetch.fetch_series`); when every source
+    Parameters and errors as :func:`intake_tcia.nbia.getimage.fetch_series` (``slots``: see
+    :func:`intake_tcia.idc.bucket.fetch_series`); when every source
     failed, the last one's error is raised (the first's is logged as a warning).
     """
-    from . import idc_fetch, retrieval
+    from .idc import bucket
+    from .nbia import getimage
 
     uid = validate_uid(series_uid, "series_uid")
     found = client.cache.get(uid)

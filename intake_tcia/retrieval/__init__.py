@@ -1,0 +1,1 @@
+"""Source-agnostic retrieval: one transport, the publishing pipeline, the cache, download layouts."""
