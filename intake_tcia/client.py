@@ -1,64 +1,43 @@
-"""TCIAClient: the NBIA v4 endpoints as methods that return typed pandas DataFrames.
+"""TCIAClient: the archive as methods that return typed pandas DataFrames, whichever source answers.
 
-Each public query builds its parameters (validated before any request), picks the host that holds
-the data (NLST has its own), asks through the one :class:`~intake_tcia.retrieval.transport.Transport`, and shapes
-the rows with the endpoint's fixed schema (:mod:`intake_tcia.schema`).
-
-Host routing: a query naming collection NLST goes to the NLST host. A query that names only a
-patient, study or series goes to the host already known to hold it, else to the main host and, when
-that one has nothing, to the NLST host; the answer is remembered. Queries with neither a collection
-nor a UID ask every host and join the answers.
+The client is a facade. Each public method checks its arguments (before any request), then asks
+its :class:`~intake_tcia.routing.Router`, which picks the backend that answers as
+``settings.backend`` says: :class:`~intake_tcia.nbia.backend.NBIABackend` (the NBIA v4 API, its
+hosts and dialects) or :class:`~intake_tcia.idc.backend.IDCBackend` (the IDC index and buckets).
+Every answer has the endpoint's fixed schema (:mod:`intake_tcia.schema`).
 
 Names: an empty answer to a filter that names a collection, patient, modality or body part the
 archive does not have raises :class:`~intake_tcia.errors.TCIAUnknownNameError`, naming the closest
 real names; the listings that check needs are asked for only then.
-
-Flavours: each host may speak another dialect of the API (older NBIA v1/v2, the legacy TCIA REST
-API, an NBIA that wants a login; see :mod:`intake_tcia.nbia.flavours`). The client still asks in v4
-terms; its transport puts every request into the host's dialect (:meth:`Flavour.request`) and
-carries its credentials (:mod:`intake_tcia.nbia.auth`), and :meth:`TCIAClient._get` reads answers
-with the flavour's schemas, so every flavour gives the same v4-named, typed DataFrames.
-
-Backends: every query goes through :func:`intake_tcia.idc.queries.routed`, which asks NBIA
-(``backend="nbia"``), the IDC index instead (``"idc"``: the same frames, no request), or NBIA and
-the index when NBIA cannot be reached (``"auto"``).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import requests
 
-from .nbia.auth import auth_for
-from .retrieval.transport import Transport
-from ._jsonframe import JSONFrame
 from ._validate import format_query_date, validate_date, validate_text, validate_uid
-from .routing import on_files_backend
-from .retrieval.cache import CachedSeries, SeriesCache
 from .config import Settings
-from .retrieval.download import DEFAULT_LAYOUT
-from .errors import TCIANotFoundError, TCIAResponseError, TCIAUnknownNameError
-from .nbia.flavours import Flavour, flavour_for
-from .idc.index import IDCIndex, open_index
-from .idc.queries import routed
+from .criteria import PAGE_SIZE, doi_url, search_form
+from .errors import TCIAUnknownNameError
+from .idc.backend import IDCBackend
+from .idc.index import IDCIndex
 from .manifest import as_series_uids
-from .schema import SCHEMAS, frame_from_csv, frame_from_records
+from .nbia.backend import NBIABackend
+from .nbia.search import description_text
+from .retrieval.cache import CachedSeries, SeriesCache
+from .retrieval.layouts import DEFAULT_LAYOUT
+from .routing import Router
 
 if TYPE_CHECKING:
     import pydicom
 
 __all__ = ["TCIAClient"]
-
-T = TypeVar("T")
-
-#: getSeriesMetadata takes at most this many UIDs a request (as the NBIA clients chunk).
-METADATA_CHUNK = 10_000
 
 
 # Python keyword -> (NBIA parameter, validator)
@@ -155,14 +134,11 @@ class TCIAClient:
         else:
             Settings.from_env(**given)  # rejects unknown keywords
             self.settings = settings.replace(**{k: v for k, v in given.items() if v is not None})
-        self._flavours: dict[str, Flavour] = {
-            host: flavour_for(host, self.settings.api_version) for host in self.settings.hosts
-        }
-        session = session or requests.Session()
-        auth = auth_for({h: f.auth for h, f in self._flavours.items()}, session, self.settings)
-        self._transport = Transport(self.settings, session, route=self._route, auth=auth)
-        self._hosts: dict[str, str] = {}  # UID -> base URL that holds it
-        self._hosts_lock = threading.Lock()
+        self.cache = SeriesCache(self.settings.cache_dir)
+        nbia = NBIABackend(self.settings, session or requests.Session(), self.cache)
+        self._transport = nbia.transport  # the one transport, shared by both backends
+        self._router = Router(self.settings, self.cache, nbia,
+                              IDCBackend(self.settings, self._transport, self.cache))
 
     def __repr__(self) -> str:
         return f"TCIAClient(api_url={self.settings.api_url!r}, cache_dir={str(self.cache_dir)!r})"
@@ -185,54 +161,7 @@ class TCIAClient:
         """Path: the series cache directory."""
         return self.settings.cache_dir
 
-    # -- routing ---------------------------------------------------------------------------------
-
-    def _hosts_for(self, collection: str | None, uid: str | None = None) -> list[str]:
-        if collection is not None:
-            return [self.settings.host_for(collection)]
-        known = self._hosts.get(uid) if uid else None
-        if known:
-            return [known]
-        return list(self.settings.hosts) if uid else [self.settings.api_url]
-
-    def remember_host(self, uid: str, host: str) -> None:
-        """Note that ``host`` (a base URL) holds ``uid``, so later calls go straight there."""
-        with self._hosts_lock:
-            self._hosts[uid] = host
-
-    def on_series_host(
-        self, series_uid: str, call: Callable[[str], T], *, collection: str | None = None
-    ) -> T:
-        """``call(base_url)`` on the host that holds a series, found as the module doc says.
-
-        A host that answers :class:`TCIANotFoundError` is passed over for the next; the host
-        that answers is remembered.
-        """
-        hosts = self._hosts_for(collection, series_uid)
-        for i, host in enumerate(hosts):
-            try:
-                result = call(host)
-            except TCIANotFoundError:
-                if i + 1 == len(hosts):
-                    raise
-                continue
-            self.remember_host(series_uid, host)
-            return result
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    # -- transport helpers ------------------------------------------------------------------------
-
-    def _route(self, url: str, params: Any) -> tuple[str, Any]:
-        """A v4-style request in the dialect of the host it goes to (the transport's route)."""
-        for host, flavour in self._flavours.items():
-            if url.startswith(host):
-                return flavour.request(url, params)
-        return url, params
-
-    def _get(self, host: str, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
-        schema = self._flavours[host].schemas[endpoint]
-        return self._transport.get_json(host + endpoint, params=params,
-                                        parser=lambda: JSONFrame(schema))
+    # -- asking the router ------------------------------------------------------------------------
 
     def _query(
         self,
@@ -242,23 +171,18 @@ class TCIAClient:
         collection: str | None = None,
         uid: str | None = None,
     ) -> pd.DataFrame:
-        """Ask each candidate host in turn until one has rows (see the module doc); with neither
-        a collection nor a UID, every host. No rows: a name filter the archive lacks is an error."""
-        def ask() -> pd.DataFrame:
-            if collection is None and uid is None:
-                return self._both_hosts(endpoint, params, direct=True)
-            for host in self._hosts_for(collection, uid):
-                frame = self._get(host, endpoint, params)
-                if len(frame):
-                    if uid is not None:
-                        self.remember_host(uid, host)
-                    break
-            return frame
-
-        frame = routed(self, endpoint, params, ask)
+        """The answer of the backend the router picks (NBIA: the host that may hold it). No
+        rows: a name filter the archive lacks is an error."""
+        frame = self._router.query(endpoint, params, collection=collection, uid=uid)
         if frame.empty:
             self._check_names(params, endpoint)
         return frame
+
+    def _every_host(
+        self, endpoint: str, params: dict[str, str], *, collection: str | None = None
+    ) -> pd.DataFrame:
+        """Every NBIA host's answer joined (only ``collection``'s host, when given)."""
+        return self._router.query(endpoint, params, collection=collection, every_host=True)
 
     def _check_names(self, params: dict[str, str], endpoint: str) -> None:
         """Raise :class:`TCIAUnknownNameError` for the first name filter the archive lacks.
@@ -272,10 +196,9 @@ class TCIAClient:
                 continue
             if name == "PatientID":  # only this collection's patients, or this ID anywhere
                 scope = {"Collection": collection} if collection else {"PatientID": value}
-                hosts = [self.settings.host_for(collection)] if collection else None
-                known = self._both_hosts(listing, scope, hosts=hosts)[column]
+                known = self._every_host(listing, scope, collection=collection)[column]
             else:
-                known = self._both_hosts(listing, {})[column]
+                known = self._every_host(listing, {})[column]
             known = known.dropna().astype(str)
             if value.lower() not in set(known.str.lower()):
                 where = f"collection {collection!r}" if name == "PatientID" and collection else (
@@ -283,22 +206,10 @@ class TCIAClient:
                 url = self.settings.api_url + endpoint
                 raise TCIAUnknownNameError(keyword, value, known, url, where)
 
-    def _both_hosts(
-        self, endpoint: str, params: dict[str, str], *, hosts: list[str] | None = None,
-        direct: bool = False,
-    ) -> pd.DataFrame:
-        """Every host's answer, joined; ``direct``: NBIA's, whatever the backend."""
-
-        def ask() -> pd.DataFrame:
-            frames = [self._get(host, endpoint, params) for host in hosts or self.settings.hosts]
-            return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
-
-        return ask() if direct else routed(self, endpoint, params, ask)
-
     @property
     def idc_index(self) -> IDCIndex:
         """IDCIndex: the IDC index of ``settings.idc_index``, opened once per process."""
-        return open_index(self.settings.idc_index, self.settings.cache_dir)
+        return self._router.idc.index
 
     # -- the query endpoints ---------------------------------------------------------------------
 
@@ -310,7 +221,7 @@ class TCIAClient:
         pandas.DataFrame
             One column, ``Collection``.
         """
-        return self._both_hosts("getCollectionValues", {})
+        return self._every_host("getCollectionValues", {})
 
     def modalities(
         self, collection: str | None = None, body_part: str | None = None
@@ -406,7 +317,7 @@ class TCIAClient:
     def updated_series(self, since: date | str) -> pd.DataFrame:
         """Series released after ``since`` (strictly), on every host."""
         params = {"fromDate": format_query_date(validate_date(since, "since"))}
-        return self._both_hosts("getUpdatedSeries", params)
+        return self._every_host("getUpdatedSeries", params)
 
     def series_metadata(self, series_uids: str | Iterable[str]) -> pd.DataFrame:
         """Detailed metadata of series (getSeriesMetadata), pixel spacing and slice thickness too.
@@ -414,47 +325,7 @@ class TCIAClient:
         UIDs are sent 10,000 at a time, each batch to the host that holds it (one at a time to
         v1/v2 and legacy hosts, whose getSeriesMetaData takes one SeriesInstanceUID).
         """
-        uids = as_series_uids(series_uids)
-        return routed(self, "getSeriesMetadata", {"list": ",".join(uids)},
-                      lambda: self._metadata_of(uids))
-
-    def _metadata_of(self, uids: list[str]) -> pd.DataFrame:
-        frames = [frame_from_csv("", SCHEMAS["getSeriesMetadata"])]
-        for host in self.settings.hosts:
-            if self._flavours[host].metadata_per_series:
-                frames += [self._metadata_of_one(host, uid) for uid in uids]
-            else:
-                frames += self._metadata_batches(host, uids)
-            found = set(pd.concat(frames)["SeriesInstanceUID"].dropna())
-            uids = [u for u in uids if u not in found]
-            if not uids:
-                break
-        return pd.concat(frames, ignore_index=True)
-
-    def _metadata_batches(self, host: str, uids: list[str]) -> list[pd.DataFrame]:
-        """getSeriesMetadata (v4): POST the UIDs in batches, quoted CSV back."""
-        frames = []
-        for start in range(0, len(uids), METADATA_CHUNK):
-            batch = ",".join(uids[start : start + METADATA_CHUNK])
-            body, content_type = self._transport.fetch(
-                "POST", host + "getSeriesMetadata", data={"list": batch}
-            )
-            text = body.decode("utf-8", "replace")
-            if text.strip() and "SeriesInstanceUID" not in text.partition("\n")[0]:
-                raise TCIAResponseError(
-                    f"expected CSV from {host}getSeriesMetadata, got "
-                    f"{content_type or 'no content type'}: {text[:200]!r}"
-                )
-            frames.append(frame_from_csv(text, SCHEMAS["getSeriesMetadata"]))
-        return frames
-
-    def _metadata_of_one(self, host: str, uid: str) -> pd.DataFrame:
-        """v1/v2 getSeriesMetaData: one series, JSON with v1 names (no rows if not here)."""
-        try:
-            frame = self._get(host, "getSeriesMetaData", {"SeriesInstanceUID": uid})
-        except TCIANotFoundError:
-            return frame_from_csv("", SCHEMAS["getSeriesMetadata"])
-        return frame[frame["SeriesInstanceUID"] == uid]
+        return self._router.series_metadata(as_series_uids(series_uids))
 
     def shared_cart(self, name: str) -> pd.DataFrame:
         """The series of a shared cart (v1 getContentsByName), in v4 getSeries columns.
@@ -471,9 +342,9 @@ class TCIAClient:
             One row per series, columns and dtypes as :meth:`series`; empty for an unknown cart.
         """
         params = {"name": validate_text(name, "name")}
-        return self._both_hosts("getContentsByName", params)
+        return self._every_host("getContentsByName", params)
 
-    def search(self, *, page_size: int = 1000, **criteria: Any) -> pd.DataFrame:
+    def search(self, *, page_size: int = PAGE_SIZE, **criteria: Any) -> pd.DataFrame:
         """Series found by NBIA's advanced search (getSimpleSearch), in v4 getSeries columns.
 
         Parameters
@@ -503,19 +374,18 @@ class TCIAClient:
         TypeError, ValueError
             Before any request, for an unknown keyword or a malformed value (named).
         """
-        from .nbia.search import search
-
-        return search(self, page_size=page_size, **criteria)
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be a whole number >= 1, not {page_size!r}")
+        form = search_form(**criteria)
+        return self._router.search(form, collections=criteria.get("collection"),
+                                   page_size=page_size)
 
     def collection_descriptions(self, collection: str | None = None) -> pd.DataFrame:
         """collectionName, description (HTML, as kept by NBIA), descriptionURI, id, and
         descriptionText (the description as plain text), of one collection or of all."""
-        from .nbia.search import description_text
-
         params = {} if collection is None else {"collectionName": validate_text(
             collection, "collection")}
-        hosts = None if collection is None else [self.settings.host_for(collection)]
-        frame = self._both_hosts("getCollectionDescriptions", params, hosts=hosts)
+        frame = self._every_host("getCollectionDescriptions", params, collection=collection)
         frame["descriptionText"] = frame["description"].map(description_text).astype(
             frame["description"].dtype)
         return frame
@@ -527,24 +397,10 @@ class TCIAClient:
         ThirdPartyAnalysis, Authorized); ``level="collection"``: one row per collection, the
         same columns with SeriesInstanceUID null. Empty when no series carries the DOI.
         """
-        from .nbia.search import doi_url
-
         if level not in ("series", "collection"):
             raise ValueError(f"level must be 'series' or 'collection', not {level!r}")
         form = {"DOI": doi_url(doi), "CollectionOrSeries": level}
-        schema = SCHEMAS["getCollectionOrSeriesForDOI"]
-
-        def ask() -> pd.DataFrame:
-            frames = [
-                self._transport.get_json(
-                    host + "getCollectionOrSeriesForDOI", data=form,
-                    parser=lambda: JSONFrame(schema),
-                )
-                for host in self.settings.hosts
-            ]
-            return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
-
-        return routed(self, "getCollectionOrSeriesForDOI", form, ask)
+        return self._router.query("getCollectionOrSeriesForDOI", form)
 
     def series_size(self, series_uid: str, *, collection: str | None = None) -> dict[str, int]:
         """``{"TotalSizeInBytes": int, "ObjectCount": int}`` of one series (uncompressed bytes).
@@ -552,47 +408,19 @@ class TCIAClient:
         ``collection``, when known, routes the request straight to the right host.
         """
         uid = validate_uid(series_uid, "series_uid")
-        frame = self._query(
-            "getSeriesSize", {"SeriesInstanceUID": uid}, collection=collection, uid=uid
-        )
-        if frame.empty or pd.isna(frame.loc[0, "ObjectCount"]):
-            raise TCIANotFoundError(404, f"no series {uid}", "getSeriesSize")
-        return {k: int(frame.loc[0, k]) for k in ("TotalSizeInBytes", "ObjectCount")}
+        return self._router.series_size(uid, collection=collection)
 
     def sop_instance_uids(self, series_uid: str, *, collection: str | None = None) -> list[str]:
         """The SOPInstanceUIDs of one series' instances (``collection`` routes, as above); on
         IDC, read from the first bytes of each object, once (kept in the cache directory)."""
         uid = validate_uid(series_uid, "series_uid")
-
-        def nbia() -> list[str]:
-            frame = self._query(
-                "getSOPInstanceUIDs", {"SeriesInstanceUID": uid}, collection=collection, uid=uid
-            )
-            return frame["SOPInstanceUID"].dropna().tolist()
-
-        def idc() -> list[str]:
-            from .idc.bucket import instances
-
-            return [str(o.sop_instance_uid) for o in instances(self, uid)]
-
-        return on_files_backend(self, nbia, idc)
+        return self._router.on_files(lambda b: b.instance_uids(uid, collection=collection))
 
     def dicom_tags(self, series_uid: str, *, collection: str | None = None) -> pd.DataFrame:
         """The DICOM header of one instance of a series: element, name, data (on IDC, read from
         the first bytes of one object)."""
         uid = validate_uid(series_uid, "series_uid")
-
-        def idc() -> pd.DataFrame:
-            from .idc.bucket import read_header, tag_rows
-
-            return frame_from_records(tag_rows(read_header(self, uid)), SCHEMAS["getDicomTags"])
-
-        return on_files_backend(
-            self,
-            lambda: self._query("getDicomTags", {"SeriesUID": uid}, collection=collection,
-                                uid=uid),
-            idc,
-        )
+        return self._router.on_files(lambda b: b.header(uid, collection=collection))
 
     def value_counts(
         self,
@@ -627,37 +455,14 @@ class TCIAClient:
     ) -> bytes:
         """The bytes of one DICOM instance (getSingleImage, or one GET of its IDC object), with
         no use of the series cache."""
-        params = {
-            "SeriesInstanceUID": validate_uid(series_uid, "series_uid"),
-            "SOPInstanceUID": validate_uid(sop_instance_uid, "sop_instance_uid"),
-        }
-
-        def fetch(host: str) -> bytes:
-            return bytes(self._transport.fetch("GET", host + "getSingleImage", params=params)[0])
-
-        def idc() -> bytes:
-            from .idc.bucket import read_instance
-
-            return read_instance(self, params["SeriesInstanceUID"], params["SOPInstanceUID"])
-
-        return on_files_backend(
-            self,
-            lambda: self.on_series_host(params["SeriesInstanceUID"], fetch,
-                                        collection=collection),
-            idc,
-        )
-
-    @property
-    def cache(self) -> SeriesCache:
-        """SeriesCache: the verified series under :attr:`cache_dir` (looked up with no request)."""
-        return SeriesCache(self.cache_dir)
+        uid = validate_uid(series_uid, "series_uid")
+        sop_uid = validate_uid(sop_instance_uid, "sop_instance_uid")
+        return self._router.on_files(lambda b: b.instance(uid, sop_uid, collection=collection))
 
     def fetch_series(self, series_uid: str, *, collection: str | None = None) -> CachedSeries:
         """One series from the cache, else downloaded, verified and cached, from NBIA or IDC as
-        ``settings.backend`` says (see :func:`intake_tcia.routing.fetch_series`)."""
-        from .routing import fetch_series
-
-        return fetch_series(self, series_uid, collection=collection)
+        ``settings.backend`` says (see :meth:`intake_tcia.routing.Router.fetch_series`)."""
+        return self._router.fetch_series(series_uid, collection=collection)
 
     def download(
         self,
@@ -711,7 +516,7 @@ class TCIAClient:
         from .retrieval.download import download
 
         return download(
-            self, series, dest, on_error=on_error, layout=layout, workers=workers,
+            self._router, series, dest, on_error=on_error, layout=layout, workers=workers,
             progress=progress,
         )
 
@@ -720,9 +525,12 @@ class TCIAClient:
     ) -> list[pydicom.Dataset]:
         """The pydicom datasets of one series, fetched once into the cache, sorted by position
         along the slice normal (ascending)."""
-        from .retrieval.download import read_series
+        import pydicom
 
-        return read_series(self, series_uid, collection=collection)
+        from .volume import sort_slices_by_position
+
+        series = self.fetch_series(series_uid, collection=collection)
+        return sort_slices_by_position(pydicom.dcmread(path) for path in series.files)
 
     def annotations(self, series_uid: str, *, collection: str | None = None) -> pd.DataFrame:
         """The SEG, RTSTRUCT and RTDOSE series that refer to an image series.
@@ -773,13 +581,7 @@ class TCIAClient:
 
     def datacite(self, doi: str) -> dict[str, Any] | None:
         """The DataCite attributes of a DOI (title, creators, year, ...), or None if unknown."""
-        doi = validate_text(doi, "doi")
-        try:
-            rows = self._transport.get_json(self.settings.datacite_url + "dois/" + doi)
-        except TCIANotFoundError:
-            return None
-        attributes = rows[0].get("data", {}).get("attributes") if rows else None
-        return attributes if isinstance(attributes, dict) else None
+        return self._router.nbia.datacite(validate_text(doi, "doi"))
 
 
 def _client_from_settings(settings: Settings) -> TCIAClient:

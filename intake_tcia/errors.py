@@ -44,6 +44,7 @@ __all__ = [
     "TCIAStorageError",
     "DownloadError",
     "TCIABackendError",
+    "IDCFallbackWarning",
     "MissingDependencyError",
 ]
 
@@ -239,3 +240,8 @@ def import_optional(module: str, extra: str, feature: str) -> Any:
         raise MissingDependencyError(
             f"{feature} needs {module!r}: pip install 'intake-tcia[{extra}]'"
         ) from exc
+
+
+class IDCFallbackWarning(UserWarning):
+    """``backend="auto"``: NBIA could not be reached, the IDC index answered instead."""
+

@@ -21,9 +21,13 @@ import pytest
 
 from intake_tcia.cli import main
 from intake_tcia.client import TCIAClient
-from intake_tcia.errors import TCIAHTTPError, TCIAIntegrityError, TCIANotFoundError
+from intake_tcia.errors import (
+    IDCFallbackWarning,
+    TCIAHTTPError,
+    TCIAIntegrityError,
+    TCIANotFoundError,
+)
 from intake_tcia.fs import TCIAFileSystem
-from intake_tcia.idc.queries import IDCFallbackWarning
 from intake_tcia.sources import TCIASeriesSource
 from intake_tcia.testing import ArchiveServer, IDCBucketServer
 

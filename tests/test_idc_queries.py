@@ -23,6 +23,7 @@ from test_search import expected
 
 from intake_tcia import TCIAClient
 from intake_tcia.errors import (
+    IDCFallbackWarning,
     TCIABackendError,
     TCIAConnectionError,
     TCIAHTTPError,
@@ -30,7 +31,6 @@ from intake_tcia.errors import (
     TCIAUnknownNameError,
 )
 from intake_tcia.idc.index import IDCIndex
-from intake_tcia.idc.queries import IDCFallbackWarning
 from intake_tcia.schema import SCHEMAS, frame_from_records
 from intake_tcia.testing import ArchiveServer, write_idc_index
 from intake_tcia.testing.builder import parse_mdy

@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from intake_tcia.retrieval.cache import SeriesCache
 from intake_tcia.errors import TCIAIntegrityError, UnsafeArchiveError
+from intake_tcia.retrieval.cache import SeriesCache
 from intake_tcia.retrieval.pipeline import SeriesWriter
 
 SERIES = "1.2.826.0.1.3680043.8.498.1"

@@ -28,10 +28,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .dicomhead import header_uids
-from .cache import LICENSE_NAME, CachedInstance, CachedSeries, SeriesCache, fsync_file
+from .._validate import name_problem
 from ..errors import TCIAIntegrityError, TCIAStorageError, UnsafeArchiveError, storage_errors
-from ..nbia.members import name_problem
+from .cache import LICENSE_NAME, CachedInstance, CachedSeries, SeriesCache, fsync_file
+from .dicomhead import header_uids
 
 __all__ = ["SeriesWriter", "SeriesFolder", "MD5_MEMBER"]
 
@@ -388,3 +388,10 @@ def _header_uids_leniently(path: Path) -> tuple[str, str]:
     except Exception as exc:  # noqa: BLE001 - a file the archive holds but pydicom cannot read
         log.warning("%s: no SOPInstanceUID (%s)", path.name, exc)
         return "", ""
+
+
+def import_readers() -> None:
+    """Import pydicom's reader in this thread, before worker threads check files: several
+    threads importing it at once can see it half initialised (a circular-import error)."""
+    import pydicom.filereader  # noqa: F401
+

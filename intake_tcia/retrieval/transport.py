@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, quote_plus, urljoin, urlsplit
 
 import requests
 import urllib3
@@ -41,7 +41,6 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
 from .. import __version__
-from ..nbia.auth import conceal
 from .._jsonrows import JSONRows
 from ..config import Settings
 from ..errors import (
@@ -241,6 +240,22 @@ class _Adapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+_CONCEALED_LENGTH = 4
+
+
+def conceal(text: str, auth: object) -> str:
+    """``text`` (a server's message, to be shown in an error) with every secret ``auth`` holds
+    replaced by ``***``, as sent and URL-encoded: a server that echoes a request back cannot
+    put a password, api_key or token into errors, logs or the CLI's output. Secrets under
+    :data:`_CONCEALED_LENGTH` characters are left (they would mask ordinary words)."""
+    for secret in getattr(auth, "secrets", list)():
+        if len(secret) < _CONCEALED_LENGTH:
+            continue
+        for form in {secret, quote_plus(secret), quote(secret, safe="")}:
+            text = text.replace(form, "***")
+    return text
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
