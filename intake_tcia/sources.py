@@ -277,12 +277,13 @@ def _voxel_dtype(header: Any) -> np.dtype | None:
 
     None when the header cannot form a volume (no BitsAllocated, or colour samples).
     """
-    from . import volume
+    from ._geometry import _frame_info
+    from ._pixels import _output_dtype, _stored_dtype
 
     if "BitsAllocated" not in header or int(header.get("SamplesPerPixel") or 1) != 1:
         return None
-    stored, bits = volume._stored_dtype(header)
-    return volume._output_dtype(stored, bits, [volume._frame_info(header, 0, None)])
+    stored, bits = _stored_dtype(header)
+    return _output_dtype(stored, bits, [_frame_info(header, 0, None)])
 
 
 class TCIASeriesSource(_ClientSource, DataSource):
