@@ -156,7 +156,8 @@ def format_query_date(d: dt.date) -> str:
 
 
 def name_problem(name: str) -> str | None:
-    """Why a name (a zip member's, an object's) cannot be a file of a series folder, or None for a plain file name.
+    """Why a name (a zip member's, an object's) cannot be a file of a series folder, or None
+    for a plain file name.
 
     Refused: absolute paths, ``..``, folders (a series is flat), hidden or empty names, NUL,
     names over 255 bytes and names Windows reserves (``CON``, ``aux.txt``).

@@ -73,7 +73,8 @@ def search_form(
     min_studies: int | None = None,
     all_modalities: bool = False,
 ) -> dict[str, str]:
-    """The getSimpleSearch form fields of the criteria given, validated (see :meth:`TCIAClient.search <intake_tcia.client.TCIAClient.search>`).
+    """The getSimpleSearch form fields of the criteria given, validated (see
+    :meth:`TCIAClient.search <intake_tcia.client.TCIAClient.search>`).
 
     Raises
     ------

@@ -21,13 +21,14 @@ _FACADES = (
     "cohort",
 )
 _BACKENDS = ("nbia", "idc")
-_ABOVE_BACKENDS = ("client", "routing", *_FACADES)
+_ABOVE_BACKENDS = ("client", "_client_queries", "routing", *_FACADES)
 FORBIDDEN = {
     "nbia": ("idc", *_ABOVE_BACKENDS),
     "idc": ("nbia", *_ABOVE_BACKENDS),
     "retrieval": (*_BACKENDS, *_ABOVE_BACKENDS),
     "routing": ("client", *_FACADES),
     "client": _FACADES,
+    "_client_queries": ("client", *_FACADES),
     "backend": (*_BACKENDS, *_ABOVE_BACKENDS),
     # decoders: files in, arrays out
     "volume": (*_BACKENDS, *_ABOVE_BACKENDS),

@@ -6,11 +6,11 @@ IDC keeps each instance as its own object, ``s3://<aws_bucket>/<crdc_series_uuid
 
 * :func:`list_objects`: ListObjectsV2 of the series' prefix, page after page.
 * :func:`fetch_series`: every object GET in parallel on pooled connections, all within one
-  :class:`~intake_tcia.retrieval.transport.RetryBudget` and the series' deadline; the object count must be
-  the index's ``instanceCount``, each body its listed size and, where the ETag is a plain MD5,
-  that MD5; each file DICOM of the series. The files are written, verified and published into
-  the series cache by :class:`~intake_tcia.retrieval.pipeline.SeriesWriter`, the same cache NBIA
-  downloads go to.
+  :class:`~intake_tcia.retrieval.transport.RetryBudget` and the series' deadline; the object
+  count must be the index's ``instanceCount``, each body its listed size and, where the ETag is
+  a plain MD5, that MD5; each file DICOM of the series. The files are written, verified and
+  published into the series cache by :class:`~intake_tcia.retrieval.pipeline.SeriesWriter`,
+  the same cache NBIA downloads go to.
 * :func:`instances`: the SOPInstanceUID of every object, from ranged reads of the first bytes
   of each (kept in ``{cache_dir}/idc/{SeriesInstanceUID}.json``, so a series is listed once).
 * :func:`read_instance` and :func:`read_header`: one instance's bytes (one GET, verified), or

@@ -5,8 +5,8 @@ member to a :class:`~intake_tcia.retrieval.pipeline.SeriesWriter` as soon as its
 (:func:`intake_tcia.nbia.members.iter_members`): checked, inflated, hashed and written to staging
 while the next bytes are still on the wire. ``md5hashes.csv``, which comes last, is compared with
 the hashes already computed; only then is the series published. Lost connections, truncated
-zips and wrong MD5s are retried on one :class:`~intake_tcia.retrieval.transport.RetryBudget` with the
-statuses of the requests themselves, within ``series_timeout``; unsafe zips are not.
+zips and wrong MD5s are retried on one :class:`~intake_tcia.retrieval.transport.RetryBudget`
+with the statuses of the requests themselves, within ``series_timeout``; unsafe zips are not.
 """
 
 from __future__ import annotations

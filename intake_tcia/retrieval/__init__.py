@@ -1,1 +1,1 @@
-"""Source-agnostic retrieval: one transport, the publishing pipeline, the cache, download layouts."""
+"""Source-agnostic retrieval: the transport, the publishing pipeline, the cache, layouts."""
