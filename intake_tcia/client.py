@@ -36,7 +36,10 @@ __all__ = ["TCIAClient"]
 
 
 class TCIAClient(QueryMethods):
-    """A client of the TCIA (NBIA v4) REST API.
+    """A client of The Cancer Imaging Archive, answered by NBIA or the Imaging Data Commons.
+
+    ``backend`` (a keyword of ``**options``, or ``INTAKE_TCIA_BACKEND``) picks the source:
+    ``"nbia"``, ``"idc"`` or ``"auto"`` (see :mod:`intake_tcia.routing`).
 
     Parameters
     ----------
