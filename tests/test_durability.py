@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from intake_tcia.cache import RECORD_NAME, boot_id
 from intake_tcia.client import TCIAClient
+from intake_tcia.retrieval.cache import RECORD_NAME, boot_id
 from intake_tcia.testing import ArchiveServer
 
 CT_COLLECTION = "Pydicom-CT-Series"

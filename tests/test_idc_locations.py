@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from intake_tcia.idc_index import IDCIndex, index_fingerprint
-from intake_tcia.idc_locations import KEYS_FILE, table_for
+from intake_tcia.idc.index import IDCIndex, index_fingerprint
+from intake_tcia.idc.locations import KEYS_FILE, table_for
 from intake_tcia.testing import ArchiveServer
 
 
@@ -59,7 +59,7 @@ def test_looking_up_reads_no_parquet(idc_index: Path, tmp_path: Path) -> None:
     uid = pq.read_table(idc_index / "idc_index.parquet")["SeriesInstanceUID"][0].as_py()
     cache = str(tmp_path / "cache")
     table_for(idc_index, Path(cache))  # built here, once
-    code = (f"import sys\nfrom intake_tcia.idc_locations import table_for\n"
+    code = (f"import sys\nfrom intake_tcia.idc.locations import table_for\n"
             f"found = table_for({str(idc_index)!r}, {cache!r}).lookup([{uid!r}])\n"
             f"assert {uid!r} in found, found\n"
             "print('pyarrow.parquet' in sys.modules, 'pyarrow.dataset' in sys.modules)")

@@ -89,7 +89,7 @@ def table_for(folder: Path | None, cache_dir: Path | None) -> LocationTable | No
     reads no parquet: only building it does (once per index version)."""
     if cache_dir is None:
         return None
-    from .idc_index import default_folder, index_fingerprint
+    from .index import default_folder, index_fingerprint
 
     folder = Path(folder).expanduser() if folder is not None else default_folder()
     root = Path(cache_dir).expanduser() / "idc-index" / index_fingerprint(folder)
@@ -122,7 +122,7 @@ def _build(index_folder: Path, folder: Path) -> None:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from .idc_index import INDEX_FILE, IDCIndex
+    from .index import INDEX_FILE, IDCIndex
 
     file = pq.ParquetFile(str(index_folder / INDEX_FILE), pre_buffer=False, buffer_size=1 << 20)
     total = file.metadata.num_rows

@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .errors import (
+from ..criteria import SPECIES
+from ..errors import (
     TCIABackendError,
     import_optional,
 )
-from .search import SPECIES
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -157,7 +157,7 @@ class IDCIndex:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self._lock = threading.RLock()
         self._tables: dict[str, pa.Table] = {}
-        self._fingerprint = self._stat()
+        self._fingerprint = index_fingerprint(self.folder)
 
     def __repr__(self) -> str:
         return f"IDCIndex(folder={str(self.folder)!r})"
@@ -352,12 +352,9 @@ class IDCIndex:
             expression = term if expression is None else expression & term
         return expression
 
-    def _stat(self) -> str:
-        return index_fingerprint(self.folder)
-
     def refresh(self) -> None:
         """Forget what was read if the index files have changed since (three ``stat`` calls)."""
-        fingerprint = self._stat()
+        fingerprint = index_fingerprint(self.folder)
         with self._lock:
             if fingerprint != self._fingerprint:
                 for name in ("_dataset", "_collections", "_present", "_releases"):
@@ -477,14 +474,6 @@ class IDCIndex:
         when = self.pa.scalar(datetime.strptime(from_date, "%m-%d-%Y"), self.pa.timestamp("ns"))
         compare = self.pc.greater if strict else self.pc.greater_equal
         return table.filter(self.pc.fill_null(compare(table["DateReleased"], when), False))
-
-    def answer(self, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
-        """The DataFrame NBIA's ``endpoint`` would answer to ``params`` (v4 names, validated);
-        see :func:`intake_tcia.idc_queries.answer`."""
-        from .idc_queries import answer
-
-        self.refresh()
-        return answer(self, endpoint, params)
 
     # -- for IDC retrieval -------------------------------------------------------------------
 
