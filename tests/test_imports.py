@@ -43,3 +43,19 @@ def test_client_is_imported_when_first_named() -> None:
     assert "TCIAClient" in dir(intake_tcia)
     with pytest.raises(AttributeError, match="no_such_name"):
         intake_tcia.no_such_name  # noqa: B018
+
+
+def test_one_instance_through_tcia_loads_no_pandas_or_pyarrow(server, tmp_path) -> None:
+    table = server.archive.series
+    row = table[table["Modality"] == "CT"].iloc[0]
+    folder = "/".join(row[["Collection", "PatientID", "StudyInstanceUID", "SeriesInstanceUID"]])
+    sop_uid, _ = server.archive.instances(row["SeriesInstanceUID"])[0]
+    code = (
+        "import fsspec, pydicom\n"
+        f"fs = fsspec.filesystem('tcia', api_url={server.api_url!r}, "
+        f"nlst_api_url={server.nlst_api_url!r}, cache_dir={str(tmp_path)!r}, backend='nbia')\n"
+        f"with fs.open({folder + '/' + sop_uid + '.dcm'!r}) as f:\n"
+        f"    assert pydicom.dcmread(f).SOPInstanceUID == {sop_uid!r}"
+    )
+    loaded = _loaded_after(code)
+    assert not loaded["pandas"] and not loaded["pyarrow"], loaded

@@ -34,8 +34,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
+from .._lazy import pandas as pd
 from ..criteria import SPECIES
 from ..errors import (
     TCIABackendError,

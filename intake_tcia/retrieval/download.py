@@ -22,8 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import pandas as pd
-
+from .._lazy import pandas as pd
 from .._validate import validate_uid
 from ..config import Settings
 from ..errors import DownloadError, storage_errors
