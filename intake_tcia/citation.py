@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._lazy import pandas as pd
-
 from .errors import TCIAError
 from .schema import STRING_DTYPE
 
