@@ -8,7 +8,10 @@ process per round, interleaved, and its FIRST query is timed, as a user pays it:
 /dev/null (the transfer limit), tcia_utils (``nbia.getSeries(..., format="df")``, its base URL
 pointed at the replay) and intake-tcia (``TCIAClient.series``, typed columns).
 
-Columns: ``seconds`` (wall time of the query), ``CPU s`` (user + system of the whole process:
+Columns: ``seconds`` (wall time of the query), ``with_import_s`` (the library's import and the
+query: intake-tcia imports pandas and pyarrow in its first query, tcia_utils when it is
+imported, so this is the fair time to a first answer, and the goal's), ``CPU s`` (user + system
+of the whole process:
 interpreter, imports and query), ``peak MB`` (the process' peak resident memory, ``VmHWM``;
 curl's own) and ``above import MB`` (that peak above the process' memory just before the query);
 each the median over ``--rounds`` processes, with the best time of them as an extra column.
@@ -42,29 +45,34 @@ GOAL_TIME, GOAL_MEMORY = 0.4, 0.4  # of tcia_utils' time and peak resident memor
 def measure_curl(api_url: str) -> dict:
     found = run_command(["curl", "-sf", "-o", "/dev/null", api_url + REQUEST])
     return {"contender": "curl to /dev/null", "seconds": found["seconds"],
+            "with_import_s": found["seconds"],
             "cpu_s": found["cpu_s"], "peak_mb": found["peak_mb"],
             "above_mb": found["peak_mb"], "typed": False}
 
 
 def measure_ours(api_url: str) -> dict:
+    imported = time.perf_counter()
     from intake_tcia import TCIAClient
 
     client = TCIAClient(api_url=api_url, nlst_api_url=api_url)
     baseline = current_rss_mb()
     start = time.perf_counter()
     frame = client.series(collection=COLLECTION)
-    seconds = time.perf_counter() - start
+    done = time.perf_counter()
+    seconds = done - start
     typed = frame["ImageCount"].dtype == "Int64" and str(frame["SeriesDate"].dtype).startswith(
         "datetime64"
     )
     peak = peak_rss_mb()
     return {"contender": "intake-tcia TCIAClient.series()", "seconds": seconds,
+            "with_import_s": done - imported,
             "peak_mb": peak, "above_mb": peak - baseline, "typed": typed, "rows": len(frame)}
 
 
 def measure_tcia_utils(api_url: str) -> dict:
     import logging
 
+    imported = time.perf_counter()
     from tcia_utils import nbia
 
     logging.getLogger().setLevel(logging.WARNING)
@@ -72,10 +80,12 @@ def measure_tcia_utils(api_url: str) -> dict:
     baseline = current_rss_mb()
     start = time.perf_counter()
     frame = nbia.getSeries(collection=COLLECTION, format="df")
-    seconds = time.perf_counter() - start
+    done = time.perf_counter()
+    seconds = done - start
     typed = frame["ImageCount"].dtype == "Int64"
     peak = peak_rss_mb()
     return {"contender": 'tcia_utils getSeries(format="df")', "seconds": seconds,
+            "with_import_s": done - imported,
             "peak_mb": peak, "above_mb": peak - baseline, "typed": typed, "rows": len(frame)}
 
 
@@ -85,7 +95,7 @@ CONTENDERS = {"curl": measure_curl, "tcia_utils": measure_tcia_utils, "ours": me
 def _summary(found: list[dict]) -> dict:
     """One contender's row: the median of its fresh processes, and its best time."""
     row = dict(found[0])
-    for key in ("seconds", "peak_mb", "above_mb"):
+    for key in ("seconds", "with_import_s", "peak_mb", "above_mb"):
         row[key] = median([r[key] for r in found])
     row["cpu_s"] = median([r.get("cpu_s", r["process_cpu_s"]) for r in found])
     row["best s"] = min(r["seconds"] for r in found)
@@ -115,26 +125,33 @@ def main() -> None:
     for row in (curl, peer, ours):
         row["typed columns"] = "yes" if row["typed"] else "no"
         row["time vs tcia_utils"] = f"{row['seconds'] / peer['seconds']:.2f}x"
+        row["with import vs"] = f"{row['with_import_s'] / peer['with_import_s']:.2f}x"
         row["CPU vs tcia_utils"] = f"{row['cpu_s'] / peer['cpu_s']:.2f}x"
         row["peak vs tcia_utils"] = f"{row['peak_mb'] / peer['peak_mb']:.2f}x"
     print(f"\nfirst query of a fresh process; median of {args.rounds} processes per contender\n")
     print_table([curl, peer, ours], [
-        "contender", "rows", "seconds", "best s", "cpu_s", "peak_mb", "above_mb",
-        "time vs tcia_utils", "CPU vs tcia_utils", "peak vs tcia_utils", "typed columns"])
+        "contender", "rows", "seconds", "best s", "with_import_s", "cpu_s", "peak_mb", "above_mb",
+        "time vs tcia_utils", "with import vs", "CPU vs tcia_utils", "peak vs tcia_utils",
+        "typed columns"])
     for name, found in zip(("curl", "tcia_utils", "intake-tcia"), runs.values(), strict=True):
         print(f"  {name} per process: " + "; ".join(
-            f"{r['seconds']:.2f} s, {r.get('cpu_s', r['process_cpu_s']):.2f} CPU s, "
+            f"{r['seconds']:.2f} s ({r['with_import_s']:.2f} s with import), "
+            f"{r.get('cpu_s', r['process_cpu_s']):.2f} CPU s, "
             f"{r['peak_mb']:.0f} MB" for r in found))
-    time_ratio, memory_ratio = ours["seconds"] / peer["seconds"], ours["peak_mb"] / peer["peak_mb"]
+    # intake-tcia imports pandas and pyarrow in its first query; tcia_utils when it is imported:
+    # the time a user waits for a first answer is the import and the query together
+    time_ratio = ours["with_import_s"] / peer["with_import_s"]
+    memory_ratio = ours["peak_mb"] / peer["peak_mb"]
     print(
-        f"\n| getSeries of {ours['rows']:,} real NLST rows -> DataFrame "
-        f"| {curl['seconds']:.2f} s | {peer['seconds']:.2f} s, {peer['cpu_s']:.2f} CPU s, "
-        f"{peer['peak_mb']:.0f} MB | {ours['seconds']:.2f} s ({time_ratio:.2f}x), "
+        f"\n| getSeries of {ours['rows']:,} real NLST rows -> DataFrame, import included "
+        f"| {curl['seconds']:.2f} s | {peer['with_import_s']:.2f} s, {peer['cpu_s']:.2f} CPU s, "
+        f"{peer['peak_mb']:.0f} MB | {ours['with_import_s']:.2f} s ({time_ratio:.2f}x), "
         f"{ours['cpu_s']:.2f} CPU s, {ours['peak_mb']:.0f} MB ({memory_ratio:.2f}x) "
         f"| <= {GOAL_TIME}x tcia_utils time, <= {GOAL_MEMORY}x its peak RSS, still typed |"
     )
     met = time_ratio <= GOAL_TIME and memory_ratio <= GOAL_MEMORY and ours["typed"]
-    print(f"goal {'met' if met else 'NOT met'}")
+    print(f"goal {'met' if met else 'NOT met'}: time {time_ratio:.2f}x (import included; the "
+          f"query alone {ours['seconds'] / peer['seconds']:.2f}x), peak RSS {memory_ratio:.2f}x")
 
 
 if __name__ == "__main__":
