@@ -87,6 +87,15 @@ def file_sources(
     cannot serve the series (not in the index, unknown to NBIA) is left out.
     """
     backend = client.settings.backend
+    if client.settings.idc_version is not None:  # an IDC release: its objects, from IDC only
+        from .idc.versions import lacking, pinned
+
+        release = pinned(client)
+        if release is not None:
+            where = _location(client, series_uid)
+            if where is None:
+                raise lacking(client, release, [series_uid])
+            return ["idc"], where
     if backend == "nbia":
         return ["nbia"], None
     where = _location(client, series_uid)

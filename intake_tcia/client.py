@@ -649,7 +649,13 @@ class TCIAClient:
 
     @property
     def cache(self) -> SeriesCache:
-        """SeriesCache: the verified series under :attr:`cache_dir` (looked up with no request)."""
+        """SeriesCache: the verified series under :attr:`cache_dir` (looked up with no request);
+        with an older ``idc_version``, series whose copy in that release is not the current one
+        are kept apart (:class:`~intake_tcia.idc.versions.ReleaseCache`)."""
+        if self.settings.idc_version is not None:
+            from .idc.versions import cache_for
+
+            return cache_for(self)
         return SeriesCache(self.cache_dir)
 
     def fetch_series(self, series_uid: str, *, collection: str | None = None) -> CachedSeries:
@@ -770,6 +776,47 @@ class TCIAClient:
 
         uid = validate_uid(annotation_series_uid, "annotation_series_uid")
         return read_annotation_series(self, uid, collection=collection, **options)
+
+    # -- reproducible cohorts: IDC URLs, manifests, viewers, lockfiles ---------------------------
+
+    def urls(self, series: Any, mirror: str | None = None) -> pd.DataFrame:
+        """The IDC objects of series as URLs: one row per instance (ListObjectsV2 of each).
+
+        Columns ``SeriesInstanceUID``, ``SOPInstanceUID`` (null where neither a kept listing
+        nor the cache says which instance an object holds), ``s3_url`` and ``https_url`` (on
+        the configured endpoint, or ``mirror``'s public one); see
+        :func:`intake_tcia.idc.urls.urls`. ``mirror``: ``"aws"`` or ``"gcs"``.
+        """
+        from .idc.urls import check_mirror, urls
+
+        uids = as_series_uids(series)
+        return urls(self, uids, None if mirror is None else check_mirror(mirror))
+
+    def manifest(self, series: Any, path: str | Path, format: str = "tcia", *,
+                 mirror: str | None = None) -> Path:
+        """Write the series into a manifest: ``"tcia"`` (NBIA's, :func:`write_manifest`),
+        ``"s5cmd"`` (``cp`` lines from IDC's bucket, one folder per series, relative to where
+        ``s5cmd run`` runs) or ``"csv"`` (:meth:`urls`). Returns the path written."""
+        from .idc.urls import check_mirror, write_s5cmd_manifest
+        from .manifest import write_manifest
+
+        kinds = ("tcia", "s5cmd", "csv")
+        if format not in kinds:
+            raise ValueError(f"format must be one of {', '.join(kinds)}, not {format!r}")
+        mirror = None if mirror is None else check_mirror(mirror)
+        if format == "tcia":
+            return write_manifest(series, path)
+        if format == "s5cmd":
+            return write_s5cmd_manifest(self, as_series_uids(series), path, mirror)
+        self.urls(series, mirror).to_csv(path, index=False)
+        return Path(path)
+
+    def viewer_url(self, uid: str) -> str:
+        """IDC's viewer URL of a series or a study: Slim when the study holds slide microscopy,
+        OHIF v3 otherwise (:func:`intake_tcia.idc.urls.viewer_url`); no request."""
+        from .idc.urls import viewer_url
+
+        return viewer_url(self, validate_uid(uid, "uid"))
 
     def datacite(self, doi: str) -> dict[str, Any] | None:
         """The DataCite attributes of a DOI (title, creators, year, ...), or None if unknown."""

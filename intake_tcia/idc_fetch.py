@@ -126,12 +126,16 @@ def locate(client: TCIAClient, series_uids: Iterable[str]) -> dict[str, IDCLocat
     dict of str to IDCLocation
         Unknown series are left out.
     """
-    frame = client.idc_index.series_locations(series_uids)
+    from .idc.urls import mirror_bucket
+    from .idc.versions import series_locations
+
+    frame = series_locations(client, series_uids)  # as the client's IDC release had them
     found = {}
     for row in frame.to_dict("records"):
         count = row.get("instanceCount")
+        bucket = mirror_bucket(str(row["aws_bucket"]), client.settings.idc_mirror)
         found[row["SeriesInstanceUID"]] = IDCLocation(
-            row["SeriesInstanceUID"], str(row["aws_bucket"]), f"{row['crdc_series_uuid']}/",
+            row["SeriesInstanceUID"], bucket, f"{row['crdc_series_uuid']}/",
             None if count is None or count != count else int(count), row.get("Collection"),
         )
     return found
@@ -139,6 +143,12 @@ def locate(client: TCIAClient, series_uids: Iterable[str]) -> dict[str, IDCLocat
 
 def _located(client: TCIAClient, series_uid: str) -> IDCLocation:
     found = locate(client, [series_uid]).get(series_uid)
+    if found is None and client.settings.idc_version is not None:
+        from .idc.versions import lacking, pinned
+
+        version = pinned(client)
+        if version is not None:
+            raise lacking(client, version, [series_uid])
     if found is None:
         raise TCIANotFoundError(404, f"the IDC index does not list series {series_uid}",
                                 str(client.idc_index.folder))
@@ -230,7 +240,9 @@ def _read_all(client: TCIAClient, url: str, params: dict[str, str] | None,
 
 
 def _listing_path(client: TCIAClient, series_uid: str) -> Path:
-    return client.cache_dir / LISTINGS_DIR / f"{series_uid}.json"
+    release = client.settings.idc_version  # listings of an older release are kept apart
+    folder = client.cache_dir / LISTINGS_DIR
+    return (folder / f"v{release}" if release else folder) / f"{series_uid}.json"
 
 
 def _saved_listing(client: TCIAClient, series_uid: str) -> tuple[IDCLocation, list[IDCObject]]:

@@ -1,0 +1,277 @@
+"""IDC releases: series as an older IDC release had them (``settings.idc_version``).
+
+IDC keeps every release's objects. ``idc_index.parquet`` lists each series as it is now, with
+``series_revised_idc_version`` (the release its current objects first appeared in);
+``prior_versions_index.parquet`` (shipped in ``idc-index-data``) lists the earlier copies, each
+with its own ``crdc_series_uuid`` and bucket and the releases ``min_idc_version`` to
+``max_idc_version`` that had it. With a release ``V`` older than the index's own:
+
+* a series is located (:func:`series_locations`) by its current row when that row's
+  ``series_revised_idc_version <= V``, else by the prior row whose versions cover ``V``; a series
+  neither covers is one release ``V`` lacks, and is left out (a download of it is a
+  :class:`TCIANotFoundError` naming the release);
+* query answers leave out the series the release lacks (:func:`answer`);
+* a series whose release-``V`` copy is not its current one is cached apart, under
+  ``releases/<crdc_series_uuid>/`` of the cache (:class:`ReleaseCache`), so two releases of one
+  series never mix; every other series keeps its one place in the cache.
+
+The index's own release (:func:`index_version`) is the newest in
+``version_metadata_index.parquet``, else the major version ``idc-index-data`` stamps in the
+index file, else the newest ``series_revised_idc_version``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from ..cache import SeriesCache
+from ..errors import TCIABackendError, TCIANotFoundError
+
+if TYPE_CHECKING:
+    from ..client import TCIAClient
+    from ..idc_index import IDCIndex
+
+__all__ = [
+    "PRIOR_FILE",
+    "RELEASES_DIR",
+    "index_version",
+    "pinned",
+    "series_locations",
+    "answer",
+    "ReleaseCache",
+    "study_rows",
+]
+
+#: The table of earlier copies of series, in the index folder.
+PRIOR_FILE = "prior_versions_index.parquet"
+#: Where, under the cache root, series whose older copy was asked for are kept.
+RELEASES_DIR = "releases"
+_VERSIONS_FILE = "version_metadata_index.parquet"
+_PRIOR_COLUMNS = ["SeriesInstanceUID", "collection_id", "aws_bucket", "crdc_series_uuid",
+                  "series_aws_url", "series_size_MB", "min_idc_version", "max_idc_version"]
+
+_VERSIONS: dict[tuple[str, str], int] = {}
+_VERSIONS_LOCK = threading.Lock()
+
+
+def index_version(index: IDCIndex) -> int:
+    """int: the IDC release the index folder describes (see the module docstring)."""
+    key = (str(index.folder), index._fingerprint)
+    with _VERSIONS_LOCK:
+        if key in _VERSIONS:
+            return _VERSIONS[key]
+    version = _read_version(index)
+    with _VERSIONS_LOCK:
+        _VERSIONS[key] = version
+    return version
+
+
+def _read_version(index: IDCIndex) -> int:
+    path = index.folder / _VERSIONS_FILE
+    if path.is_file():
+        column = index.pq.read_table(path, columns=["idc_version"])["idc_version"]
+        newest = index.pc.max(column).as_py()
+        if newest is not None:
+            return int(newest)
+    stamp = (index.pq.read_schema(index.path).metadata or {}).get(b"idc_index_data_version")
+    if stamp and stamp.split(b".")[0].isdigit():
+        return int(stamp.split(b".")[0])
+    column = index._dataset.to_table(columns=["series_revised_idc_version"])
+    return int(index.pc.max(column["series_revised_idc_version"]).as_py() or 0)
+
+
+def pinned(client: TCIAClient) -> int | None:
+    """The older release the client serves, or None when it serves the index's own.
+
+    Raises
+    ------
+    TCIABackendError
+        ``idc_version`` is newer than the index's release, or the client's backend is
+        ``"nbia"`` (NBIA serves only what it holds now).
+    """
+    asked = client.settings.idc_version
+    if asked is None:
+        return None
+    own = index_version(client.idc_index)
+    if asked > own:
+        raise TCIABackendError(
+            f"idc_version {asked} is newer than the IDC index at "
+            f"{str(client.idc_index.folder)!r}, which describes IDC release {own}: upgrade "
+            "idc-index-data, or point idc_index at a newer index")
+    if asked == own:
+        return None
+    if client.settings.backend == "nbia":
+        raise TCIABackendError(
+            f"backend 'nbia' serves what NBIA holds now, not IDC release {asked}: use "
+            "backend 'idc' or 'auto' with idc_version")
+    return asked
+
+
+def _current(index: IDCIndex, uids: list[str]) -> pd.DataFrame:
+    """SeriesInstanceUID and series_revised_idc_version of the series' current rows."""
+    ds = index.ds
+    table = index._dataset.to_table(
+        columns=["SeriesInstanceUID", "series_revised_idc_version"],
+        filter=ds.field("SeriesInstanceUID").isin(uids))
+    return table.to_pandas().drop_duplicates("SeriesInstanceUID")
+
+
+def _prior(index: IDCIndex, uids: list[str], version: int) -> pd.DataFrame:
+    """The prior_versions_index rows of the series that cover ``version`` (none if the folder
+    has no such table)."""
+    path = index.folder / PRIOR_FILE
+    if not path.is_file():
+        return pd.DataFrame(columns=_PRIOR_COLUMNS)
+    ds = index.ds
+    where = (ds.field("SeriesInstanceUID").isin(uids)
+             & (ds.field("min_idc_version") <= version) & (ds.field("max_idc_version") >= version))
+    table = ds.dataset(str(path), format="parquet").to_table(columns=_PRIOR_COLUMNS,
+                                                             filter=where)
+    return table.to_pandas().drop_duplicates("SeriesInstanceUID")
+
+
+def series_locations(client: TCIAClient, series_uids: Iterable[str]) -> pd.DataFrame:
+    """:meth:`IDCIndex.series_locations` as the client's release had the series: the current
+    row where it covers the release, else the prior copy that does (``instanceCount`` null: the
+    prior table has none); the series the release lacks are left out. Two more columns:
+    ``idc_version`` (the release served) and ``prior`` (True for an older copy)."""
+    index = client.idc_index
+    uids = list(dict.fromkeys(series_uids))
+    frame = index.series_locations(uids)
+    version = pinned(client)
+    if version is None:
+        return frame.assign(idc_version=index_version(index), prior=False)
+    revised = _current(index, uids).set_index("SeriesInstanceUID")["series_revised_idc_version"]
+    keep = frame["SeriesInstanceUID"].map(revised).le(version).fillna(False).astype(bool)
+    current = frame[keep]
+    asked = [u for u in uids if u not in set(current["SeriesInstanceUID"])]
+    prior = _prior(index, asked, version) if asked else pd.DataFrame(columns=_PRIOR_COLUMNS)
+    older = pd.DataFrame({
+        "SeriesInstanceUID": prior["SeriesInstanceUID"],
+        "collection_id": prior["collection_id"],
+        "Collection": [index.name_of(c) for c in prior["collection_id"]],
+        "aws_bucket": prior["aws_bucket"],
+        "crdc_series_uuid": prior["crdc_series_uuid"],
+        "series_aws_url": prior["series_aws_url"],
+        "instanceCount": pd.array([None] * len(prior), dtype="Int64"),
+        "series_size_MB": pd.array(prior["series_size_MB"], dtype="Float64"),
+    })
+    both = pd.concat([current.assign(prior=False), older.assign(prior=True)], ignore_index=True)
+    order = {u: i for i, u in enumerate(uids)}
+    both = both.sort_values("SeriesInstanceUID", key=lambda s: s.map(order), ignore_index=True)
+    return both.assign(idc_version=version)
+
+
+def lacking(client: TCIAClient, version: int, uids: list[str]) -> TCIANotFoundError:
+    """The error for series release ``version`` does not hold."""
+    shown = ", ".join(uids[:5]) + (" ..." if len(uids) > 5 else "")
+    return TCIANotFoundError(
+        404, f"IDC release {version} does not hold {len(uids)} series: {shown}",
+        str(client.idc_index.folder))
+
+
+def answer(client: TCIAClient, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
+    """The index's answer to a query, less the series the client's release lacks; a query for
+    one series that release lacks is a :class:`TCIANotFoundError` naming the release."""
+    frame = client.idc_index.answer(endpoint, params)
+    version = pinned(client)
+    if version is None or "SeriesInstanceUID" not in frame.columns or frame.empty:
+        return frame
+    uids = frame["SeriesInstanceUID"].dropna().unique().tolist()
+    held = set(series_locations(client, uids)["SeriesInstanceUID"])
+    if "SeriesInstanceUID" in params and params["SeriesInstanceUID"] not in held:
+        raise lacking(client, version, [params["SeriesInstanceUID"]])
+    return frame[frame["SeriesInstanceUID"].isin(held)].reset_index(drop=True)
+
+
+# -- the cache ------------------------------------------------------------------------------------
+
+
+class ReleaseCache(SeriesCache):
+    """The series cache of a client serving an older release: a series whose copy in that
+    release is not its current one lives under ``releases/<crdc_series_uuid>/series/`` of the
+    cache root; every other series where :class:`SeriesCache` keeps it.
+
+    Parameters
+    ----------
+    root : path-like
+        The cache root.
+    client : TCIAClient
+        Whose release and index locate the series (looked up once per series).
+    """
+
+    def __init__(self, root: str | Path, client: TCIAClient) -> None:
+        super().__init__(root)
+        self._client = weakref.proxy(client)
+        self._prior: dict[str, str | None] = {}  # SeriesInstanceUID -> crdc_series_uuid
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ReleaseCache({str(self.root)!r}, idc_version={self._client.settings.idc_version})"
+
+    def _crdc(self, uid: str) -> str | None:
+        with self._lock:
+            if uid in self._prior:
+                return self._prior[uid]
+        frame = series_locations(self._client, [uid])
+        crdc = None
+        if len(frame) and bool(frame["prior"].iloc[0]):
+            crdc = str(frame["crdc_series_uuid"].iloc[0])
+        with self._lock:
+            self._prior[uid] = crdc
+        return crdc
+
+    def series_path(self, series_uid: str) -> Path:
+        path = super().series_path(series_uid)
+        crdc = self._crdc(path.name)
+        if crdc is None:
+            return path
+        return self.root / RELEASES_DIR / crdc / "series" / path.name
+
+
+_CACHES: weakref.WeakKeyDictionary[Any, ReleaseCache] = weakref.WeakKeyDictionary()
+_CACHES_LOCK = threading.Lock()
+
+
+def cache_for(client: TCIAClient) -> SeriesCache:
+    """The client's series cache: a :class:`ReleaseCache` (one per client) when it serves an
+    older release, else the plain one."""
+    if pinned(client) is None:
+        return SeriesCache(client.cache_dir)
+    with _CACHES_LOCK:
+        cache = _CACHES.get(client)
+        if cache is None:
+            cache = _CACHES[client] = ReleaseCache(client.cache_dir, client)
+        return cache
+
+
+# -- viewer ---------------------------------------------------------------------------------------
+
+
+def study_rows(client: TCIAClient, uid: str) -> tuple[str, str | None, set[str]]:
+    """(StudyInstanceUID, SeriesInstanceUID or None, the study's modalities) of a series or a
+    study UID, from the current index, else (for a series) the prior copies."""
+    index = client.idc_index
+    ds = index.ds
+    columns = ["StudyInstanceUID", "SeriesInstanceUID", "Modality"]
+    tables = [(index._dataset, index._dataset.schema)]
+    if (index.folder / PRIOR_FILE).is_file():
+        prior = ds.dataset(str(index.folder / PRIOR_FILE), format="parquet")
+        tables.append((prior, prior.schema))
+    for dataset, _ in tables:
+        hit = dataset.to_table(columns=columns, filter=(ds.field("SeriesInstanceUID") == uid)
+                               | (ds.field("StudyInstanceUID") == uid)).to_pandas()
+        if len(hit):
+            study = str(hit["StudyInstanceUID"].iloc[0])
+            series = uid if (hit["SeriesInstanceUID"] == uid).any() else None
+            rows = dataset.to_table(columns=["Modality"],
+                                    filter=ds.field("StudyInstanceUID") == study)
+            return study, series, set(rows["Modality"].drop_null().to_pylist())
+    raise TCIANotFoundError(404, f"the IDC index lists no series or study {uid}",
+                            str(index.folder))
