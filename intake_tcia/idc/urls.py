@@ -40,6 +40,7 @@ __all__ = [
     "mirror_bucket",
     "endpoint",
     "check_mirror",
+    "located",
     "urls",
     "s5cmd_lines",
     "write_s5cmd_manifest",

@@ -44,6 +44,8 @@ __all__ = [
     "pinned",
     "series_locations",
     "answer",
+    "lacking",
+    "cache_for",
     "ReleaseCache",
     "study_rows",
 ]
@@ -258,13 +260,13 @@ def study_rows(client: TCIAClient, uid: str) -> tuple[str, str | None, set[str]]
     """(StudyInstanceUID, SeriesInstanceUID or None, the study's modalities) of a series or a
     study UID, from the current index, else (for a series) the prior copies."""
     index = client.idc_index
+    index.refresh()
     ds = index.ds
     columns = ["StudyInstanceUID", "SeriesInstanceUID", "Modality"]
-    tables = [(index._dataset, index._dataset.schema)]
+    tables = [index._dataset]
     if (index.folder / PRIOR_FILE).is_file():
-        prior = ds.dataset(str(index.folder / PRIOR_FILE), format="parquet")
-        tables.append((prior, prior.schema))
-    for dataset, _ in tables:
+        tables.append(ds.dataset(str(index.folder / PRIOR_FILE), format="parquet"))
+    for dataset in tables:
         hit = dataset.to_table(columns=columns, filter=(ds.field("SeriesInstanceUID") == uid)
                                | (ds.field("StudyInstanceUID") == uid)).to_pandas()
         if len(hit):
