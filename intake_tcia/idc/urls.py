@@ -147,6 +147,12 @@ def located(client: TCIAClient, series_uids: Iterable[str]) -> dict[str, Any]:
     uids = list(series_uids)
     found = idc_fetch.locate(client, uids)
     missing = [u for u in uids if u not in found]
+    if missing and client.settings.idc_version is not None:
+        from .versions import lacking, pinned
+
+        release = pinned(client)
+        if release is not None:
+            raise lacking(client, release, missing)
     if missing:
         raise TCIANotFoundError(
             404, f"the IDC index does not list {len(missing)} series: {', '.join(missing[:5])}"
