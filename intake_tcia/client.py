@@ -681,8 +681,11 @@ class TCIAClient:
         ----------
         series : str, list of str, pandas.DataFrame or path
             One SeriesInstanceUID, several, a DataFrame with a ``SeriesInstanceUID`` column
-            (its other metadata columns, ``Collection`` above all, spare lookups), or the path
-            of a ``.tcia`` manifest.
+            (its other metadata columns, ``Collection`` above all, spare lookups), the path
+            of a ``.tcia`` manifest, or the path of a ``.lock`` lockfile (:meth:`lock`):
+            exactly its bytes, from whichever backend still serves them, each instance
+            verified against it; nothing is placed unless every series matches
+            (:class:`~intake_tcia.lockfile.LockMismatchError` names what changed).
         dest : str or Path
             The folder to fill.
         on_error : {"raise", "return"}
@@ -714,6 +717,10 @@ class TCIAClient:
         --------
         >>> c.download(c.series(collection="LIDC-IDRI", modality="CT"), "data")  # doctest: +SKIP
         """
+        from .lockfile import is_lockfile, replay
+
+        if is_lockfile(series):  # exactly the locked bytes, or nothing
+            return replay(self, series, dest, layout=layout, workers=workers, progress=progress)
         from .download import download
 
         return download(
@@ -810,6 +817,19 @@ class TCIAClient:
             return write_s5cmd_manifest(self, as_series_uids(series), path, mirror)
         self.urls(series, mirror).to_csv(path, index=False)
         return Path(path)
+
+    def lock(self, series: Any, path: str | Path, *, workers: int | None = None) -> Any:
+        """Pin series to their exact bytes in a lockfile (JSON, ``docs/lockfile.md``).
+
+        Each series is fetched into the cache (or found there), verified, and locked with its
+        source (IDC release and ``crdc_series_uuid``, or NBIA and the date), DOI, licence and
+        the SOP Instance UID and MD5 of every instance. If any series fails, no lockfile is
+        written (:class:`~intake_tcia.errors.DownloadError` names them). Replay it with
+        ``download(path, dest)``. Returns the :class:`~intake_tcia.lockfile.Lockfile`.
+        """
+        from .lockfile import lock
+
+        return lock(self, series, path, workers=workers)
 
     def viewer_url(self, uid: str) -> str:
         """IDC's viewer URL of a series or a study: Slim when the study holds slide microscopy,
