@@ -133,8 +133,9 @@ def test_s5cmd_manifest_runs_under_s5cmd(server: ArchiveServer, bucket: IDCBucke
     with _client(server, bucket, history, tmp_cache) as c:
         manifest = c.manifest(uids, tmp_path / "cohort.s5cmd", format="s5cmd")
     lines = manifest.read_text().splitlines()
+    buckets = ["idc-open-data"] * 2 + ["idc-open-data-cr"]
     assert lines == [f"cp s3://{b}/{crdc_series_uuid(u)}/* {u}/"
-                     for b, u in zip(["idc-open-data"] * 2 + ["idc-open-data-cr"], uids)]
+                     for b, u in zip(buckets, uids, strict=True)]
     assert bucket.count() == 0  # written from the index alone
     out = tmp_path / "out"
     out.mkdir()
