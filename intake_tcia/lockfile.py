@@ -264,7 +264,7 @@ def _idc_facts(client: TCIAClient, uids: list[str]) -> dict[str, dict[str, Any]]
 
 
 def _plain(value: Any) -> str | None:
-    return None if value is None or value != value else str(value)
+    return None if value is None or pd.isna(value) else str(value)
 
 
 def lock(client: TCIAClient, series: Any, path: str | os.PathLike[str], *,
@@ -470,29 +470,25 @@ def replay(client: TCIAClient, path: str | os.PathLike[str] | Lockfile,
 
 def _preflight(sources: _Sources, locked: Lockfile) -> None:
     """Before any download: LockfileError naming the series that no backend can serve as
-    locked, as far as can be told without downloading: IDC (no request) when its index at the
-    locked release lists another copy or another instance count; NBIA (one metadata request)
-    when it does not know the series or counts other instances. An NBIA that cannot be reached
-    counts as possibly serving them."""
+    locked, as far as can be told without downloading: first IDC (no request: its index at the
+    locked release lists the locked copy with the locked instance count), then, for the series
+    IDC cannot serve, NBIA (one metadata request: it knows the series with that count). An NBIA
+    that cannot be reached counts as possibly serving them."""
     from .errors import TCIANotFoundError
 
-    nbia: dict[str, int | None] | None
+    unsure = [s for s in locked.series if not _idc_serves(sources, s, len(s.instances))]
+    if not unsure:
+        return
     try:
-        frame = sources.get("nbia", None).series_metadata(locked.series_uids)
+        frame = sources.get("nbia", None).series_metadata([s.series_uid for s in unsure])
         nbia = {r["SeriesInstanceUID"]: _count(r.get("ImageCount"))
                 for r in frame.to_dict("records")}
     except TCIANotFoundError:
         nbia = {}  # it knows none of them
     except TCIAError:
-        nbia = None  # not reached: it may serve them
-    unserved = []
-    for series in locked.series:
-        count = len(series.instances)
-        if nbia is None or nbia.get(series.series_uid, -1) in (None, count):
-            continue
-        if _idc_serves(sources, series, count):
-            continue
-        unserved.append(series.series_uid)
+        return  # not reached: it may serve them
+    unserved = [s.series_uid for s in unsure
+                if nbia.get(s.series_uid, -1) not in (None, len(s.instances))]
     if unserved:
         raise LockfileError(
             f"no backend serves {len(unserved)} locked series as locked (unknown, or another "
@@ -500,7 +496,7 @@ def _preflight(sources: _Sources, locked: Lockfile) -> None:
 
 
 def _count(value: Any) -> int | None:
-    return None if value is None or value != value else int(value)
+    return None if value is None or pd.isna(value) else int(value)
 
 
 def _idc_serves(sources: _Sources, series: LockedSeries, count: int) -> bool:

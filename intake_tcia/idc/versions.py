@@ -10,7 +10,9 @@ with its own ``crdc_series_uuid`` and bucket and the releases ``min_idc_version`
   ``series_revised_idc_version <= V``, else by the prior row whose versions cover ``V``; a series
   neither covers is one release ``V`` lacks, and is left out (a download of it is a
   :class:`TCIANotFoundError` naming the release);
-* query answers leave out the series the release lacks (:func:`answer`);
+* query answers that list series leave out those the release lacks (:func:`answer`; answers
+  without a SeriesInstanceUID column, such as patients or collections, are the index's as they
+  are; a series IDC has removed since is not added back);
 * a series whose release-``V`` copy is not its current one is cached apart, under
   ``releases/<crdc_series_uuid>/`` of the cache (:class:`ReleaseCache`), so two releases of one
   series never mix; every other series keeps its one place in the cache.
