@@ -164,6 +164,11 @@ def on_files_backend(
     """``nbia()`` or ``idc()`` as ``settings.backend`` says; on ``"auto"`` NBIA, and IDC when
     NBIA cannot be reached (or does not hold the series)."""
     backend = client.settings.backend
+    if client.settings.idc_version is not None:  # an older IDC release: only IDC has it
+        from .idc.versions import pinned
+
+        if pinned(client) is not None:
+            return idc()
     if backend == "nbia":
         return nbia()
     if backend == "idc":

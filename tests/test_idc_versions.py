@@ -4,6 +4,7 @@ today's; the bucket's request log shows which objects a client GETs."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pydicom
@@ -143,3 +144,17 @@ def test_the_real_prior_versions_index(tmp_cache: Path) -> None:
     assert found["crdc_series_uuid"].tolist() == [prior["crdc_series_uuid"]]
     assert found["aws_bucket"].tolist() == [prior["aws_bucket"]]
     assert found["prior"].tolist() == [True]
+
+
+def test_instances_and_headers_of_an_older_release_come_from_its_copy(
+        server: ArchiveServer, bucket: IDCBucketServer, history: Path, tmp_cache: Path) -> None:
+    uid = prior_series(server.archive)[0]
+    sops = sorted(sop for sop, _ in server.archive.instances(uid))
+    with _client(server, bucket, history, tmp_cache, idc_version=2, backend="auto") as old:
+        assert sorted(old.sop_instance_uids(uid)) == sops
+        tags = old.dicom_tags(uid)
+        data = old.single_image(uid, sops[0])
+    assert PRIOR_COMMENT in set(tags["data"])
+    assert pydicom.dcmread(io.BytesIO(data)).ImageComments == PRIOR_COMMENT
+    assert {r.params["bucket"] for r in bucket.requests} == {"idc-open-data-two"}
+    assert len(server.requests) == 0  # NBIA, which has only today's copy, is not asked
