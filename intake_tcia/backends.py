@@ -87,15 +87,14 @@ def file_sources(
     cannot serve the series (not in the index, unknown to NBIA) is left out.
     """
     backend = client.settings.backend
-    if client.settings.idc_version is not None:  # an IDC release: its objects, from IDC only
-        from .idc.versions import lacking, pinned
+    from .idc.versions import lacking, pinned
 
-        release = pinned(client)
-        if release is not None:
-            where = _location(client, series_uid)
-            if where is None:
-                raise lacking(client, release, [series_uid])
-            return ["idc"], where
+    release = pinned(client)  # an older IDC release: its objects, from IDC only
+    if release is not None:
+        where = _location(client, series_uid)
+        if where is None:
+            raise lacking(client, release, [series_uid])
+        return ["idc"], where
     if backend == "nbia":
         return ["nbia"], None
     where = _location(client, series_uid)
@@ -164,11 +163,10 @@ def on_files_backend(
     """``nbia()`` or ``idc()`` as ``settings.backend`` says; on ``"auto"`` NBIA, and IDC when
     NBIA cannot be reached (or does not hold the series)."""
     backend = client.settings.backend
-    if client.settings.idc_version is not None:  # an older IDC release: only IDC has it
-        from .idc.versions import pinned
+    from .idc.versions import pinned
 
-        if pinned(client) is not None:
-            return idc()
+    if pinned(client) is not None:  # an older IDC release: only IDC has it
+        return idc()
     if backend == "nbia":
         return nbia()
     if backend == "idc":

@@ -55,6 +55,7 @@ __all__ = [
     "IDCLocation",
     "IDCObject",
     "locate",
+    "located",
     "list_objects",
     "instances",
     "fetch_series",
@@ -142,16 +143,24 @@ def locate(client: TCIAClient, series_uids: Iterable[str]) -> dict[str, IDCLocat
 
 
 def _located(client: TCIAClient, series_uid: str) -> IDCLocation:
-    found = locate(client, [series_uid]).get(series_uid)
-    if found is None and client.settings.idc_version is not None:
-        from .idc.versions import lacking, pinned
+    return located(client, [series_uid])[series_uid]
 
-        version = pinned(client)
-        if version is not None:
-            raise lacking(client, version, [series_uid])
-    if found is None:
-        raise TCIANotFoundError(404, f"the IDC index does not list series {series_uid}",
-                                str(client.idc_index.folder))
+
+def located(client: TCIAClient, series_uids: Iterable[str]) -> dict[str, IDCLocation]:
+    """:func:`locate`, with a TCIANotFoundError naming every series the index (or the client's
+    older IDC release, ``idc_version``) does not list."""
+    from .idc.versions import lacking, pinned
+
+    uids = list(series_uids)
+    found = locate(client, uids)
+    missing = [u for u in uids if u not in found]
+    release = pinned(client) if missing else None
+    if release is not None:
+        raise lacking(client, release, missing)
+    if missing:
+        more = f" ... ({len(missing)} in all)" if len(missing) > 5 else ""
+        raise TCIANotFoundError(404, "the IDC index does not list series "
+                                + ", ".join(missing[:5]) + more, str(client.idc_index.folder))
     return found
 
 

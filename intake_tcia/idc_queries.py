@@ -364,12 +364,11 @@ def routed(
     index cannot answer either, the connection error is raised.
     """
     backend = client.settings.backend
-    if client.settings.idc_version is not None:
-        from .idc.versions import answer as release_answer
-        from .idc.versions import pinned
+    from .idc.versions import answer as release_answer
+    from .idc.versions import pinned
 
-        if pinned(client) is not None:  # an older IDC release: as it had them
-            return release_answer(client, endpoint, params)
+    if pinned(client) is not None:  # an older IDC release: as it had them
+        return release_answer(client, endpoint, params)
     if backend == "idc":
         return client.idc_index.answer(endpoint, params)
     try:

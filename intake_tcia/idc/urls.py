@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -26,7 +25,6 @@ from urllib.parse import quote
 import pandas as pd
 
 from ..config import DEFAULT_IDC_URL, GCS_IDC_URL, IDC_MIRRORS
-from ..errors import TCIANotFoundError
 
 if TYPE_CHECKING:
     from ..client import TCIAClient
@@ -40,7 +38,6 @@ __all__ = [
     "mirror_bucket",
     "endpoint",
     "check_mirror",
-    "located",
     "urls",
     "s5cmd_lines",
     "write_s5cmd_manifest",
@@ -125,7 +122,7 @@ def urls(client: TCIAClient, series_uids: list[str], mirror: str | None = None) 
     from .. import idc_fetch
 
     mirror = client.settings.idc_mirror if mirror is None else check_mirror(mirror)
-    found = located(client, series_uids)
+    found = idc_fetch.located(client, series_uids)
     base = endpoint(client.settings, mirror)
     rows = []
     for uid in series_uids:
@@ -139,34 +136,15 @@ def urls(client: TCIAClient, series_uids: list[str], mirror: str | None = None) 
     return frame.astype({c: "string" for c in URL_COLUMNS})
 
 
-def located(client: TCIAClient, series_uids: Iterable[str]) -> dict[str, Any]:
-    """The IDC locations of the series (:func:`intake_tcia.idc_fetch.locate`); a
-    TCIANotFoundError naming every series the index does not list."""
-    from .. import idc_fetch
-
-    uids = list(series_uids)
-    found = idc_fetch.locate(client, uids)
-    missing = [u for u in uids if u not in found]
-    if missing and client.settings.idc_version is not None:
-        from .versions import lacking, pinned
-
-        release = pinned(client)
-        if release is not None:
-            raise lacking(client, release, missing)
-    if missing:
-        raise TCIANotFoundError(
-            404, f"the IDC index does not list {len(missing)} series: {', '.join(missing[:5])}"
-            + (" ..." if len(missing) > 5 else ""), str(client.idc_index.folder))
-    return found
-
-
 def s5cmd_lines(client: TCIAClient, series_uids: list[str],
                 mirror: str | None = None) -> list[str]:
     """The ``cp`` lines of an s5cmd manifest: every object of a series into a folder named
     after its SeriesInstanceUID, relative to where s5cmd runs. No request (the index says
     where each series is)."""
+    from .. import idc_fetch
+
     mirror = client.settings.idc_mirror if mirror is None else check_mirror(mirror)
-    found = located(client, series_uids)
+    found = idc_fetch.located(client, series_uids)
     return [f"cp s3://{mirror_bucket(found[u].bucket, mirror)}/{found[u].prefix}* {u}/"
             for u in series_uids]
 
