@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("-o", "--output", type=Path, default=Path("."), metavar="PATH",
                      help="the .tcia file to write, or a folder to write it into (default: "
                      "the current folder, named as NBIA names manifests)")
+    sub.add_argument("--format", choices=("tcia", "s5cmd", "csv"), default="tcia",
+                     help="tcia (NBIA's), s5cmd (cp lines from IDC's bucket, one folder per "
+                     "series) or csv (every object's s3:// and https:// URL); default tcia")
 
     sub = command("cite", _cite, "DOIs and licences of series, formatted for a paper",
                   selection=True, output="text for a paper")
@@ -464,6 +467,12 @@ def _manifest(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         series = _selection(client, args)
+        if args.format != "tcia":
+            if args.output.is_dir():
+                raise UsageError(f"--format {args.format} needs a file to write, not a folder")
+            path = client.manifest(series, args.output, format=args.format)
+            print(f"wrote {len(series)} series to {path}")
+            return 0
     path = write_manifest(series, args.output)
     print(f"wrote {len(series)} series to {path}")
     return 0

@@ -198,3 +198,20 @@ def test_both_mirrors_download(server: ArchiveServer, bucket: IDCBucketServer, h
     assert {i.sop_instance_uid: (series.path / i.name).read_bytes()
             for i in series.instances} == want
     assert str(pydicom.dcmread(series.files[0]).SeriesInstanceUID) == uid
+
+
+def test_the_command_line_writes_s5cmd_and_csv_manifests(
+        server: ArchiveServer, bucket: IDCBucketServer, history: Path, tmp_path: Path) -> None:
+    from intake_tcia.cli import main
+
+    uid = _ct(server)
+    options = ["--idc-url", bucket.url, "--idc-index", str(history), "--backend", "idc",
+               "--cache-dir", str(tmp_path / "cache")]
+    assert main(["manifest", uid, "--format", "s5cmd", "-o", str(tmp_path / "m.s5cmd"),
+                 *options]) == 0
+    assert (tmp_path / "m.s5cmd").read_text() == (
+        f"cp s3://idc-open-data/{crdc_series_uuid(uid)}/* {uid}/\n")
+    assert main(["manifest", uid, "--format", "csv", "-o", str(tmp_path / "m.csv"),
+                 "--idc-mirror", "gcs", *options]) == 0
+    assert pd.read_csv(tmp_path / "m.csv")["s3_url"].str.startswith("s3://idc-open-data/").all()
+    assert main(["manifest", uid, "--format", "s5cmd", "-o", str(tmp_path), *options]) == 2
