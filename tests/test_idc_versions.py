@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pandas as pd
 import pydicom
 import pytest
 
@@ -20,6 +21,7 @@ from intake_tcia.testing.idc_releases import (
     prior_crdc_series_uuid,
     prior_object_key,
     prior_series,
+    removed_series,
     write_history,
 )
 
@@ -158,3 +160,26 @@ def test_instances_and_headers_of_an_older_release_come_from_its_copy(
     assert pydicom.dcmread(io.BytesIO(data)).ImageComments == PRIOR_COMMENT
     assert {r.params["bucket"] for r in bucket.requests} == {"idc-open-data-two"}
     assert len(server.requests) == 0  # NBIA, which has only today's copy, is not asked
+
+
+def test_a_series_removed_since_is_listed_and_served_by_the_releases_that_held_it(
+        server: ArchiveServer, bucket: IDCBucketServer, history: Path, tmp_cache: Path) -> None:
+    uid = removed_series(server.archive)
+    row = server.archive.table.set_index("SeriesInstanceUID").loc[uid]
+    with _client(server, bucket, history, tmp_cache) as now:
+        assert uid not in set(now.series(collection=row["Collection"])["SeriesInstanceUID"])
+        with pytest.raises(TCIANotFoundError, match="does not list series"):
+            now.fetch_series(uid)
+    with _client(server, bucket, history, tmp_cache, idc_version=2) as old:
+        frame = old.series(collection=row["Collection"].lower(), modality="mr")
+        listed = frame.set_index("SeriesInstanceUID").loc[uid]
+        assert (listed["PatientID"], listed["StudyInstanceUID"]) == (
+            row["PatientID"], row["StudyInstanceUID"])
+        assert listed["Collection"] == row["Collection"] and listed["ImageCount"] is pd.NA
+        assert frame.dtypes.to_dict() == now.series().dtypes.to_dict()
+        assert old.series(series_uid=uid)["SeriesInstanceUID"].tolist() == [uid]
+        assert old.series(collection=row["Collection"], modality="CT").query(
+            "SeriesInstanceUID == @uid").empty
+        series = old.fetch_series(uid)
+    assert sorted(i.sop_instance_uid for i in series.instances) == sorted(
+        sop for sop, _ in server.archive.instances(uid))

@@ -181,17 +181,66 @@ def lacking(client: TCIAClient, version: int, uids: list[str]) -> TCIANotFoundEr
 
 
 def answer(client: TCIAClient, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
-    """The index's answer to a query, less the series the client's release lacks; a query for
-    one series that release lacks is a :class:`TCIANotFoundError` naming the release."""
+    """The index's answer to a query as the client's release had it: less the series that
+    release lacks, plus (for getSeries and getSeriesMetadata) those it held that IDC has removed
+    since; a query for one series that release lacks is a :class:`TCIANotFoundError` naming the
+    release."""
     frame = client.idc_index.answer(endpoint, params)
     version = pinned(client)
-    if version is None or "SeriesInstanceUID" not in frame.columns or frame.empty:
+    if version is None or "SeriesInstanceUID" not in frame.columns:
         return frame
-    uids = frame["SeriesInstanceUID"].dropna().unique().tolist()
-    held = set(series_locations(client, uids)["SeriesInstanceUID"])
-    if "SeriesInstanceUID" in params and params["SeriesInstanceUID"] not in held:
-        raise lacking(client, version, [params["SeriesInstanceUID"]])
-    return frame[frame["SeriesInstanceUID"].isin(held)].reset_index(drop=True)
+    if not frame.empty:
+        uids = frame["SeriesInstanceUID"].dropna().unique().tolist()
+        held = set(series_locations(client, uids)["SeriesInstanceUID"])
+        if "SeriesInstanceUID" in params and params["SeriesInstanceUID"] not in held:
+            raise lacking(client, version, [params["SeriesInstanceUID"]])
+        frame = frame[frame["SeriesInstanceUID"].isin(held)].reset_index(drop=True)
+    if endpoint in ("getSeries", "getSeriesMetadata"):
+        frame = _with_removed(client.idc_index, version, frame, params)
+    return frame
+
+
+#: The filters a prior_versions_index row can be matched on (v4 name -> its column there).
+_PRIOR_FILTERS = {"Collection": "collection_id", "PatientID": "PatientID",
+                  "StudyInstanceUID": "StudyInstanceUID",
+                  "SeriesInstanceUID": "SeriesInstanceUID", "Modality": "Modality"}
+
+
+def _with_removed(index: IDCIndex, version: int, frame: pd.DataFrame,
+                  params: dict[str, str]) -> pd.DataFrame:
+    """``frame`` and a row for each series release ``version`` held that the current index no
+    longer lists, matching ``params`` (what prior_versions_index holds: collection, patient,
+    study, series, modality, size; the other columns null)."""
+    path = index.folder / PRIOR_FILE
+    if not path.is_file() or set(params) - set(_PRIOR_FILTERS):
+        return frame
+    ds = index.ds
+    where = (ds.field("min_idc_version") <= version) & (ds.field("max_idc_version") >= version)
+    for name in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if name in params:
+            where &= ds.field(name) == params[name]
+    if "Collection" in params:
+        where &= ds.field("collection_id").isin(index.collection_ids(params["Collection"]))
+    prior = ds.dataset(str(path), format="parquet").to_table(
+        columns=["collection_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+                 "Modality", "series_size_MB"], filter=where).to_pandas()
+    for name in ("PatientID", "Modality"):  # as NBIA: case-insensitive
+        if name in params:
+            prior = prior[prior[name].str.upper() == params[name].strip().upper()]
+    listed = _current(index, prior["SeriesInstanceUID"].tolist())["SeriesInstanceUID"]
+    prior = prior[~prior["SeriesInstanceUID"].isin(set(listed))]
+    prior = prior.drop_duplicates("SeriesInstanceUID")
+    if prior.empty:
+        return frame
+    rows = pd.DataFrame({c: [None] * len(prior) for c in frame.columns})
+    for column in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"):
+        rows[column] = prior[column].tolist()
+    rows["Collection"] = [index.name_of(c) for c in prior["collection_id"]]
+    if "FileSize" in rows:
+        rows["FileSize"] = [None if pd.isna(mb) else round(mb * 1e6)
+                            for mb in prior["series_size_MB"]]
+    rows = rows.astype(frame.dtypes.to_dict())
+    return pd.concat([frame, rows], ignore_index=True) if len(frame) else rows
 
 
 # -- the cache ------------------------------------------------------------------------------------

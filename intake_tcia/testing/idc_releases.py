@@ -11,15 +11,17 @@ other names (``idc-open-data-two`` is ``idc-open-idc1`` there, ``idc-open-data-c
   ``<prior crdc_series_uuid>/<prior crdc_instance_uuid>.dcm`` in ``idc-open-data-two`` (AWS)
   and ``idc-open-idc1`` (GCS).
 * :func:`cr_series`: one CR series kept in ``idc-open-data-cr`` (AWS) / ``idc-open-cr`` (GCS).
+* :func:`removed_series`: one MR series IDC has since removed: the newest release lacks it, the
+  ones before held it (its objects stay where they are, as IDC keeps them).
 * :func:`upload_history` (called by :class:`~intake_tcia.testing.IDCBucketServer`): creates the
   AWS and GCS buckets and puts these objects there, next to ``idc-open-data``, which has the
   same name on both mirrors.
 * :func:`write_history`: turns an index folder written by
   :func:`~intake_tcia.testing.write_idc_index` into one of a later release: the two series were
   revised in the newest release (their current rows say so), their older copies are listed in
-  ``prior_versions_index.parquet`` for the releases before, and the CR series is listed in
-  ``idc-open-data-cr``. The default index is left as NBIA has the series; tests that want the
-  history write it into their own folder.
+  ``prior_versions_index.parquet`` for the releases before, the removed series is listed there
+  only, and the CR series is listed in ``idc-open-data-cr``. The default index is left as NBIA
+  has the series; tests that want the history write it into their own folder.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "PRIOR_COMMENT",
     "prior_series",
     "cr_series",
+    "removed_series",
     "prior_crdc_series_uuid",
     "prior_object_key",
     "prior_objects",
@@ -76,6 +79,23 @@ def cr_series(archive: SampleArchive) -> str | None:
     """str or None: the series kept in IDC's ``cr`` buckets (the first CR series by UID)."""
     rows = archive.table[archive.table["Modality"] == "CR"].sort_values("SeriesInstanceUID")
     return None if rows.empty else str(rows["SeriesInstanceUID"].iloc[0])
+
+
+def removed_series(archive: SampleArchive) -> str:
+    """str: the series the newest release no longer lists (an MR series of the first one)."""
+    return [r["SeriesInstanceUID"] for r in _first_release(archive) if r["Modality"] == "MR"][0]
+
+
+def _prior_row(row: dict[str, Any], crdc: str, buckets: tuple[str, str], first: int,
+               last: int) -> dict[str, Any]:
+    """A prior_versions_index row of the series of index row ``row``."""
+    return {"collection_id": row["collection_id"], "PatientID": row["PatientID"],
+            "SeriesInstanceUID": row["SeriesInstanceUID"],
+            "StudyInstanceUID": row["StudyInstanceUID"], "Modality": row["Modality"],
+            "gcs_bucket": buckets[1], "crdc_series_uuid": crdc,
+            "series_size_MB": row["series_size_MB"],
+            "series_aws_url": f"s3://{buckets[0]}/{crdc}/*", "aws_bucket": buckets[0],
+            "min_idc_version": first, "max_idc_version": last}
 
 
 def prior_crdc_series_uuid(series_uid: str) -> str:
@@ -141,26 +161,23 @@ def write_history(folder: str | Path, archive: SampleArchive) -> Path:
                  .to_pylist())
     prior = set(prior_series(archive))
     cr = cr_series(archive)
-    rows = index.to_pylist()
+    removed = removed_series(archive)
+    rows = []
     history = []
-    for row in rows:
+    for row in index.to_pylist():
         uid = row["SeriesInstanceUID"]
+        if uid == removed:
+            history.append(_prior_row(row, crdc_series_uuid(uid), ("idc-open-data",) * 2,
+                                      row["series_init_idc_version"], newest - 1))
+            continue
+        rows.append(row)
         if uid == cr:
             row["aws_bucket"] = CR_BUCKETS[0]
             row["series_aws_url"] = f"s3://{CR_BUCKETS[0]}/{crdc_series_uuid(uid)}/*"
         if uid in prior and row["series_init_idc_version"] < newest:
             row["series_revised_idc_version"] = newest
-            history.append({
-                "collection_id": row["collection_id"], "PatientID": row["PatientID"],
-                "SeriesInstanceUID": uid, "StudyInstanceUID": row["StudyInstanceUID"],
-                "Modality": row["Modality"], "gcs_bucket": PRIOR_BUCKETS[1],
-                "crdc_series_uuid": prior_crdc_series_uuid(uid),
-                "series_size_MB": row["series_size_MB"],
-                "series_aws_url": f"s3://{PRIOR_BUCKETS[0]}/{prior_crdc_series_uuid(uid)}/*",
-                "aws_bucket": PRIOR_BUCKETS[0],
-                "min_idc_version": row["series_init_idc_version"],
-                "max_idc_version": newest - 1,
-            })
+            history.append(_prior_row(row, prior_crdc_series_uuid(uid), PRIOR_BUCKETS,
+                                      row["series_init_idc_version"], newest - 1))
     pq.write_table(pa.Table.from_pylist(rows, schema=index.schema), folder / "idc_index.parquet")
     text = pa.large_string()
     schema = pa.schema([(n, text) for n in ("collection_id", "PatientID", "SeriesInstanceUID",
