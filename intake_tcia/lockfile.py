@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -290,7 +291,8 @@ def lock(client: TCIAClient, series: Any, path: str | os.PathLike[str], *,
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
 
     def one(uid: str) -> LockedSeries:
-        sources, _ = backends.file_sources(client, uid, rows[uid])
+        known = {k: v for k, v in rows[uid].items() if _plain(v) is not None}
+        sources, _ = backends.file_sources(client, uid, known)
         cached = client.fetch_series(uid)
         source = "idc" if sources[0] == "idc" and uid in facts else "nbia"
         fact = facts.get(uid, {})
@@ -371,16 +373,18 @@ class _Sources:
         self.client = client
         self.scratch = scratch
         self._clients: dict[tuple[Any, ...], TCIAClient] = {}
+        self._lock = threading.Lock()
 
     def get(self, source: str, version: int | None, fresh: bool = False) -> TCIAClient:
         key = (source, version, fresh)
-        if key not in self._clients:
-            settings = self.client.settings
-            changes: dict[str, Any] = {"backend": source, "idc_version": version}
-            if fresh:
-                changes["cache_dir"] = self.scratch / f"{source}-{version}"
-            self._clients[key] = type(self.client)(settings=settings.replace(**changes))
-        return self._clients[key]
+        with self._lock:  # series are served from several threads
+            if key not in self._clients:
+                changes: dict[str, Any] = {"backend": source, "idc_version": version}
+                if fresh:
+                    changes["cache_dir"] = self.scratch / f"{source}-{version}"
+                settings = self.client.settings.replace(**changes)
+                self._clients[key] = type(self.client)(settings=settings)
+            return self._clients[key]
 
     def close(self) -> None:
         for client in self._clients.values():
