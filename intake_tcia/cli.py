@@ -499,8 +499,8 @@ def _cite(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     """Re-hash cached series; exit status 1 when any was damaged."""
-    from .cache import SeriesCache
     from .config import Settings
+    from .retrieval.cache import SeriesCache
 
     if args.lock:
         return verify_lock(args, UsageError)

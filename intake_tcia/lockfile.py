@@ -39,17 +39,17 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from ._validate import validate_uid
-from .cache import LICENSE_NAME, RECORD_NAME, CachedSeries, atomic_path
 from .errors import DownloadError, TCIAError, TCIAIntegrityError, storage_errors
 from .manifest import as_series_uids
+from .retrieval.cache import LICENSE_NAME, RECORD_NAME, CachedSeries, atomic_path
 
-if TYPE_CHECKING:
-    from .client import TCIAClient
+#: A :class:`~intake_tcia.client.TCIAClient` (not imported: the client imports this module).
+TCIAClient = Any
 
 __all__ = [
     "FORMAT_VERSION",
@@ -256,7 +256,7 @@ def _idc_facts(client: TCIAClient, uids: list[str]) -> dict[str, dict[str, Any]]
     from .idc.versions import series_locations
 
     try:
-        frame = series_locations(client, uids)
+        frame = series_locations(client._router.idc, uids)
     except (MissingDependencyError, FileNotFoundError, TCIAError):
         if client.settings.backend == "idc":
             raise
@@ -271,7 +271,7 @@ def _plain(value: Any) -> str | None:
 def lock(client: TCIAClient, series: Any, path: str | os.PathLike[str], *,
          workers: int | None = None) -> Lockfile:
     """Pin series to their bytes (see :meth:`TCIAClient.lock`)."""
-    from . import __version__, backends
+    from . import __version__
 
     uids = as_series_uids(series)
     if not uids:
@@ -292,9 +292,9 @@ def lock(client: TCIAClient, series: Any, path: str | os.PathLike[str], *,
 
     def one(uid: str) -> LockedSeries:
         known = {k: v for k, v in rows[uid].items() if _plain(v) is not None}
-        sources, _ = backends.file_sources(client, uid, known)
+        first = client._router.file_sources(uid, known)[0].name
         cached = client.fetch_series(uid)
-        source = "idc" if sources[0] == "idc" and uid in facts else "nbia"
+        source = "idc" if first == "idc" and uid in facts else "nbia"
         fact = facts.get(uid, {})
         meta = rows[uid]
         doi = _plain(meta.get("DataDescriptionURI"))
@@ -435,7 +435,7 @@ def replay(client: TCIAClient, path: str | os.PathLike[str] | Lockfile,
     LockMismatchError
         No backend serves some series' locked bytes; ``dest`` is left as it was.
     """
-    from .download import DEFAULT_LAYOUT
+    from .retrieval.layouts import DEFAULT_LAYOUT
 
     locked = path if isinstance(path, Lockfile) else read_lockfile(path)
     workers = workers or client.settings.workers
@@ -511,7 +511,7 @@ def _idc_serves(sources: _Sources, series: LockedSeries, count: int) -> bool:
     version = series.idc_version
     try:
         client = sources.get("idc", version)
-        frame = series_locations(client, [series.series_uid])
+        frame = series_locations(client._router.idc, [series.series_uid])
     except (TCIAError, ImportError, OSError):
         return False
     if frame.empty:

@@ -1,1 +1,1 @@
-"""The IDC backend: its index, its queries, its bucket objects, its releases and URLs."""
+"""The Imaging Data Commons backend: its index, queries answered from it, bucket objects."""

@@ -25,10 +25,12 @@ from urllib.parse import quote
 import pandas as pd
 
 from ..config import DEFAULT_IDC_URL, GCS_IDC_URL, IDC_MIRRORS
+from . import bucket as objects_of
+from .versions import not_listed
 
 if TYPE_CHECKING:
-    from ..client import TCIAClient
     from ..config import Settings
+    from .bucket import IDCLocation
 
 __all__ = [
     "GCS_BUCKETS",
@@ -38,6 +40,7 @@ __all__ = [
     "mirror_bucket",
     "endpoint",
     "check_mirror",
+    "located",
     "urls",
     "s5cmd_lines",
     "write_s5cmd_manifest",
@@ -82,27 +85,26 @@ def endpoint(settings: Settings, mirror: str | None = None) -> str:
     return MIRROR_URLS[mirror]
 
 
-def _known_sops(client: TCIAClient, uid: str, prefix: str) -> dict[str, str]:
+def _known_sops(idc: Any, uid: str, prefix: str) -> dict[str, str]:
     """Object name -> SOPInstanceUID, from the kept listing or the cached series (no request)."""
-    from .. import idc_fetch
-
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        where, objects = idc_fetch._saved_listing(client, uid)
+        where, listed = objects_of._saved_listing(idc, uid)
         if where.prefix == prefix:
-            return {o.name: o.sop_instance_uid for o in objects if o.sop_instance_uid}
-    cached = client.cache.get(uid)
+            return {o.name: o.sop_instance_uid for o in listed if o.sop_instance_uid}
+    cached = idc.cache.get(uid)
     if cached is None:
         return {}
     return {i.name: i.sop_instance_uid for i in cached.instances}
 
 
-def urls(client: TCIAClient, series_uids: list[str], mirror: str | None = None) -> pd.DataFrame:
+def urls(idc: Any, series_uids: list[str], mirror: str | None = None) -> pd.DataFrame:
     """One row per instance of each series (listed from the bucket, in key order).
 
     Parameters
     ----------
-    client : TCIAClient
-        Its index, transport and settings (``idc_mirror``, ``idc_url``, ``idc_version``).
+    idc : IDCBackend
+        The client's IDC backend: its index, transport, cache and settings (``idc_mirror``,
+        ``idc_url``, ``idc_version``).
     series_uids : list of str
         Validated SeriesInstanceUIDs.
     mirror : {"aws", "gcs"}, optional
@@ -119,46 +121,52 @@ def urls(client: TCIAClient, series_uids: list[str], mirror: str | None = None) 
     TCIANotFoundError
         Naming the series the index (at ``idc_version``) does not list, before any request.
     """
-    from .. import idc_fetch
-
-    mirror = client.settings.idc_mirror if mirror is None else check_mirror(mirror)
-    found = idc_fetch.located(client, series_uids)
-    base = endpoint(client.settings, mirror)
+    mirror = idc.settings.idc_mirror if mirror is None else check_mirror(mirror)
+    found = located(idc, series_uids)
+    base = endpoint(idc.settings, mirror)
     rows = []
     for uid in series_uids:
         where = found[uid]
         bucket = mirror_bucket(where.bucket, mirror)
-        sops = _known_sops(client, uid, where.prefix)
-        for obj in idc_fetch.list_objects(client, where):
+        sops = _known_sops(idc, uid, where.prefix)
+        for obj in objects_of.list_objects(idc, where):
             rows.append((uid, sops.get(obj.name), f"s3://{bucket}/{obj.key}",
                          f"{base}{quote(bucket)}/{quote(obj.key)}"))
     frame = pd.DataFrame(rows, columns=URL_COLUMNS)
     return frame.astype({c: "string" for c in URL_COLUMNS})
 
 
-def s5cmd_lines(client: TCIAClient, series_uids: list[str],
+def located(idc: Any, series_uids: list[str]) -> dict[str, IDCLocation]:
+    """The series' locations (at the client's release, on its mirror); a TCIANotFoundError
+    naming every series the index, or that release, does not list."""
+    idc.locate(series_uids)
+    missing = [u for u in series_uids if idc.find(u) is None]
+    if missing:
+        raise not_listed(idc, missing)
+    return {u: idc.find(u) for u in series_uids}
+
+
+def s5cmd_lines(idc: Any, series_uids: list[str],
                 mirror: str | None = None) -> list[str]:
     """The ``cp`` lines of an s5cmd manifest: every object of a series into a folder named
     after its SeriesInstanceUID, relative to where s5cmd runs. No request (the index says
     where each series is)."""
-    from .. import idc_fetch
-
-    mirror = client.settings.idc_mirror if mirror is None else check_mirror(mirror)
-    found = idc_fetch.located(client, series_uids)
+    mirror = idc.settings.idc_mirror if mirror is None else check_mirror(mirror)
+    found = located(idc, series_uids)
     return [f"cp s3://{mirror_bucket(found[u].bucket, mirror)}/{found[u].prefix}* {u}/"
             for u in series_uids]
 
 
-def write_s5cmd_manifest(client: TCIAClient, series_uids: list[str], path: str | os.PathLike[str],
+def write_s5cmd_manifest(idc: Any, series_uids: list[str], path: str | os.PathLike[str],
                          mirror: str | None = None) -> Path:
     """Write :func:`s5cmd_lines` to ``path``; the path written."""
     target = Path(path)
-    target.write_text("".join(line + "\n" for line in s5cmd_lines(client, series_uids, mirror)),
+    target.write_text("".join(line + "\n" for line in s5cmd_lines(idc, series_uids, mirror)),
                       encoding="utf-8")
     return target
 
 
-def viewer_url(client: TCIAClient, uid: str) -> str:
+def viewer_url(idc: Any, uid: str) -> str:
     """IDC's viewer URL of a series or a study (either UID), chosen by the study's modalities:
     Slim when it holds slide microscopy (SM), OHIF v3 otherwise.
 
@@ -170,7 +178,7 @@ def viewer_url(client: TCIAClient, uid: str) -> str:
     """
     from .versions import study_rows
 
-    study, series, modalities = study_rows(client, uid)
+    study, series, modalities = study_rows(idc, uid)
     if "SM" in modalities:
         tail = f"/series/{series}" if series else ""
         return f"{VIEWER_URL}/slim/studies/{study}{tail}"

@@ -25,19 +25,27 @@ index file, else the newest ``series_revised_idc_version``.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 
-from ..cache import SeriesCache
 from ..errors import TCIABackendError, TCIANotFoundError
+from ..retrieval.cache import SeriesCache
 
 if TYPE_CHECKING:
-    from ..client import TCIAClient
-    from ..idc_index import IDCIndex
+    from ..config import Settings
+    from .index import IDCIndex
+
+
+class IDCBackend(Protocol):
+    """What these functions use of :class:`~intake_tcia.idc.backend.IDCBackend`."""
+
+    settings: Settings
+
+    @property
+    def index(self) -> IDCIndex: ...
 
 __all__ = [
     "PRIOR_FILE",
@@ -47,7 +55,8 @@ __all__ = [
     "series_locations",
     "answer",
     "lacking",
-    "cache_for",
+    "not_listed",
+    "release_cache",
     "ReleaseCache",
     "study_rows",
 ]
@@ -90,7 +99,7 @@ def _read_version(index: IDCIndex) -> int:
     return int(index.pc.max(column["series_revised_idc_version"]).as_py() or 0)
 
 
-def pinned(client: TCIAClient) -> int | None:
+def pinned(idc: IDCBackend) -> int | None:
     """The older release the client serves, or None when it serves the index's own.
 
     Raises
@@ -99,18 +108,18 @@ def pinned(client: TCIAClient) -> int | None:
         ``idc_version`` is newer than the index's release, or the client's backend is
         ``"nbia"`` (NBIA serves only what it holds now).
     """
-    asked = client.settings.idc_version
+    asked = idc.settings.idc_version
     if asked is None:
         return None
-    own = index_version(client.idc_index)
+    own = index_version(idc.index)
     if asked > own:
         raise TCIABackendError(
             f"idc_version {asked} is newer than the IDC index at "
-            f"{str(client.idc_index.folder)!r}, which describes IDC release {own}: upgrade "
+            f"{str(idc.index.folder)!r}, which describes IDC release {own}: upgrade "
             "idc-index-data, or point idc_index at a newer index")
     if asked == own:
         return None
-    if client.settings.backend == "nbia":
+    if idc.settings.backend == "nbia":
         raise TCIABackendError(
             f"backend 'nbia' serves what NBIA holds now, not IDC release {asked}: use "
             "backend 'idc' or 'auto' with idc_version")
@@ -140,15 +149,15 @@ def _prior(index: IDCIndex, uids: list[str], version: int) -> pd.DataFrame:
     return table.to_pandas().drop_duplicates("SeriesInstanceUID")
 
 
-def series_locations(client: TCIAClient, series_uids: Iterable[str]) -> pd.DataFrame:
+def series_locations(idc: IDCBackend, series_uids: Iterable[str]) -> pd.DataFrame:
     """:meth:`IDCIndex.series_locations` as the client's release had the series: the current
     row where it covers the release, else the prior copy that does (``instanceCount`` null: the
     prior table has none); the series the release lacks are left out. Two more columns:
     ``idc_version`` (the release served) and ``prior`` (True for an older copy)."""
-    index = client.idc_index
+    index = idc.index
     uids = list(dict.fromkeys(series_uids))
     frame = index.series_locations(uids)
-    version = pinned(client)
+    version = pinned(idc)
     if version is None:
         return frame.assign(idc_version=index_version(index), prior=False)
     revised = _current(index, uids).set_index("SeriesInstanceUID")["series_revised_idc_version"]
@@ -172,31 +181,34 @@ def series_locations(client: TCIAClient, series_uids: Iterable[str]) -> pd.DataF
     return both.assign(idc_version=version)
 
 
-def lacking(client: TCIAClient, version: int, uids: list[str]) -> TCIANotFoundError:
+def lacking(idc: IDCBackend, version: int, uids: list[str]) -> TCIANotFoundError:
     """The error for series release ``version`` does not hold."""
     shown = ", ".join(uids[:5]) + (" ..." if len(uids) > 5 else "")
     return TCIANotFoundError(
         404, f"IDC release {version} does not hold {len(uids)} series: {shown}",
-        str(client.idc_index.folder))
+        str(idc.index.folder))
 
 
-def answer(client: TCIAClient, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
+def answer(idc: IDCBackend, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
     """The index's answer to a query as the client's release had it: less the series that
     release lacks, plus (for getSeries and getSeriesMetadata) those it held that IDC has removed
     since; a query for one series that release lacks is a :class:`TCIANotFoundError` naming the
     release."""
-    frame = client.idc_index.answer(endpoint, params)
-    version = pinned(client)
+    from .queries import answer as index_answer
+
+    idc.index.refresh()
+    frame = index_answer(idc.index, endpoint, dict(params))
+    version = pinned(idc)
     if version is None or "SeriesInstanceUID" not in frame.columns:
         return frame
     if not frame.empty:
         uids = frame["SeriesInstanceUID"].dropna().unique().tolist()
-        held = set(series_locations(client, uids)["SeriesInstanceUID"])
+        held = set(series_locations(idc, uids)["SeriesInstanceUID"])
         if "SeriesInstanceUID" in params and params["SeriesInstanceUID"] not in held:
-            raise lacking(client, version, [params["SeriesInstanceUID"]])
+            raise lacking(idc, version, [params["SeriesInstanceUID"]])
         frame = frame[frame["SeriesInstanceUID"].isin(held)].reset_index(drop=True)
     if endpoint in ("getSeries", "getSeriesMetadata"):
-        frame = _with_removed(client.idc_index, version, frame, params)
+        frame = _with_removed(idc.index, version, frame, params)
     return frame
 
 
@@ -247,32 +259,39 @@ def _with_removed(index: IDCIndex, version: int, frame: pd.DataFrame,
 
 
 class ReleaseCache(SeriesCache):
-    """The series cache of a client serving an older release: a series whose copy in that
-    release is not its current one lives under ``releases/<crdc_series_uuid>/series/`` of the
-    cache root; every other series where :class:`SeriesCache` keeps it.
+    """The series cache of a client with an ``idc_version``: when that release is older than
+    the index's, a series whose copy in it is not its current one lives under
+    ``releases/<crdc_series_uuid>/series/`` of the cache root; every other series where
+    :class:`SeriesCache` keeps it.
 
     Parameters
     ----------
     root : path-like
         The cache root.
-    client : TCIAClient
-        Whose release and index locate the series (looked up once per series).
+
+    Attributes
+    ----------
+    idc : IDCBackend or None
+        Whose release and index locate the series (looked up once per series); set by the
+        client once its IDC backend is made. Until then, series are where SeriesCache has them.
     """
 
-    def __init__(self, root: str | Path, client: TCIAClient) -> None:
+    def __init__(self, root: str | Path) -> None:
         super().__init__(root)
-        self._client = weakref.proxy(client)
+        self.idc: IDCBackend | None = None
         self._prior: dict[str, str | None] = {}  # SeriesInstanceUID -> crdc_series_uuid
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"ReleaseCache({str(self.root)!r}, idc_version={self._client.settings.idc_version})"
+        return f"ReleaseCache({str(self.root)!r})"
 
     def _crdc(self, uid: str) -> str | None:
+        if self.idc is None or pinned(self.idc) is None:
+            return None
         with self._lock:
             if uid in self._prior:
                 return self._prior[uid]
-        frame = series_locations(self._client, [uid])
+        frame = series_locations(self.idc, [uid])
         crdc = None
         if len(frame) and bool(frame["prior"].iloc[0]):
             crdc = str(frame["crdc_series_uuid"].iloc[0])
@@ -288,29 +307,28 @@ class ReleaseCache(SeriesCache):
         return self.root / RELEASES_DIR / crdc / "series" / path.name
 
 
-_CACHES: weakref.WeakKeyDictionary[Any, ReleaseCache] = weakref.WeakKeyDictionary()
-_CACHES_LOCK = threading.Lock()
+def release_cache(root: str | Path, idc_version: int | None) -> SeriesCache:
+    """The series cache for a client: a :class:`ReleaseCache` when it names an IDC release."""
+    return SeriesCache(root) if idc_version is None else ReleaseCache(root)
 
 
-def cache_for(client: TCIAClient) -> SeriesCache:
-    """The client's series cache: a :class:`ReleaseCache` (one per client) when it serves an
-    older release, else the plain one."""
-    if pinned(client) is None:
-        return SeriesCache(client.cache_dir)
-    with _CACHES_LOCK:
-        cache = _CACHES.get(client)
-        if cache is None:
-            cache = _CACHES[client] = ReleaseCache(client.cache_dir, client)
-        return cache
+def not_listed(idc: IDCBackend, uids: list[str]) -> TCIANotFoundError:
+    """The error for series the index, or the client's older release, does not list."""
+    version = pinned(idc)
+    if version is not None:
+        return lacking(idc, version, uids)
+    more = f" ... ({len(uids)} in all)" if len(uids) > 5 else ""
+    return TCIANotFoundError(404, "the IDC index does not list series " + ", ".join(uids[:5])
+                             + more, str(idc.index.folder))
 
 
 # -- viewer ---------------------------------------------------------------------------------------
 
 
-def study_rows(client: TCIAClient, uid: str) -> tuple[str, str | None, set[str]]:
+def study_rows(idc: IDCBackend, uid: str) -> tuple[str, str | None, set[str]]:
     """(StudyInstanceUID, SeriesInstanceUID or None, the study's modalities) of a series or a
     study UID, from the current index, else (for a series) the prior copies."""
-    index = client.idc_index
+    index = idc.index
     index.refresh()
     ds = index.ds
     columns = ["StudyInstanceUID", "SeriesInstanceUID", "Modality"]

@@ -38,7 +38,6 @@ from .idc import crdc_series_uuid, object_key
 
 if TYPE_CHECKING:
     from .builder import SampleArchive
-    from .idc_bucket import IDCBucketServer
 
 __all__ = [
     "PRIOR_BUCKETS",
@@ -130,9 +129,11 @@ def _public(s3: Any, bucket: str) -> None:
     s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
 
 
-def upload_history(server: IDCBucketServer) -> dict[str, str]:
-    """Create the other buckets in the server's moto and put the older copies and the ``cr``
-    series there; returns crdc_series_uuid -> SeriesInstanceUID of what it put (for faults)."""
+def upload_history(server: Any) -> dict[str, str]:
+    """Create the other buckets in the moto of ``server`` (an
+    :class:`~intake_tcia.testing.IDCBucketServer`, which calls this when it starts) and put the
+    older copies and the ``cr`` series there; returns crdc_series_uuid -> SeriesInstanceUID of
+    what it put (for faults)."""
     s3 = server._s3()
     archive = server.archive
     for bucket in PRIOR_BUCKETS + CR_BUCKETS:
