@@ -13,6 +13,7 @@ real names; the listings that check needs are asked for only then.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -227,6 +228,9 @@ class TCIAClient(QueryMethods):
 
         if is_lockfile(series):  # exactly the locked bytes, or nothing
             return replay(self, series, dest, layout=layout, workers=workers, progress=progress)
+        if isinstance(self.cache, ReleaseCache):  # where an older release's copies are: 1 scan
+            with contextlib.suppress(ValueError, TypeError):  # malformed UIDs: named below
+                self._router.prepare(as_series_uids(series))
         from .retrieval.download import download
 
         return download(

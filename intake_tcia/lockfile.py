@@ -247,21 +247,25 @@ def write_lockfile(lockfile: Lockfile, path: str | os.PathLike[str]) -> Path:
 # -- locking --------------------------------------------------------------------------------------
 
 
-def _idc_facts(client: TCIAClient, uids: list[str]) -> dict[str, dict[str, Any]]:
-    """SeriesInstanceUID -> crdc_series_uuid and idc_version of the copy the client serves, for
-    the series the IDC index lists (none on backend "nbia", or without an index)."""
+def _idc_facts(client: TCIAClient, uids: list[str]) -> dict[str, tuple[str, int]]:
+    """SeriesInstanceUID -> (crdc_series_uuid, IDC release) of the copy the client serves, for
+    the series the IDC index lists (one index scan; none on backend "nbia", or without an
+    index)."""
     if client.settings.backend == "nbia":
         return {}
     from .errors import MissingDependencyError
-    from .idc.versions import series_locations
+    from .idc.versions import index_version, pinned
 
+    idc = client._router.idc
     try:
-        frame = series_locations(client._router.idc, uids)
+        client._router.prepare(uids)  # one scan; kept for the fetches that follow
+        release = pinned(idc) or index_version(idc.index)
     except (MissingDependencyError, FileNotFoundError, TCIAError):
         if client.settings.backend == "idc":
             raise
         return {}
-    return {row["SeriesInstanceUID"]: row for row in frame.to_dict("records")}
+    found = {uid: idc.find(uid) for uid in uids}
+    return {uid: (where.prefix.strip("/"), release) for uid, where in found.items() if where}
 
 
 def _plain(value: Any) -> str | None:
@@ -295,16 +299,16 @@ def lock(client: TCIAClient, series: Any, path: str | os.PathLike[str], *,
         first = client._router.file_sources(uid, known)[0].name
         cached = client.fetch_series(uid)
         source = "idc" if first == "idc" and uid in facts else "nbia"
-        fact = facts.get(uid, {})
+        crdc, release = facts.get(uid, (None, None))
         meta = rows[uid]
         doi = _plain(meta.get("DataDescriptionURI"))
         return LockedSeries(
             uid, source,
             tuple(sorted((LockedInstance(i.sop_instance_uid, i.md5) for i in cached.instances),
                          key=lambda i: i.sop_instance_uid)),
-            int(fact["idc_version"]) if source == "idc" else None,
+            release if source == "idc" else None,
             today if source == "nbia" else None,
-            _plain(fact.get("crdc_series_uuid")),
+            crdc,
             doi.removeprefix("https://doi.org/") if doi else None,
             _plain(meta.get("LicenseName")),
             tuple((k, str(meta[k])) for k in _LAYOUT_KEYS if _plain(meta.get(k)) is not None))
@@ -480,7 +484,7 @@ def _preflight(sources: _Sources, locked: Lockfile) -> None:
     that cannot be reached counts as possibly serving them."""
     from .errors import TCIANotFoundError
 
-    unsure = [s for s in locked.series if not _idc_serves(sources, s, len(s.instances))]
+    unsure = _idc_unserved(sources, locked)
     if not unsure:
         return
     try:
@@ -503,22 +507,25 @@ def _count(value: Any) -> int | None:
     return None if value is None or pd.isna(value) else int(value)
 
 
-def _idc_serves(sources: _Sources, series: LockedSeries, count: int) -> bool:
-    """Whether IDC's index, at the series' locked release, lists the locked copy with the
-    locked number of instances (no request)."""
-    from .idc.versions import series_locations
-
-    version = series.idc_version
-    try:
-        client = sources.get("idc", version)
-        frame = series_locations(client._router.idc, [series.series_uid])
-    except (TCIAError, ImportError, OSError):
-        return False
-    if frame.empty:
-        return False
-    row = frame.iloc[0]
-    same_copy = series.crdc_series_uuid in (None, row["crdc_series_uuid"])
-    return same_copy and _count(row["instanceCount"]) in (None, count)
+def _idc_unserved(sources: _Sources, locked: Lockfile) -> list[LockedSeries]:
+    """The locked series IDC's index, at each one's locked release, does not list as locked
+    (that copy, that number of instances): no request, one index scan per release."""
+    unserved = []
+    for version in dict.fromkeys(s.idc_version for s in locked.series):
+        group = [s for s in locked.series if s.idc_version == version]
+        try:
+            router = sources.get("idc", version)._router
+            router.prepare([s.series_uid for s in group])
+            found = {s.series_uid: router.idc.find(s.series_uid) for s in group}
+        except (TCIAError, ImportError, OSError):
+            unserved += group
+            continue
+        for series in group:
+            where = found[series.series_uid]
+            if (where is None or series.crdc_series_uuid not in (None, where.prefix.strip("/"))
+                    or where.instance_count not in (None, len(series.instances))):
+                unserved.append(series)
+    return unserved
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
@@ -46,6 +46,8 @@ class IDCBackend(Protocol):
 
     @property
     def index(self) -> IDCIndex: ...
+
+    def find(self, series_uid: str) -> Any: ...
 
 __all__ = [
     "PRIOR_FILE",
@@ -279,32 +281,18 @@ class ReleaseCache(SeriesCache):
     def __init__(self, root: str | Path) -> None:
         super().__init__(root)
         self.idc: IDCBackend | None = None
-        self._prior: dict[str, str | None] = {}  # SeriesInstanceUID -> crdc_series_uuid
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ReleaseCache({str(self.root)!r})"
 
-    def _crdc(self, uid: str) -> str | None:
-        if self.idc is None or pinned(self.idc) is None:
-            return None
-        with self._lock:
-            if uid in self._prior:
-                return self._prior[uid]
-        frame = series_locations(self.idc, [uid])
-        crdc = None
-        if len(frame) and bool(frame["prior"].iloc[0]):
-            crdc = str(frame["crdc_series_uuid"].iloc[0])
-        with self._lock:
-            self._prior[uid] = crdc
-        return crdc
-
     def series_path(self, series_uid: str) -> Path:
         path = super().series_path(series_uid)
-        crdc = self._crdc(path.name)
-        if crdc is None:
+        if self.idc is None or pinned(self.idc) is None:
             return path
-        return self.root / RELEASES_DIR / crdc / "series" / path.name
+        where = self.idc.find(path.name)  # kept by the backend: one index scan per batch
+        if where is None or where.release is None:
+            return path
+        return self.root / RELEASES_DIR / where.prefix.strip("/") / "series" / path.name
 
 
 def release_cache(root: str | Path, idc_version: int | None) -> SeriesCache:
