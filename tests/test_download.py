@@ -632,6 +632,7 @@ _MEASURE_FETCH = """
 import sys
 from intake_tcia.client import TCIAClient
 import intake_tcia.retrieval.download
+import pandas, pyarrow.compute, pydicom.filereader  # imported when first used: not the series'
 
 def hwm():
     for line in open("/proc/self/status"):
