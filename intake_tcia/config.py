@@ -132,7 +132,7 @@ class Settings:
         1,000 keys is about 350 kB).
     idc_size_factor : float
         An IDC series' listed objects may hold at most this many times the index's
-        ``series_size_MB``, plus 1 MB (default 2).
+        ``series_size_MB``, plus 64 kB (default 2).
     retries : int
         How many times a request is retried on 429, 5xx and connection errors.
     backoff_factor, max_backoff : float

@@ -383,9 +383,8 @@ def test_paged_listing_and_single_instances_with_faults(
 
 
 def test_a_listing_names_only_objects_under_the_series_prefix() -> None:
-    import xml.etree.ElementTree as ET
-
-    from intake_tcia.idc.bucket import IDCLocation, _page
+    from intake_tcia.idc.listing import _Page
+    from intake_tcia.idc.location import IDCLocation
 
     where = IDCLocation("1.2.3", "idc-open-data", "abc/", 2)
     contents = "".join(
@@ -393,8 +392,8 @@ def test_a_listing_names_only_objects_under_the_series_prefix() -> None:
         for key, etag in [("abc/1.dcm", '"0123456789abcdef0123456789abcdef"'),
                           ("abc/2.dcm", '"0123456789abcdef0123456789abcdef-3"'),
                           ("other/3.dcm", '"00"'), ("abc/../../x.dcm", '"00"')])
-    root = ET.fromstring('<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-                         f"{contents}</ListBucketResult>")
-    page = _page(root, where)
-    assert [(o.key, o.md5) for o in page] == [("abc/1.dcm", "0123456789abcdef0123456789abcdef"),
+    page = _Page(where, lambda: None)
+    page.feed(f'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{contents}'
+              "</ListBucketResult>".encode(), last=True)
+    assert [(o.key, o.md5) for o in page.objects] == [("abc/1.dcm", "0123456789abcdef0123456789abcdef"),
                                               ("abc/2.dcm", None)]  # a multipart ETag: no MD5

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
-from ..errors import TCIANotFoundError
+from ..errors import TCIABackendError, in_series
 from ..retrieval.cache import CachedSeries, SeriesCache
 from ..retrieval.layouts import LAYOUT_FIELDS
 from ..retrieval.transport import Transport
@@ -23,6 +23,7 @@ from ..schema import SCHEMAS, frame_from_records
 from . import bucket
 from .bucket import IDCLocation
 from .index import IDCIndex, open_index
+from .location import NotInIndexError
 from .queries import answer
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class IDCBackend:
         self.settings = settings
         self.transport = transport
         self.cache = cache
-        self._located: dict[str, IDCLocation | None] = {}
+        self._located: dict[str, IDCLocation | TCIABackendError | None] = {}
         self._located_lock = threading.Lock()
 
     @property
@@ -63,8 +64,15 @@ class IDCBackend:
 
     def query(self, endpoint: str, params: Mapping[str, str], **where: Any) -> pd.DataFrame:
         """NBIA's answer to ``endpoint``, from the index (``where`` hints are not needed)."""
-        self.index.refresh()
-        return answer(self.index, endpoint, dict(params))
+        index = self.index
+        try:
+            index.refresh()
+            return answer(index, endpoint, dict(params))
+        except FileNotFoundError:
+            raise
+        except (index.pa.ArrowException, OSError) as exc:  # a broken or foreign file
+            raise TCIABackendError(f"the IDC index file {index.path} cannot be read: "
+                                   f"{type(exc).__name__}: {exc}") from exc
 
     def search(
         self, form: Mapping[str, str], *, collections: Any = None, page_size: int
@@ -79,22 +87,30 @@ class IDCBackend:
         uids = [u for u in series_uids if u not in self._located]
         if not uids:
             return
-        found = bucket.locate(self.index, uids)
+        try:
+            found: dict[str, Any] = bucket.locate(self.index, uids)
+        except TCIABackendError as exc:  # an unreadable file: each series fails with it
+            found = dict.fromkeys(uids, exc)
         with self._located_lock:
             self._located.update({uid: found.get(uid) for uid in uids})
 
     def find(self, series_uid: str) -> IDCLocation | None:
-        """The series' location, or None where the index does not list it."""
+        """The series' location, or None where the index does not list it
+        (:class:`TCIABackendError` where the index file cannot be read)."""
         if series_uid not in self._located:
             self.locate([series_uid])
-        return self._located[series_uid]
+        found = self._located[series_uid]
+        if isinstance(found, TCIABackendError):
+            raise in_series(found, series_uid)
+        return found
 
     def location(self, series_uid: str) -> IDCLocation:
-        """The series' location; :class:`TCIANotFoundError` where the index does not list it."""
+        """The series' location; :class:`NotInIndexError` (a TCIANotFoundError) where the
+        index does not list it."""
         found = self.find(series_uid)
         if found is None:
-            raise TCIANotFoundError(404, f"the IDC index does not list series {series_uid}",
-                                    str(self.index.folder))
+            raise NotInIndexError(404, f"the IDC index does not list series {series_uid}",
+                                  str(self.index.folder))
         return found
 
     def can_serve(self, series_uid: str) -> bool:

@@ -28,7 +28,7 @@ from ..errors import TCIAError, TCIAIntegrityError, TCIAResponseError, in_series
 
 if TYPE_CHECKING:
     from ..retrieval.transport import RetryBudget
-    from .bucket import IDCLocation
+    from .location import IDCLocation
 
 __all__ = ["IDCObject", "list_objects"]
 

@@ -58,6 +58,13 @@ def bad_crc_zip(zipped: bytes) -> bytes:
     return bytes(data)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that give up mid-answer are what these servers are for: no traceback."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     owner: HostileNBIA
@@ -151,7 +158,7 @@ class HostileNBIA:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         handler = type("_HostileNBIAHandler", (_Handler,), {"owner": self})
-        self._server = ThreadingHTTPServer((host, 0), handler)
+        self._server = _QuietServer((host, 0), handler)
         self._server.daemon_threads = True
 
     def __enter__(self) -> HostileNBIA:

@@ -165,11 +165,19 @@ def test_an_object_whose_body_never_ends_is_refused_before_it_is_fetched(
     assert setup["bucket"].sent_bytes < 8 << 20
 
 
-def test_header_reads_are_capped(setup: dict[str, Any]) -> None:
-    setup["bucket"].objects[setup["keys"][0]] = HostileObject(
-        dicom_stub() + bytes(1 << 16), size=100 << 20, mode="endless")
-    error = _bounded(lambda: _client(setup).sop_instance_uids(setup["uid"]))
-    _refused(setup, error, setup["keys"][0])
+@pytest.mark.parametrize("call", ["dicom_tags", "sop_instance_uids"])
+def test_header_reads_are_capped(setup: dict[str, Any], call: str) -> None:
+    """dicom_tags: file meta, then an element declaring 4 GB before any Pixel Data, then zeros
+    without end; sop_instance_uids: ``DICM``, then zeros without end."""
+    victim = min(setup["keys"])  # the object a header read takes
+    if call == "dicom_tags":
+        huge = b"\x08\x00\x01\x00OB\x00\x00" + (0xFFFFFFF0).to_bytes(4, "little")
+        body = dicom_stub(setup["files"][0].read_bytes()) + huge
+    else:
+        body = dicom_stub() + bytes(1 << 16)
+    setup["bucket"].objects[victim] = HostileObject(body, size=100 << 20, mode="endless")
+    error = _bounded(lambda: getattr(_client(setup), call)(setup["uid"]))
+    _refused(setup, error, victim)
     assert setup["bucket"].sent_bytes < 40 << 20  # the 16 MiB default cap, and socket buffers
 
 
