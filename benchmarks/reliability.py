@@ -257,7 +257,7 @@ ATTACKS: dict[str, tuple[str, list[str]]] = {
     "hostile IDC objects": (
         "bodies that never end, headers that never end, objects cut at their source (size and "
         "ETag agreeing), a gzip bomb, 32 MB of noise, DICOM stubs, one instance under two "
-        "keys, an instance of another study, 503 SlowDown",
+        "keys, an instance of another study, a bucket trickling 20 B/s, 503 SlowDown",
         [f"tests/reliability/test_hostile_idc.py::{t}" for t in (
             "test_an_object_whose_body_never_ends_is_refused_before_it_is_fetched",
             "test_header_reads_are_capped",
@@ -267,6 +267,7 @@ ATTACKS: dict[str, tuple[str, list[str]]] = {
             "test_a_dicom_stub_is_not_an_instance",
             "test_one_instance_under_two_keys_is_refused",
             "test_an_instance_of_another_study_is_refused",
+            "test_a_trickling_bucket_meets_the_series_deadline",
             "test_slow_down_names_the_series_and_the_object")],
     ),
     "hostile IDC indices": (

@@ -31,6 +31,7 @@ _MAX_DEPTH = 16
 _pair = struct.Struct("<HH")
 _long = struct.Struct("<I")
 _short = struct.Struct("<H")
+_explicit = struct.Struct("<HH2sH")  # an explicit VR element header: tag, VR, short length
 
 
 class _Unsure(Exception):
@@ -165,8 +166,20 @@ def _walk(source: _Source, pos: int, explicit: bool, found: dict[int, str]) -> A
     """Walk the dataset from ``pos`` to the file's end; the Pixel Data seen: its length, the
     number of fragments (a list) when encapsulated, "other" for float pixel data, or None."""
     pixels: Any = None
-    while pos < source.size:
-        tag, start, length, vr = source.element(pos, explicit)
+    head, size = source.head, source.size
+    fast = len(head) - 12 if explicit else -1  # explicit VR headers read in place up to here
+    while pos < size:
+        if pos <= fast:
+            group, number, vr, length = _explicit.unpack_from(head, pos)
+            tag = group << 16 | number
+            if group == 0xFFFE:
+                tag, start, length, vr = source.element(pos, explicit)
+            elif vr in _LONG_VRS:
+                start, length = pos + 12, _long.unpack_from(head, pos + 8)[0]
+            else:
+                start = pos + 8
+        else:
+            tag, start, length, vr = source.element(pos, explicit)
         if length == _UNDEFINED:
             if tag == _PIXELS:
                 pos, fragments = _fragments(source, start)
@@ -176,7 +189,7 @@ def _walk(source: _Source, pos: int, explicit: bool, found: dict[int, str]) -> A
                 raise _Unsure
             pos = _sequence_end(source, start, explicit, 0)
             continue
-        if start + length > source.size:
+        if start + length > size:
             raise _Cut(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})")
         if tag in _WANTED and length <= _SMALL:
             value = source.take(start, length, "a value")

@@ -26,6 +26,7 @@ mode            body
 ``plain``       the bytes (ranges honoured)
 ``endless``     the bytes, then zeros without end (Content-Length says ``size``)
 ``gzip``        ``Content-Encoding: gzip`` of the bytes (a bomb when they are zeros)
+``trickle``     the bytes, ``rate`` (= 10) bytes a second
 ``status``      an S3 XML error (``code`` = 503 SlowDown)
 ==============  ================================================================================
 """
@@ -35,6 +36,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import threading
+import time
 import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -209,8 +211,14 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{obj.listed_size}"
         self._head(status, headers)
         body = obj.body[start : end + 1]
-        for at in range(0, len(body), 1 << 16):
-            self._write(body[at : at + (1 << 16)])
+        step, pause = 1 << 16, 0.0
+        if obj.mode == "trickle":
+            step, pause = 1, 1 / float(obj.params.get("rate", 10))
+        for at in range(0, len(body), step):
+            self._write(body[at : at + step])
+            if pause:
+                self.wfile.flush()
+                time.sleep(pause)
         if obj.mode == "endless":
             sent = len(body)
             while sent < end - start + 1:

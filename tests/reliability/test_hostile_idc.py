@@ -239,6 +239,17 @@ def test_an_instance_of_another_study_is_refused(setup: dict[str, Any]) -> None:
              kind=TCIAIntegrityError)
 
 
+def test_a_trickling_bucket_meets_the_series_deadline(setup: dict[str, Any]) -> None:
+    """Bytes at 20 B/s, each within the read timeout: the series' deadline is read_timeout plus
+    its listed bytes (390 kB) at min_transfer_rate (here 1 + 2 s), not series_timeout (6 h)."""
+    setup["bucket"].objects[setup["keys"][0]].mode = "trickle"
+    setup["bucket"].objects[setup["keys"][0]].params = {"rate": 20}
+    start = time.monotonic()
+    error = _bounded(_read(setup, timeout=(2.0, 1.0), min_transfer_rate=200_000))
+    assert time.monotonic() - start < 6
+    _refused(setup, error, setup["keys"][0], "deadline")
+
+
 def test_slow_down_names_the_series_and_the_object(setup: dict[str, Any]) -> None:
     for key in setup["keys"]:
         setup["bucket"].objects[key].mode = "status"
