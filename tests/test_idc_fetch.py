@@ -395,5 +395,6 @@ def test_a_listing_names_only_objects_under_the_series_prefix() -> None:
     page = _Page(where, lambda: None)
     page.feed(f'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{contents}'
               "</ListBucketResult>".encode(), last=True)
-    assert [(o.key, o.md5) for o in page.objects] == [("abc/1.dcm", "0123456789abcdef0123456789abcdef"),
-                                              ("abc/2.dcm", None)]  # a multipart ETag: no MD5
+    assert [(o.key, o.md5) for o in page.objects] == [
+        ("abc/1.dcm", "0123456789abcdef0123456789abcdef"),
+        ("abc/2.dcm", None)]  # a multipart ETag: no MD5

@@ -168,7 +168,7 @@ def _list(idc: Any, where: IDCLocation, budget: RetryBudget,
 
     def on_key() -> None:
         keys[0] += 1
-        if max_keys is None and keys[0] > limit:
+        if keys[0] > limit:
             said = (f"the IDC index says {count}" if count else
                     f"more than idc_max_objects ({settings.idc_max_objects}) allows")
             raise TCIAIntegrityError(

@@ -156,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(int(params.get("code", 503)), "SlowDown")
             return
         self._head(200, {"Content-Type": "application/xml", "Transfer-Encoding": "chunked"})
-        self._chunk(f'<?xml version="1.0" encoding="UTF-8"?>\n'.encode())
+        self._chunk(b'<?xml version="1.0" encoding="UTF-8"?>\n')
         if mode == "entity":
             self._chunk(b'<!DOCTYPE lolz [<!ENTITY lol "lollollollollollollollollol">]>')
         self._chunk(f'<ListBucketResult xmlns="{_NS}"><Name>{self.owner.bucket}</Name>'

@@ -140,7 +140,7 @@ def test_a_listing_declaring_entities_is_refused(setup: dict[str, Any]) -> None:
 
 def test_a_key_holding_a_line_break_is_refused(setup: dict[str, Any]) -> None:
     bucket = setup["bucket"]
-    for i, bad in enumerate(("\n", "\r")):
+    for bad in ("\n", "\r"):
         bucket.reset()
         keys = bucket.put_series(setup["uid"], [(s, p) for s, p in
                                                 setup["server"].archive.instances(setup["uid"])])
