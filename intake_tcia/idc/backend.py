@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,11 +21,12 @@ from ..retrieval.cache import CachedSeries, SeriesCache
 from ..retrieval.layouts import LAYOUT_FIELDS
 from ..retrieval.transport import Transport
 from ..schema import SCHEMAS, frame_from_records
-from . import bucket
+from . import bucket, versions
 from .bucket import IDCLocation
 from .index import IDCIndex, open_index
-from .location import NotInIndexError
+from .location import index_errors, locations
 from .queries import answer
+from .urls import mirror_bucket
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -64,15 +66,11 @@ class IDCBackend:
 
     def query(self, endpoint: str, params: Mapping[str, str], **where: Any) -> pd.DataFrame:
         """NBIA's answer to ``endpoint``, from the index (``where`` hints are not needed)."""
-        index = self.index
-        try:
-            index.refresh()
-            return answer(index, endpoint, dict(params))
-        except FileNotFoundError:
-            raise
-        except (index.pa.ArrowException, OSError) as exc:  # a broken or foreign file
-            raise TCIABackendError(f"the IDC index file {index.path} cannot be read: "
-                                   f"{type(exc).__name__}: {exc}") from exc
+        with index_errors(self.index):
+            if versions.pinned(self) is not None:  # an older IDC release: as it had them
+                return versions.answer(self, endpoint, params)
+            self.index.refresh()
+            return answer(self.index, endpoint, dict(params))
 
     def search(
         self, form: Mapping[str, str], *, collections: Any = None, page_size: int
@@ -87,8 +85,13 @@ class IDCBackend:
         uids = [u for u in series_uids if u not in self._located]
         if not uids:
             return
+        mirror = self.settings.idc_mirror  # as the client's release had them, on its mirror
         try:
-            found: dict[str, Any] = bucket.locate(self.index, uids)
+            with index_errors(self.index):
+                rows = versions.series_locations(self, uids)
+            found: dict[str, Any] = {
+                uid: replace(where, bucket=mirror_bucket(where.bucket, mirror))
+                for uid, where in locations(rows, self.index.path).items()}
         except TCIABackendError as exc:  # an unreadable file: each series fails with it
             found = dict.fromkeys(uids, exc)
         with self._located_lock:
@@ -105,12 +108,11 @@ class IDCBackend:
         return found
 
     def location(self, series_uid: str) -> IDCLocation:
-        """The series' location; :class:`NotInIndexError` (a TCIANotFoundError) where the
-        index does not list it."""
+        """The series' location; a :class:`TCIANotFoundError` where the index does not list
+        it."""
         found = self.find(series_uid)
         if found is None:
-            raise NotInIndexError(404, f"the IDC index does not list series {series_uid}",
-                                  str(self.index.folder))
+            raise versions.not_listed(self, [series_uid])
         return found
 
     def can_serve(self, series_uid: str) -> bool:

@@ -65,6 +65,7 @@ __all__ = [
     "IDCLocation",
     "IDCObject",
     "locate",
+    "locations",
     "list_objects",
     "instances",
     "fetch_series",
@@ -127,7 +128,9 @@ def _read_all(idc: _Bucket, url: str, params: dict[str, str] | None,
 
 
 def _listing_path(idc: _Bucket, series_uid: str) -> Path:
-    return idc.cache_dir / LISTINGS_DIR / f"{series_uid}.json"
+    release = idc.settings.idc_version  # listings of an older release are kept apart
+    folder = idc.cache_dir / LISTINGS_DIR
+    return (folder / f"v{release}" if release else folder) / f"{series_uid}.json"
 
 
 def _saved_listing(idc: _Bucket, series_uid: str) -> tuple[IDCLocation, list[IDCObject]]:
@@ -377,7 +380,7 @@ def fetch_series(
         settings = idc.settings
         budget = idc.transport.budget()  # statuses, lost bodies and bad objects alike
         objects = list_objects(idc, where, budget=budget)
-        if len(objects) != count:
+        if count is not None and len(objects) != count:  # None: an older release's copy
             raise TCIAIntegrityError(
                 f"series {uid}: the bucket lists {len(objects)} objects under "
                 f"s3://{where.bucket}/{where.prefix}, the IDC index says {count}")

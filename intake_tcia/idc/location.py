@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ from ..errors import TCIABackendError, TCIAError, TCIAIntegrityError, TCIANotFou
 if TYPE_CHECKING:
     from .index import IDCIndex
 
-__all__ = ["IDCLocation", "NotInIndexError", "locate"]
+__all__ = ["IDCLocation", "NotInIndexError", "index_errors", "locate", "locations"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")  # a bucket's or a folder's name
 
@@ -45,6 +46,9 @@ class IDCLocation:
         The index's ``instanceCount`` (None where it gives none, or a bad one).
     collection : str or None
         TCIA's collection name.
+    release : int or None
+        For an older IDC release's copy of the series (``idc_version``), that release; None
+        for the current copy.
     size_mb : float or None
         The index's ``series_size_MB``.
     study_uid : str or None
@@ -58,15 +62,18 @@ class IDCLocation:
     prefix: str
     instance_count: int | None = None
     collection: str | None = None
+    release: int | None = None
     size_mb: float | None = None
     study_uid: str | None = None
     problem: str | None = None
 
-    def vouched(self) -> tuple[int, float]:
+    def vouched(self) -> tuple[int | None, float]:
         """(instanceCount, series_size_MB) when the row vouches for both, else
-        :class:`TCIAIntegrityError` naming the series and the column."""
+        :class:`TCIAIntegrityError` naming the series and the column. An older release's copy
+        has no ``instanceCount`` in the index (None: only its size is vouched for)."""
         problem = self.problem
-        if problem is None and not self.instance_count:
+        if problem is None and not self.instance_count and not (
+                self.release is not None and self.instance_count is None):
             problem = (f"the IDC index gives instanceCount {self.instance_count}: it cannot "
                        "vouch for the series being complete")
         if problem is not None:
@@ -79,6 +86,19 @@ class NotInIndexError(TCIANotFoundError):
 
     def __str__(self) -> str:
         return f"{self.text} (index {self.url})"
+
+
+@contextmanager
+def index_errors(index: IDCIndex) -> Iterator[None]:
+    """Errors of reading a broken or foreign index file as :class:`TCIABackendError` naming it
+    (a missing file stays FileNotFoundError: no index)."""
+    try:
+        yield
+    except (TCIAError, FileNotFoundError):
+        raise
+    except (index.pa.ArrowException, OSError) as exc:
+        raise TCIABackendError(f"the IDC index file {index.path} cannot be read: "
+                               f"{type(exc).__name__}: {exc}") from exc
 
 
 def locate(index: IDCIndex, series_uids: Iterable[str]) -> dict[str, IDCLocation]:
@@ -94,14 +114,14 @@ def locate(index: IDCIndex, series_uids: Iterable[str]) -> dict[str, IDCLocation
     TCIABackendError
         The index file cannot be read (naming it).
     """
-    try:
-        frame = index.series_locations(series_uids)
-    except TCIAError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - pyarrow's errors of a broken or foreign file
-        raise TCIABackendError(f"the IDC index file {index.path} cannot be read: "
-                               f"{type(exc).__name__}: {exc}") from exc
-    return {row["SeriesInstanceUID"]: _location(row, str(index.path))
+    with index_errors(index):
+        return locations(index.series_locations(series_uids), index.path)
+
+
+def locations(frame: pd.DataFrame, path: object) -> dict[str, IDCLocation]:
+    """The IDC locations of the rows of a :meth:`IDCIndex.series_locations` frame (with, for an
+    older release, ``idc_version`` and ``prior``); ``path`` is the index file, for messages."""
+    return {row["SeriesInstanceUID"]: _location(row, str(path))
             for row in frame.to_dict("records")}
 
 
@@ -129,13 +149,15 @@ def _location(row: dict[str, Any], path: str) -> IDCLocation:
     for column, value in (("aws_bucket", bucket), ("crdc_series_uuid", folder)):
         if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
             bad(column, "not a plain name")
-    study = row.get("StudyInstanceUID")
+    study, release = row.get("StudyInstanceUID"), row.get("idc_version")
     return IDCLocation(
         row["SeriesInstanceUID"], str(bucket), f"{folder}/",
-        None if count is None else int(count), row.get("Collection"),
-        None if size is None else float(size),
-        study if isinstance(study, str) and study else None,
-        "; ".join(problems) or None,
+        instance_count=None if count is None else int(count),
+        collection=row.get("Collection"),
+        release=int(release) if row.get("prior") and not _missing(release) else None,
+        size_mb=None if size is None else float(size),
+        study_uid=study if isinstance(study, str) and study else None,
+        problem="; ".join(problems) or None,
     )
 
 
