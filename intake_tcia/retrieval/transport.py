@@ -236,8 +236,7 @@ class _LastLine:
     """A response's file, remembering the last line read (to tell headers cut short)."""
 
     def __init__(self, fp: Any) -> None:
-        self.fp = fp
-        self.last = b"\r\n"
+        self.fp, self.last = fp, b"\r\n"
 
     def readline(self, limit: int = -1) -> bytes:
         self.last = self.fp.readline(limit)
@@ -392,8 +391,7 @@ class Transport:
         hop is part of the request; each further one spends a retry of ``budget`` (so a chain
         makes at most ``2 + retries`` requests), and a hop back to a URL already asked is a
         loop, refused at once."""
-        first = url
-        asked = {_full_url(url, params)}
+        first, asked = url, {_full_url(url, params)}
         for _ in range(MAX_REDIRECTS + 1):
             response = self.session.request(
                 method, url, params=params, data=data, headers=headers, stream=True,
