@@ -238,13 +238,15 @@ def in_series(exc: TCIAError, series_uid: str, key: str | None = None) -> TCIAEr
         missing.append(f"object {key}")
     if not missing:
         return exc
-    where = ", ".join(missing)
+    where, text = ", ".join(missing), str(exc)
+    if text.startswith(f"series {series_uid}: "):  # "series X, object K: ..."
+        where, text = f"series {series_uid}, {where}", text[len(f"series {series_uid}: "):]
     try:
         if isinstance(exc, TCIAHTTPError):
             made: TCIAError = type(exc)(exc.status, f"{where}: {exc.text}", exc.url,
                                         exc.retry_after)
         else:
-            made = type(exc)(f"{where}: {exc}")
+            made = type(exc)(f"{where}: {text}")
     except TypeError:  # an error class of its own signature
         return exc
     made.retryable = exc.retryable
