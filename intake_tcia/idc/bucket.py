@@ -54,7 +54,7 @@ from ..retrieval.pipeline import import_readers
 from ..retrieval.progress import Counter, ignore
 from ..retrieval.transport import Transport
 from .listing import IDCObject, list_objects
-from .location import IDCLocation, locate
+from .location import IDCLocation, locate, locations
 
 if TYPE_CHECKING:
     import pydicom
