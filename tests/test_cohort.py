@@ -352,3 +352,54 @@ def _prefix(series_uid: str) -> str:
     from intake_tcia.testing.idc import crdc_series_uuid
 
     return crdc_series_uuid(series_uid) + "/"
+
+
+# -- to_dask of a series source on backend idc ----------------------------------------------------
+
+
+def test_to_dask_on_idc_fetches_on_the_workers_not_the_caller(
+    idc: TCIAClient, cluster: Any, bucket: IDCBucketServer, archive_server: ArchiveServer,
+    volume_uids: list[str],
+) -> None:
+    import requests
+
+    from intake_tcia.sources import TCIASeriesSource
+
+    uid = max(volume_uids, key=lambda u: len(archive_server.archive.instances(u)))
+    paths = [p for _, p in archive_server.archive.instances(uid)]
+    seen: list[tuple[str, str | None]] = []  # what this process asked for
+    session = requests.Session()
+    session.hooks["response"].append(
+        lambda response, **_: seen.append((response.url, response.request.headers.get("Range"))))
+    source = TCIASeriesSource(uid, **{k: getattr(idc.settings, k) for k in (
+        "api_url", "nlst_api_url", "cache_dir", "backend", "idc_url", "idc_index")})
+    source._client = TCIAClient(settings=idc.settings, session=session)
+
+    array = source.to_dask()
+    assert array.numblocks[0] == len(paths)
+    gets = [(url, r) for url, r in seen if "list-type" not in url]
+    assert len(gets) == len(paths) and all(r is not None for _, r in gets)  # heads only
+    bucket.clear_log()
+
+    computed = cluster.compute(array, sync=True)
+    np.testing.assert_array_equal(computed, volume_from_files(paths).array)
+    whole = [r for r in bucket.requests if r.endpoint == "GetObject" and "range" not in r.params]
+    assert len(whole) == len(paths)  # one GET per slice, made by the workers
+    assert len(seen) == len(gets) + 1  # and none by the caller (+1: the listing)
+    assert idc.cache.series_uids() == []  # nothing cached anywhere here
+
+
+def test_to_xarray_lazy_on_idc_computes_in_local_threads(
+    idc: TCIAClient, bucket: IDCBucketServer, archive_server: ArchiveServer,
+    volume_uids: list[str],
+) -> None:
+    from intake_tcia.sources import TCIASeriesSource
+
+    uid = volume_uids[0]
+    paths = [p for _, p in archive_server.archive.instances(uid)]
+    source = TCIASeriesSource(uid, **{k: getattr(idc.settings, k) for k in (
+        "api_url", "nlst_api_url", "cache_dir", "backend", "idc_url", "idc_index")})
+    lazy = source.to_xarray(lazy=True)
+    expected = volume_from_files(paths)
+    np.testing.assert_array_equal(lazy.values, expected.array)
+    np.testing.assert_allclose(lazy.attrs["affine"], expected.affine)
