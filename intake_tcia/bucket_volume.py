@@ -21,7 +21,16 @@ import numpy as np
 
 from ._validate import validate_uid
 from .errors import TCIAIntegrityError, import_optional
-from .volume import RTOL, StackKey, Volume, _frames_of_all, _metadata, _reader, _select, _SliceReader
+from .volume import (
+    RTOL,
+    StackKey,
+    Volume,
+    _frames_of_all,
+    _metadata,
+    _reader,
+    _select,
+    _SliceReader,
+)
 
 if TYPE_CHECKING:
     from .client import TCIAClient
