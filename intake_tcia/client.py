@@ -748,9 +748,11 @@ class TCIAClient:
             Give ``func`` the file paths instead of a Volume.
         **options
             ``cache`` (``"worker"``: a folder per dask worker, the default with a client;
-            ``"settings"``: ``cache_dir``), ``retries`` (of a task whose worker died or
-            raised; default 2), ``workers`` (threads without a client), ``progress`` (a tqdm
-            bar over series), ``volume_options`` (``stack``, ``rtol``, ``allow_tilt``).
+            ``"settings"``: ``cache_dir``), ``retries`` (dask's, of a task that raised
+            outside ``func``; default 2: a task whose worker died is rerun by the scheduler,
+            up to ``distributed.scheduler.allowed-failures`` times), ``workers`` (threads
+            without a client), ``progress`` (a tqdm bar over series), ``volume_options``
+            (``stack``, ``rtol``, ``allow_tilt``).
 
         Returns
         -------
