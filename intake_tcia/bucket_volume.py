@@ -21,21 +21,17 @@ import numpy as np
 
 from ._validate import validate_uid
 from .errors import TCIAIntegrityError, import_optional
-from .volume import (
-    RTOL,
-    StackKey,
-    Volume,
-    _frames_of_all,
-    _metadata,
-    _reader,
-    _select,
-    _SliceReader,
-)
+from ._geometry import RTOL, StackKey, _frames_of_all, _metadata, _select
+from ._pixels import _reader, _SliceReader
+from .client import TCIAClient
+from .idc import bucket
+from .retrieval.pipeline import import_readers
+from .volume import Volume
 
 if TYPE_CHECKING:
-    from .client import TCIAClient
     from .config import Settings
-    from .idc_fetch import IDCObject
+    from .idc.backend import IDCBackend
+    from .idc.bucket import IDCObject
 
 __all__ = ["bucket_volume"]
 
@@ -80,16 +76,14 @@ def bucket_volume(
     VolumeGeometryError
         As :func:`intake_tcia.volume.volume_from_files`.
     """
-    from . import idc_fetch
-    from .backends import import_readers
-
     da = import_optional("dask.array", "dask", "Lazy volumes")
     from dask.base import tokenize
 
     uid = validate_uid(series_uid, "series_uid")
-    where = idc_fetch._located(client, uid)
-    budget = client._transport.budget()
-    objects = idc_fetch.list_objects(client, where, budget=budget)
+    idc = client._router.idc
+    where = idc.location(uid)
+    budget = idc.transport.budget()
+    objects = bucket.list_objects(idc, where, budget=budget)
     if where.instance_count is not None and len(objects) != where.instance_count:
         raise TCIAIntegrityError(
             f"series {uid}: the bucket lists {len(objects)} objects under "
@@ -97,7 +91,7 @@ def bucket_volume(
     import_readers()  # before the threads parse heads
 
     def head(obj: IDCObject) -> Any:
-        return idc_fetch._head(client, where.bucket, obj, budget, idc_fetch._header_from_head)
+        return bucket._head(idc, where.bucket, obj, budget, bucket._header_from_head)
 
     with ThreadPoolExecutor(max(1, min(client.settings.workers, len(objects)))) as pool:
         heads = list(pool.map(head, objects))
@@ -128,22 +122,21 @@ class _BucketSliceReader(_SliceReader):
     def _read_into(self, out: np.ndarray, k: int) -> None:
         from .cohort import process_client
 
-        data = _get_object(process_client(self.settings), self.sources[k])
+        client = process_client(self.settings, TCIAClient)
+        data = _get_object(client._router.idc, self.sources[k])
         fetched = copy.copy(self)  # the same reader, slice k's source now the bytes
         fetched.sources = {k: BytesIO(data)}  # type: ignore[assignment]
         _SliceReader._read_into(fetched, out, k)
 
 
-def _get_object(client: TCIAClient, ref: _ObjectRef) -> bytes:
-    """One object's bytes (one GET, retried on the client's budget), its listed size and MD5."""
-    from . import idc_fetch
-
-    budget = client._transport.budget()
-    url = idc_fetch._object_url(client, ref.bucket, ref.obj.key)
+def _get_object(idc: IDCBackend, ref: _ObjectRef) -> bytes:
+    """One object's bytes (one GET, retried on one budget), its listed size and MD5."""
+    budget = idc.transport.budget()
+    url = bucket._object_url(idc, ref.bucket, ref.obj.key)
 
     def attempt() -> bytes:
-        data = bytes(idc_fetch._read_all(client, url, None, budget, limit=ref.obj.size))
-        problem = idc_fetch._problem(data, ref.obj)
+        data = bytes(bucket._read_all(idc, url, None, budget, limit=ref.obj.size))
+        problem = bucket._problem(data, ref.obj)
         if problem is not None:
             raise TCIAIntegrityError(problem)
         return data

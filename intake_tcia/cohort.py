@@ -34,17 +34,14 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from .cache import atomic_path
 from .config import Settings
-from .download import _requests
-
-if TYPE_CHECKING:
-    from .client import TCIAClient
+from .retrieval.cache import CachedSeries, SeriesCache, atomic_path
+from .retrieval.download import _requests
 
 __all__ = ["COLUMNS", "CACHES", "map_series", "process_client", "read_results"]
 
@@ -57,21 +54,41 @@ CACHES = ("worker", "settings")
 #: The folder of a worker's own cache, under its ``local_directory``.
 WORKER_CACHE_NAME = "intake-tcia-cache"
 
-_clients: dict[Settings, TCIAClient] = {}
+
+
+class _Client(Protocol):
+    """What tasks use of :class:`intake_tcia.client.TCIAClient` (which delegates here, so this
+    module does not import it)."""
+
+    settings: Settings
+
+    def __init__(self, *, settings: Settings) -> None: ...
+
+    @property
+    def cache(self) -> SeriesCache: ...
+
+    def fetch_series(self, series_uid: str, *, collection: str | None = None
+                     ) -> CachedSeries: ...
+
+
+_clients: dict[tuple[type, Settings], Any] = {}
 _clients_lock = threading.Lock()
 
 
-def process_client(settings: Settings) -> TCIAClient:
-    """This process' client for ``settings`` (secrets read from its environment), made once;
-    what a task left in the cache's staging area when its process was killed is cleared then."""
-    from .client import TCIAClient
+def process_client(settings: Settings, client_type: type[_Client]) -> _Client:
+    """This process' client of ``client_type`` for ``settings`` (secrets read from its
+    environment), made once; what a task left in the cache's staging area when its process was
+    killed is cleared then.
 
+    The class is passed (it pickles by reference) so that this module, which the client
+    delegates to, does not import it.
+    """
     with _clients_lock:
-        client = _clients.get(settings)
+        client = _clients.get((client_type, settings))
         if client is None:
-            client = TCIAClient(settings=settings.with_secrets_from_env())
+            client = client_type(settings=settings.with_secrets_from_env())
             client.cache.clean_staging()
-            _clients[settings] = client
+            _clients[client_type, settings] = client
         return client
 
 
@@ -80,6 +97,7 @@ class _Task:
     """What every task of one :func:`map_series` call needs (pickled once per task)."""
 
     settings: Settings
+    client_type: type[_Client]
     func: Callable[[Any], Any]
     pass_files: bool
     volume_options: dict[str, Any] = field(default_factory=dict)
@@ -99,7 +117,7 @@ def _where_am_i() -> tuple[str, Path | None]:
 
 
 def _run_one(task: _Task, series_uid: str, metadata: Mapping[str, Any],
-             client: TCIAClient | None = None) -> dict[str, Any]:
+             client: _Client | None = None) -> dict[str, Any]:
     """One series' row: fetched, verified, read and ``func`` applied, where this runs.
 
     A failure of the fetch, the read or ``func`` is the row's ``error``; the task itself only
@@ -113,7 +131,7 @@ def _run_one(task: _Task, series_uid: str, metadata: Mapping[str, Any],
             settings = task.settings
             if task.cache == "worker" and local_directory is not None:
                 settings = settings.replace(cache_dir=local_directory / WORKER_CACHE_NAME)
-            client = process_client(settings)
+            client = process_client(settings, task.client_type)
         series = client.fetch_series(series_uid, collection=metadata.get("Collection"))
         if task.pass_files:
             given: Any = [str(p) for p in series.files]
@@ -146,7 +164,7 @@ def _json_default(value: Any) -> Any:
 
 
 def map_series(
-    tcia: TCIAClient,
+    tcia: _Client,
     func: Callable[[Any], Any],
     series: Any,
     *,
@@ -183,7 +201,7 @@ def map_series(
     todo = [r for r in requests if r.uid not in done]
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    task = _Task(tcia.settings, func, pass_files, dict(volume_options or {}), cache,
+    task = _Task(tcia.settings, type(tcia), func, pass_files, dict(volume_options or {}), cache,
                  as_json=folder is not None)
     rows = dict(done)
     bar = _bar(progress, len(requests), len(requests) - len(todo))
@@ -215,7 +233,7 @@ def _check_picklable(func: Callable[[Any], Any]) -> None:
         ) from exc
 
 
-def _rows(task: _Task, todo: list[Any], client: Any, tcia: TCIAClient, retries: int,
+def _rows(task: _Task, todo: list[Any], client: Any, tcia: _Client, retries: int,
           workers: int) -> Iterator[dict[str, Any]]:
     """Each series' row as it lands, from dask's workers or this process' threads."""
     if not todo:

@@ -145,7 +145,7 @@ def test_workers_keep_separate_caches(idc: TCIAClient, cluster: Any,
     idc.map_series(file_names, volume_uids, client=cluster, pass_files=True, progress=False)
 
     def cached(dask_worker: Any) -> list[str]:
-        from intake_tcia.cache import SeriesCache
+        from intake_tcia.retrieval.cache import SeriesCache
 
         folder = Path(dask_worker.local_directory) / "intake-tcia-cache"
         return SeriesCache(folder).series_uids()
@@ -313,7 +313,7 @@ def test_a_worker_killed_while_fetching_publishes_no_half_series(
 ) -> None:
     import signal
 
-    from intake_tcia.cache import SeriesCache
+    from intake_tcia.retrieval.cache import SeriesCache
 
     victim_uid = max(volume_uids, key=lambda u: len(archive_server.archive.instances(u)))
     # one of the victim's objects hangs: its worker is killed with the others on disk
