@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Settings
+from .errors import MissingDependencyError
 from .retrieval.cache import CachedSeries, SeriesCache, atomic_path
 from .retrieval.download import _requests
 
@@ -58,9 +59,10 @@ WORKER_CACHE_NAME = "intake-tcia-cache"
 
 class _Client(Protocol):
     """What tasks use of :class:`intake_tcia.client.TCIAClient` (which delegates here, so this
-    module does not import it)."""
+    module does not import it): its settings, cache and router."""
 
     settings: Settings
+    _router: Any
 
     def __init__(self, *, settings: Settings) -> None: ...
 
@@ -117,11 +119,12 @@ def _where_am_i() -> tuple[str, Path | None]:
 
 
 def _run_one(task: _Task, series_uid: str, metadata: Mapping[str, Any],
-             client: _Client | None = None) -> dict[str, Any]:
+             located: Mapping[str, Any], client: _Client | None = None) -> dict[str, Any]:
     """One series' row: fetched, verified, read and ``func`` applied, where this runs.
 
-    A failure of the fetch, the read or ``func`` is the row's ``error``; the task itself only
-    fails when its process does.
+    ``located``: the series' IDC location as the caller's one index scan found it (empty when
+    not looked up), so that no task scans the index. A failure of the fetch, the read or
+    ``func`` is the row's ``error``; the task itself only fails when its process does.
     """
     start = time.perf_counter()
     worker, local_directory = _where_am_i()
@@ -132,7 +135,10 @@ def _run_one(task: _Task, series_uid: str, metadata: Mapping[str, Any],
             if task.cache == "worker" and local_directory is not None:
                 settings = settings.replace(cache_dir=local_directory / WORKER_CACHE_NAME)
             client = process_client(settings, task.client_type)
-        series = client.fetch_series(series_uid, collection=metadata.get("Collection"))
+        if located:
+            client._router.idc.remember(located)
+        series = client._router.fetch_series(series_uid, collection=metadata.get("Collection"),
+                                             metadata=metadata)
         if task.pass_files:
             given: Any = [str(p) for p in series.files]
         else:
@@ -204,9 +210,10 @@ def map_series(
     task = _Task(tcia.settings, type(tcia), func, pass_files, dict(volume_options or {}), cache,
                  as_json=folder is not None)
     rows = dict(done)
+    located = _locate(tcia, [r.uid for r in todo])
     bar = _bar(progress, len(requests), len(requests) - len(todo))
     try:
-        for row in _rows(task, todo, client, tcia, retries, workers):
+        for row in _rows(task, todo, located, client, tcia, retries, workers):
             if folder is not None:
                 _keep(folder, row)
             row.pop("result_json", None)
@@ -233,14 +240,28 @@ def _check_picklable(func: Callable[[Any], Any]) -> None:
         ) from exc
 
 
-def _rows(task: _Task, todo: list[Any], client: Any, tcia: _Client, retries: int,
-          workers: int) -> Iterator[dict[str, Any]]:
+def _locate(tcia: _Client, uids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each series' IDC location from one scan of the index here (a scan costs about a second
+    on the real index: once per cohort, not once per task), as ``{uid: {uid: location}}``;
+    nothing on backend ``"nbia"``, or on ``"auto"`` without an index."""
+    if tcia.settings.backend == "nbia" or not uids:
+        return {}
+    router = tcia._router
+    router.prepare(uids)  # on "idc", no index raises here, before any task
+    try:
+        return {uid: {uid: router.idc.find(uid)} for uid in uids}
+    except (MissingDependencyError, FileNotFoundError):  # "auto" without an index
+        return {}
+
+
+def _rows(task: _Task, todo: list[Any], located: Mapping[str, Any], client: Any,
+          tcia: _Client, retries: int, workers: int) -> Iterator[dict[str, Any]]:
     """Each series' row as it lands, from dask's workers or this process' threads."""
     if not todo:
         return
     if client is None:
         with ThreadPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-            futures = [pool.submit(_run_one, task, r.uid, r.metadata, tcia) for r in todo]
+            futures = [pool.submit(_run_one, task, r.uid, r.metadata, {}, tcia) for r in todo]
             for future in as_completed(futures):
                 yield future.result()
         return
@@ -249,8 +270,9 @@ def _rows(task: _Task, todo: list[Any], client: Any, tcia: _Client, retries: int
     run = functools.partial(_run_one, task)
     token = uuid.uuid4().hex[:12]
     keys = [f"tcia-series-{token}-{r.uid}" for r in todo]
-    futures = client.map(run, [r.uid for r in todo], [r.metadata for r in todo], key=keys,
-                         retries=retries, pure=False)
+    futures = client.map(run, [r.uid for r in todo], [r.metadata for r in todo],
+                         [located.get(r.uid, {}) for r in todo], key=keys, retries=retries,
+                         pure=False)
     uid_of = {f.key: r.uid for f, r in zip(futures, todo, strict=True)}
     finished = False
     try:

@@ -156,6 +156,23 @@ def test_workers_keep_separate_caches(idc: TCIAClient, cluster: Any,
     assert each[0] | each[1] >= set(volume_uids)
 
 
+def test_one_index_scan_for_the_cohort_none_on_the_workers(
+    idc: TCIAClient, cluster: Any, volume_uids: list[str]
+) -> None:
+    table = idc.map_series(file_names, volume_uids, client=cluster, pass_files=True,
+                           progress=False, cache="settings")
+    assert (table["status"] == "done").all()
+
+    def opened_index() -> list[bool]:
+        from intake_tcia import cohort
+
+        return ["index" in vars(c._router.idc) for c in cohort._clients.values()]
+
+    found = cluster.run(opened_index)
+    assert all(found.values()) and not any(any(v) for v in found.values())
+    assert "index" in vars(idc._router.idc)  # the caller's scan
+
+
 def test_file_lists_and_local_threads(idc: TCIAClient, archive_server: ArchiveServer,
                                       volume_uids: list[str]) -> None:
     table = idc.map_series(file_names, volume_uids[:4], pass_files=True, progress=False)
