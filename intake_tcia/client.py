@@ -254,7 +254,9 @@ class TCIAClient(QueryMethods):
             Spread one task per series over its workers; without one, threads of this process.
         results : str or Path, optional
             A folder keeping each row as it lands (parquet, ``result`` as JSON text): a
-            re-run skips the series done there. Read it with :func:`intake_tcia.cohort.read_results`.
+            re-run skips the series done there (their rows come from it); the ``result``
+            column is then what the JSON holds, in this run as in later ones. Read the folder
+            with :func:`intake_tcia.cohort.read_results`.
         pass_files : bool
             Give ``func`` the file paths instead of a Volume.
         **options

@@ -216,6 +216,8 @@ def map_series(
         for row in _rows(task, todo, located, client, tcia, retries, workers):
             if folder is not None:
                 _keep(folder, row)
+                text = row["result_json"]  # as a re-run will read it back
+                row["result"] = None if text is None else json.loads(text)
             row.pop("result_json", None)
             rows[row["SeriesInstanceUID"]] = row
             if bar is not None:

@@ -420,3 +420,31 @@ def test_to_xarray_lazy_on_idc_computes_in_local_threads(
     expected = volume_from_files(paths)
     np.testing.assert_array_equal(lazy.values, expected.array)
     np.testing.assert_allclose(lazy.attrs["affine"], expected.affine)
+
+
+def np_mean(volume: Any) -> Any:
+    return {"mean": np.float32(np.asarray(volume.array).mean()), "first": volume.array[0, 0]}
+
+
+def as_set(volume: Any) -> Any:
+    return {1, 2}
+
+
+def test_results_are_kept_as_json_and_returned_as_kept(
+    idc: TCIAClient, tmp_path: Path, archive_server: ArchiveServer, volume_uids: list[str]
+) -> None:
+    uids = volume_uids[:2]
+    table = idc.map_series(np_mean, uids, results=tmp_path / "r", progress=False)
+    assert (table["status"] == "done").all()
+    for row in table.itertuples():
+        array = volume_from_files([p for _, p in archive_server.archive.instances(
+            row.SeriesInstanceUID)]).array
+        assert row.result == {"mean": pytest.approx(float(np.float32(array.mean()))),
+                              "first": array[0, 0].tolist()}
+        assert type(row.result["mean"]) is float and type(row.result["first"]) is list
+    assert read_results(tmp_path / "r")["result"].tolist() == table["result"].tolist()
+
+    bad = idc.map_series(as_set, uids, results=tmp_path / "bad", progress=False)
+    assert set(bad["status"]) == {"failed"}
+    assert bad["error"].str.startswith("TypeError: the result holds a set").all()
+    assert idc.map_series(as_set, uids, progress=False)["result"].tolist() == [{1, 2}] * 2
