@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._validate import validate_uid
-from .errors import TCIAIntegrityError, import_optional
 from ._geometry import RTOL, StackKey, _frames_of_all, _metadata, _select
 from ._pixels import _reader, _SliceReader
+from ._validate import validate_uid
 from .client import TCIAClient
+from .errors import TCIAIntegrityError, import_optional
 from .idc import bucket
 from .retrieval.pipeline import import_readers
 from .volume import Volume
