@@ -79,13 +79,22 @@ def _run_map_series(args: argparse.Namespace, uids: list[str], dest: Path) -> di
         distributed.Client(cluster) as dask_client,
     ):
         startup = time.perf_counter() - start
+        ready = dask_client.run(_cpu_seconds)
         start = time.perf_counter()
         table = client.map_series(features, uids, client=dask_client, progress=False)
         seconds = time.perf_counter() - start
+        spent = dask_client.run(_cpu_seconds)
         workers = dask_client.run(peak_rss_mb)
     assert (table["status"] == "done").all(), table["error"].tolist()
     return {"seconds": seconds, "startup_s": startup, "results": table["result"].tolist(),
-            "worker_rss_mb": sorted(workers.values()), "workers_used": table["worker"].nunique()}
+            "worker_rss_mb": sorted(workers.values()), "workers_used": table["worker"].nunique(),
+            "worker_cpu_s": sum(spent[w] - ready[w] for w in spent)}
+
+
+def _cpu_seconds() -> float:
+    """This process' CPU seconds so far (user + sys)."""
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime
 
 
 def _run_loop(args: argparse.Namespace, uids: list[str], dest: Path) -> dict[str, Any]:
@@ -222,7 +231,9 @@ def main() -> None:
     ours = best["map_series"]
     print(f"\n(best of {args.repeat}; every contender computed the same features for every "
           f"series; map_series used {ours['workers_used']} workers, cluster start "
-          f"{ours['startup_s']:.1f} s not counted; idc-index's download alone "
+          f"{ours['startup_s']:.1f} s not counted, its workers spent "
+          f"{ours['worker_cpu_s'] / len(uids):.3f} CPU s per series in the tasks (imports and "
+          "the client's first build included); idc-index's download alone "
           f"{best['idc-index + loop']['download_s']:.2f} s; CPU s: the process and its children, "
           "interpreter start included; bucket CPU s: the loopback S3 server's, in the driver "
           "process, on the same cores)")
