@@ -24,6 +24,7 @@ publishes whole series atomically), and each series has one row, whatever ran tw
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import os
@@ -52,6 +53,9 @@ log = logging.getLogger("intake_tcia")
 COLUMNS = ("SeriesInstanceUID", "status", "result", "error", "worker", "seconds")
 #: Where a task's series cache is (see the module doc).
 CACHES = ("worker", "settings")
+#: Tasks on the scheduler at once; the next series is submitted as one lands (a cohort of
+#: 600,000 series never weighs on the scheduler all at once).
+_IN_FLIGHT = 2000
 #: The folder of a worker's own cache, under its ``local_directory``.
 WORKER_CACHE_NAME = "intake-tcia-cache"
 
@@ -271,25 +275,39 @@ def _rows(task: _Task, todo: list[Any], located: Mapping[str, Any], client: Any,
 
     run = functools.partial(_run_one, task)
     token = uuid.uuid4().hex[:12]
-    keys = [f"tcia-series-{token}-{r.uid}" for r in todo]
-    futures = client.map(run, [r.uid for r in todo], [r.metadata for r in todo],
-                         [located.get(r.uid, {}) for r in todo], key=keys, retries=retries,
-                         pure=False)
-    uid_of = {f.key: r.uid for f, r in zip(futures, todo, strict=True)}
+    uid_of: dict[str, str] = {}
+
+    def submit(requests: list[Any]) -> list[Any]:
+        keys = [f"tcia-series-{token}-{r.uid}" for r in requests]
+        uid_of.update(zip(keys, (r.uid for r in requests), strict=True))
+        return client.map(run, [r.uid for r in requests], [r.metadata for r in requests],
+                          [located.get(r.uid, {}) for r in requests], key=keys,
+                          retries=retries, pure=False)
+
+    waiting = iter(todo)  # at most _IN_FLIGHT tasks on the scheduler at once
+    live = set(submit(list(itertools.islice(waiting, _IN_FLIGHT))))
+    landed = dask_completed(list(live))
     finished = False
     try:
-        for future in dask_completed(futures):
+        for future in landed:
+            live.discard(future)
             try:
                 row = future.result()
             except Exception as exc:  # noqa: BLE001 - its workers died, more than allowed
                 row = {"SeriesInstanceUID": uid_of[future.key], "status": "failed",
                        "result": None, "error": f"{type(exc).__name__}: {exc}",
                        "worker": None, "seconds": None, "result_json": None}
+            uid_of.pop(future.key, None)
+            following = next(waiting, None)
+            if following is not None:
+                (added,) = submit([following])
+                live.add(added)
+                landed.add(added)
             yield row
         finished = True
     finally:
         if not finished:  # interrupted: the rest need not run
-            client.cancel(futures)
+            client.cancel(list(live))
 
 
 def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
