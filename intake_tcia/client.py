@@ -281,7 +281,9 @@ class TCIAClient(QueryMethods):
             outside ``func``; default 2: a task whose worker died is rerun by the scheduler,
             up to ``distributed.scheduler.allowed-failures`` times), ``workers`` (threads
             without a client), ``progress`` (a tqdm bar over series), ``volume_options``
-            (``stack``, ``rtol``, ``allow_tilt``).
+            (``stack``, ``rtol``, ``allow_tilt``), ``keep`` (default True; False: each task
+            removes from its cache the series it fetched once ``func`` is done, so a cohort
+            larger than the workers' disks goes through).
 
         Returns
         -------

@@ -109,6 +109,7 @@ class _Task:
     volume_options: dict[str, Any] = field(default_factory=dict)
     cache: str = "settings"
     as_json: bool = False
+    keep: bool = True
 
 
 def _where_am_i() -> tuple[str, Path | None]:
@@ -141,15 +142,12 @@ def _run_one(task: _Task, series_uid: str, metadata: Mapping[str, Any],
             client = process_client(settings, task.client_type)
         if located:
             client._router.idc.remember(located)
-        series = client._router.fetch_series(series_uid, collection=metadata.get("Collection"),
-                                             metadata=metadata)
-        if task.pass_files:
-            given: Any = [str(p) for p in series.files]
-        else:
-            from .volume import volume_from_files
-
-            given = volume_from_files(series.files, **task.volume_options)
-        result = task.func(given)
+        fetched = series_uid not in client.cache
+        try:
+            result = _apply(task, client, series_uid, metadata)
+        finally:
+            if fetched and not task.keep:  # what this task brought in, and only that
+                client.cache.remove(series_uid)
         row.update(status="done", result=result, error=None)
         if task.as_json:
             row["result_json"] = json.dumps(result, default=_json_default)
@@ -159,6 +157,20 @@ def _run_one(task: _Task, series_uid: str, metadata: Mapping[str, Any],
                    result_json=None)
     row["seconds"] = time.perf_counter() - start
     return row
+
+
+def _apply(task: _Task, client: _Client, series_uid: str, metadata: Mapping[str, Any]) -> Any:
+    """``func`` of the series (fetched into the client's cache if need be), read as the task
+    says."""
+    series = client._router.fetch_series(series_uid, collection=metadata.get("Collection"),
+                                         metadata=metadata)
+    if task.pass_files:
+        return task.func([str(p) for p in series.files])
+    from .volume import volume_from_files
+
+    with client.cache.read_lock(series_uid):  # not removed while read
+        volume = volume_from_files(series.files, **task.volume_options)
+    return task.func(volume)
 
 
 def _json_default(value: Any) -> Any:
@@ -186,6 +198,7 @@ def map_series(
     workers: int | None = None,
     progress: bool = True,
     volume_options: Mapping[str, Any] | None = None,
+    keep: bool = True,
 ) -> pd.DataFrame:
     """``func`` on every series, each fetched and read where its task runs (see
     :meth:`TCIAClient.map_series <intake_tcia.client.TCIAClient.map_series>`)."""
@@ -212,7 +225,7 @@ def map_series(
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     task = _Task(tcia.settings, type(tcia), func, pass_files, dict(volume_options or {}), cache,
-                 as_json=folder is not None)
+                 as_json=folder is not None, keep=bool(keep))
     rows = dict(done)
     located = _locate(tcia, [r.uid for r in todo])
     bar = _bar(progress, len(requests), len(requests) - len(todo))

@@ -452,3 +452,23 @@ def test_results_are_kept_as_json_and_returned_as_kept(
     assert set(bad["status"]) == {"failed"}
     assert bad["error"].str.startswith("TypeError: the result holds a set").all()
     assert idc.map_series(as_set, uids, progress=False)["result"].tolist() == [{1, 2}] * 2
+
+
+def test_keep_false_removes_only_what_each_task_fetched(
+    idc: TCIAClient, archive_server: ArchiveServer, volume_uids: list[str]
+) -> None:
+    uids = volume_uids[:3]
+    idc.fetch_series(uids[0])  # there before: stays
+    table = idc.map_series(stats, uids, keep=False, progress=False)
+    assert (table["status"] == "done").all()
+    assert [r.result for r in table.itertuples()] == [_expected(archive_server, u) for u in uids]
+    assert idc.cache.series_uids() == [uids[0]]
+    files = idc.map_series(file_names, uids[1:], keep=False, pass_files=True, progress=False)
+    assert (files["status"] == "done").all() and idc.cache.series_uids() == [uids[0]]
+
+
+def test_a_progress_bar_over_series(idc: TCIAClient, volume_uids: list[str],
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    idc.map_series(file_names, volume_uids[:3], pass_files=True)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "series" in err
