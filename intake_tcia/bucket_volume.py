@@ -6,7 +6,10 @@ gives the slice order and the geometry; nothing else is downloaded where it is c
 (one slice) GETs its object when computed, in whatever process computes it: a dask worker builds
 its own client from the settings the array carries (:func:`intake_tcia.cohort.process_client`),
 checks the body against the listing (size, and MD5 where the ETag is one), decodes and rescales
-it. Nothing is written to any cache.
+it. A frame of a multi-frame object of uncompressed pixels is read alone, by a ranged GET of its
+bytes (where the head showed the frames start, the pixel data's length matching its frames),
+asked with ``If-Match`` the listed ETag and checked for length: the object's MD5 covers only the
+whole object. Nothing is written to any cache.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from ._geometry import RTOL, StackKey, _frames_of_all, _metadata, _select
 from ._pixels import _reader, _SliceReader
@@ -38,13 +42,67 @@ __all__ = ["bucket_volume"]
 
 @dataclass(frozen=True)
 class _ObjectRef:
-    """One instance's object: where it is and what its listing says."""
+    """One instance's object: where it is and what its listing says; for a multi-frame object
+    of uncompressed pixels, where its frames start and a header to decode one frame with."""
 
     bucket: str
     obj: IDCObject
+    frames_at: int | None = None
+    frame_bytes: int = 0
+    frame_header: Dataset | None = None
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.obj.key}"
+
+
+#: Uncompressed transfer syntaxes, whose frames lie one after another in the object.
+_NATIVE = {"1.2.840.10008.1.2": 8, "1.2.840.10008.1.2.1": 12}  # -> bytes before the value
+#: What decoding one uncompressed frame needs of a header.
+_FRAME_KEYWORDS = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored",
+                   "HighBit", "PixelRepresentation", "PhotometricInterpretation",
+                   "PlanarConfiguration")
+
+
+def _head_and_frames(data: bytes, whole: bool) -> tuple[Dataset, int | None] | None:
+    """A head's header, and where the pixel data's value starts when the object holds
+    several uncompressed frames (None otherwise); None when the head is too short."""
+    header = bucket._header_from_head(data, whole)
+    if header is None:
+        return None
+    at = data.find(bucket._PIXEL_DATA_LE, 132)
+    syntax = str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", ""))
+    frames = int(header.get("NumberOfFrames") or 1)
+    if at < 0 or syntax not in _NATIVE or frames < 2 or at + _NATIVE[syntax] > len(data):
+        return header, None
+    start = at + _NATIVE[syntax]
+    expected = frames * _frame_bytes(header)
+    length = int.from_bytes(data[start - 4:start], "little")
+    if not expected or length not in (expected, expected + 1):  # e.g. an icon's pixel data
+        return header, None
+    return header, start
+
+
+def _frame_bytes(header: Dataset) -> int:
+    """Bytes of one uncompressed frame (0 when bits do not fill whole bytes)."""
+    bits = int(header.get("BitsAllocated") or 0)
+    if bits % 8:
+        return 0
+    samples = int(header.get("SamplesPerPixel") or 1)
+    return int(header.get("Rows") or 0) * int(header.get("Columns") or 0) * samples * bits // 8
+
+
+def _frame_header(header: Dataset) -> Dataset:
+    """A one-frame header (pixel attributes and transfer syntax only) to decode a frame."""
+    from pydicom.dataset import FileMetaDataset
+
+    one = Dataset()
+    one.file_meta = FileMetaDataset()
+    one.file_meta.TransferSyntaxUID = header.file_meta.TransferSyntaxUID
+    for keyword in _FRAME_KEYWORDS:
+        if keyword in header:
+            setattr(one, keyword, header.get(keyword))
+    one.NumberOfFrames = 1
+    return one
 
 
 def bucket_volume(
@@ -91,11 +149,16 @@ def bucket_volume(
     import_readers()  # before the threads parse heads
 
     def head(obj: IDCObject) -> Any:
-        return bucket._head(idc, where.bucket, obj, budget, bucket._header_from_head)
+        return bucket._head(idc, where.bucket, obj, budget, _head_and_frames)
 
     with ThreadPoolExecutor(max(1, min(client.settings.workers, len(objects)))) as pool:
-        heads = list(pool.map(head, objects))
-    refs = [_ObjectRef(where.bucket, obj) for obj in objects]
+        found = list(pool.map(head, objects))
+    heads = [header for header, _ in found]
+    refs = [
+        _ObjectRef(where.bucket, obj) if start is None else _ObjectRef(
+            where.bucket, obj, start, _frame_bytes(header), _frame_header(header))
+        for obj, (header, start) in zip(objects, found, strict=True)
+    ]
     key, frames, affine, positions, spacing = _select(
         _frames_of_all(heads), stack=stack, rtol=rtol, allow_tilt=allow_tilt
     )
@@ -123,9 +186,15 @@ class _BucketSliceReader(_SliceReader):
         from .cohort import process_client
 
         client = process_client(self.settings, TCIAClient)
-        data = _get_object(client._router.idc, self.sources[k])
+        ref, frame = self.sources[k], self.frames[k]
         fetched = copy.copy(self)  # the same reader, slice k's source now the bytes
-        fetched.sources = {k: BytesIO(data)}  # type: ignore[assignment]
+        if ref.frames_at is not None and frame is not None:  # only this frame's bytes
+            one = copy.copy(ref.frame_header)
+            one.PixelData = _get_frame(client._router.idc, ref, frame)
+            fetched.sources, fetched.frames = {k: one}, {k: None}  # type: ignore[assignment]
+        else:
+            data = _get_object(client._router.idc, ref)
+            fetched.sources = {k: BytesIO(data)}  # type: ignore[assignment]
         _SliceReader._read_into(fetched, out, k)
 
 
@@ -139,6 +208,27 @@ def _get_object(idc: IDCBackend, ref: _ObjectRef) -> bytes:
         problem = bucket._problem(data, ref.obj)
         if problem is not None:
             raise TCIAIntegrityError(problem)
+        return data
+
+    return budget.run(attempt)
+
+
+def _get_frame(idc: IDCBackend, ref: _ObjectRef, frame: int) -> bytes:
+    """One frame's bytes of an uncompressed multi-frame object: one ranged GET, asked only of
+    the object as listed (``If-Match`` its ETag, where that is its MD5), checked for length."""
+    assert ref.frames_at is not None
+    budget = idc.transport.budget()
+    url = bucket._object_url(idc, ref.bucket, ref.obj.key)
+    first = ref.frames_at + frame * ref.frame_bytes
+    headers = {"Range": f"bytes={first}-{first + ref.frame_bytes - 1}"}
+    if ref.obj.md5 is not None:
+        headers["If-Match"] = f'"{ref.obj.md5}"'
+
+    def attempt() -> bytes:
+        data = bytes(bucket._read_all(idc, url, None, budget, headers, limit=ref.frame_bytes))
+        if len(data) != ref.frame_bytes:
+            raise TCIAIntegrityError(f"{ref.obj.key}: frame {frame}: {len(data)} bytes "
+                                     f"received, {ref.frame_bytes} asked for")
         return data
 
     return budget.run(attempt)

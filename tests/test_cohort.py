@@ -472,3 +472,28 @@ def test_a_progress_bar_over_series(idc: TCIAClient, volume_uids: list[str],
     idc.map_series(file_names, volume_uids[:3], pass_files=True)
     err = capsys.readouterr().err
     assert "3/3" in err and "series" in err
+
+
+def test_to_dask_on_idc_reads_one_frame_of_a_multiframe_object_by_range(
+    idc: TCIAClient, cluster: Any, bucket: IDCBucketServer, archive_server: ArchiveServer,
+) -> None:
+    import pydicom
+
+    from intake_tcia.sources import TCIASeriesSource
+
+    dose = [u for u in archive_server.archive.series_uids()
+            if archive_server.archive.series.set_index("SeriesInstanceUID").loc[u, "Modality"]
+            == "RTDOSE"][0]
+    (path,) = [p for _, p in archive_server.archive.instances(dose)]
+    frames = int(pydicom.dcmread(path, stop_before_pixels=True).NumberOfFrames)
+    source = TCIASeriesSource(dose, **{k: getattr(idc.settings, k) for k in (
+        "api_url", "nlst_api_url", "cache_dir", "backend", "idc_url", "idc_index")})
+    array = source.to_dask()
+    assert array.numblocks[0] == frames > 1
+    bucket.clear_log()
+    np.testing.assert_array_equal(cluster.compute(array, sync=True),
+                                  volume_from_files([path]).array)
+    gets = [r for r in bucket.requests if r.endpoint == "GetObject"]
+    assert len(gets) == frames and all("range" in r.params for r in gets)
+    sizes = {r.bytes_sent for r in gets}
+    assert len(sizes) == 1 and sizes.pop() * frames < path.stat().st_size
