@@ -30,6 +30,7 @@ from intake_tcia.errors import (
 from intake_tcia.fs import TCIAFileSystem
 from intake_tcia.sources import TCIASeriesSource
 from intake_tcia.testing import ArchiveServer, IDCBucketServer
+from intake_tcia.testing.idc import crdc_series_uuid
 
 CATALOGS = Path(__file__).resolve().parent.parent / "catalogs"
 
@@ -340,7 +341,8 @@ def test_an_object_that_stays_altered_is_refused_and_nothing_is_cached(
     server: ArchiveServer, bucket: IDCBucketServer, idc_index: Path, tmp_cache: Path, ct_uid: str
 ) -> None:
     bucket.faults.add("alter", series=ct_uid, times=1000)
-    with pytest.raises(TCIAIntegrityError, match=f"series {ct_uid}: MD5"):
+    key = f"{crdc_series_uuid(ct_uid)}/"
+    with pytest.raises(TCIAIntegrityError, match=f"series {ct_uid}, object {key}.*: MD5"):
         _fetch(server, bucket, idc_index, tmp_cache, ct_uid)
     assert not (tmp_cache / "series" / ct_uid).exists()
     assert not any((tmp_cache / "staging").iterdir())
