@@ -68,6 +68,8 @@ _WANTED = frozenset(
     {_SOP, _SERIES, _STUDY, _ROWS, _COLUMNS, _SAMPLES, _FRAMES, _BITS, _PHOTOMETRIC}
 )
 _SMALL = 256  # the values read: UIDs, US and IS numbers
+#: Elements the walk looks at (the rest, but items and delimiters, it skips by their length).
+_SPECIAL = _WANTED | _OTHER_PIXELS | {_PIXELS}
 
 
 @dataclass
@@ -168,16 +170,22 @@ def _walk(source: _Source, pos: int, explicit: bool, found: dict[int, str]) -> A
     pixels: Any = None
     head, size = source.head, source.size
     fast = len(head) - 12 if explicit else -1  # explicit VR headers read in place up to here
+    unpack, unpack_long, long_vrs, special = (_explicit.unpack_from, _long.unpack_from,
+                                              _LONG_VRS, _SPECIAL)
     while pos < size:
-        if pos <= fast:
-            group, number, vr, length = _explicit.unpack_from(head, pos)
-            tag = group << 16 | number
-            if group == 0xFFFE:
-                tag, start, length, vr = source.element(pos, explicit)
-            elif vr in _LONG_VRS:
-                start, length = pos + 12, _long.unpack_from(head, pos + 8)[0]
+        if pos <= fast:  # the usual element: skipped here, in as few steps as can be
+            group, number, vr, length = unpack(head, pos)
+            if vr in long_vrs:
+                start, length = pos + 12, unpack_long(head, pos + 8)[0]
             else:
                 start = pos + 8
+            tag = group << 16 | number
+            if (length != _UNDEFINED and start + length <= size and tag not in special
+                    and group != 0xFFFE):
+                pos = start + length
+                continue
+            if group == 0xFFFE:
+                tag, start, length, vr = source.element(pos, explicit)
         else:
             tag, start, length, vr = source.element(pos, explicit)
         if length == _UNDEFINED:
