@@ -781,6 +781,40 @@ class TCIAClient:
         attributes = rows[0].get("data", {}).get("attributes") if rows else None
         return attributes if isinstance(attributes, dict) else None
 
+    # -- IDC as itself: SQL over its tables, its supplementary indices ---------------------------
+
+    def sql(self, query: str) -> pd.DataFrame:
+        """The answer to one SQL ``SELECT`` over IDC's index tables, as a DataFrame (DuckDB).
+
+        Tables go by idc-index's names: ``index`` (``idc_index.parquet``), ``collections_index``,
+        ``prior_versions_index``, ``analysis_results_index``, ``version_metadata_index``, and the
+        supplementary ones once fetched (:meth:`fetch_index`); whatever the backend. A query that
+        would write is refused; errors are :class:`~intake_tcia.errors.TCIASQLError` (see
+        :mod:`intake_tcia.idc.sql`).
+
+        Examples
+        --------
+        >>> c.sql("SELECT collection_id, COUNT(*) AS n FROM index GROUP BY ALL")  # doctest: +SKIP
+        """
+        from .idc.sql import engine_of
+
+        return engine_of(self).query(query)
+
+    def indices(self) -> pd.DataFrame:
+        """IDC's tables: table, rows (null when absent), columns, present, source (``"package"``,
+        ``"folder"``, ``"fetched"``; null when absent)."""
+        from .idc.supplementary import indices
+
+        return indices(self.settings)
+
+    def fetch_index(self, name: str) -> Path:
+        """Fetch a supplementary index (``"sm_index"``, ...) into the cache, once, verified
+        against the schema idc-index-data ships; returns its parquet file (nothing is fetched
+        for a table already present). See :mod:`intake_tcia.idc.supplementary`."""
+        from .idc.supplementary import fetch_index
+
+        return fetch_index(self.settings, self._transport, name).path
+
 
 def _client_from_settings(settings: Settings) -> TCIAClient:
     return TCIAClient(settings=settings.with_secrets_from_env())

@@ -19,6 +19,7 @@ __all__ = [
     "SECRETS",
     "BACKENDS",
     "DEFAULT_IDC_URL",
+    "IDC_INDEX_RELEASES",
     "is_nlst",
 ]
 
@@ -40,6 +41,7 @@ _ENVIRONMENT = {
     "backend": "INTAKE_TCIA_BACKEND",
     "idc_url": "INTAKE_TCIA_IDC_URL",
     "idc_index": "INTAKE_TCIA_IDC_INDEX",
+    "idc_index_url": "INTAKE_TCIA_IDC_INDEX_URL",
 }
 #: Settings that are secrets: never in repr, str, logs or pickles (re-read from the environment).
 SECRETS = ("api_key", "username", "password", "nlst_username", "nlst_password")
@@ -47,6 +49,8 @@ _URLS = ("api_url", "nlst_api_url", "datacite_url", "idc_url")
 #: Where data comes from (design.md, "Two backends").
 BACKENDS = ("nbia", "idc", "auto")
 DEFAULT_IDC_URL = "https://s3.amazonaws.com/"
+#: Where idc-index fetches the supplementary indices of an idc-index-data version from.
+IDC_INDEX_RELEASES = "https://github.com/ImagingDataCommons/idc-index-data/releases/download/"
 _POSITIVE = ("connect_timeout", "read_timeout", "query_timeout", "series_timeout")
 
 
@@ -57,6 +61,16 @@ def is_nlst(collection: str | None) -> bool:
 
 def _default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("intake-tcia", appauthor=False))
+
+
+def _default_idc_index_url() -> str | None:
+    """The release folder of the installed idc-index-data version (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{IDC_INDEX_RELEASES}{version('idc-index-data')}/"
+    except PackageNotFoundError:
+        return None
 
 
 def _base_url(name: str, url: Any) -> str:
@@ -129,6 +143,9 @@ class Settings:
     idc_index : Path, optional
         A folder laid out like the ``idc-index-data`` package (``idc_index.parquet``,
         ``collections_index.parquet``); by default that installed package's folder.
+    idc_index_url : str, optional
+        The folder the supplementary indices are fetched from (``{idc_index_url}{name}.parquet``);
+        by default idc-index-data's GitHub release folder for the installed version.
 
     Notes
     -----
@@ -159,6 +176,7 @@ class Settings:
     backend: str = "auto"
     idc_url: str = DEFAULT_IDC_URL
     idc_index: Path | None = None
+    idc_index_url: str | None = None
 
     def __post_init__(self) -> None:
         for name in _URLS:
@@ -172,6 +190,9 @@ class Settings:
         object.__setattr__(self, "backend", backend)
         if self.idc_index is not None:
             object.__setattr__(self, "idc_index", Path(self.idc_index).expanduser())
+        url = self.idc_index_url if self.idc_index_url is not None else _default_idc_index_url()
+        if url is not None:
+            object.__setattr__(self, "idc_index_url", _base_url("idc_index_url", url))
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, not {self.retries}")
         if self.workers < 1:
