@@ -243,7 +243,11 @@ class TCIAClient:
         uid: str | None = None,
     ) -> pd.DataFrame:
         """Ask each candidate host in turn until one has rows (see the module doc); with neither
-        a collection nor a UID, every host. No rows: a name filter the archive lacks is an error."""
+        a collection nor a UID, every host. No rows: a name filter the archive lacks is an error.
+        An IDC collection id (``lidc_idri``) is asked as TCIA's name (:meth:`_collection_name`)."""
+        if "Collection" in params:
+            collection = self._collection_name(params["Collection"])
+            params = {**params, "Collection": collection}
         def ask() -> pd.DataFrame:
             if collection is None and uid is None:
                 return self._both_hosts(endpoint, params, direct=True)
@@ -505,6 +509,8 @@ class TCIAClient:
         """
         from .search import search
 
+        if "collection" in criteria:
+            criteria["collection"] = self._collection_name(criteria["collection"])
         return search(self, page_size=page_size, **criteria)
 
     def collection_descriptions(self, collection: str | None = None) -> pd.DataFrame:
@@ -512,8 +518,8 @@ class TCIAClient:
         descriptionText (the description as plain text), of one collection or of all."""
         from .search import description_text
 
-        params = {} if collection is None else {"collectionName": validate_text(
-            collection, "collection")}
+        params = {} if collection is None else {"collectionName": self._collection_name(
+            validate_text(collection, "collection"))}
         hosts = None if collection is None else [self.settings.host_for(collection)]
         frame = self._both_hosts("getCollectionDescriptions", params, hosts=hosts)
         frame["descriptionText"] = frame["description"].map(description_text).astype(
@@ -781,7 +787,14 @@ class TCIAClient:
         attributes = rows[0].get("data", {}).get("attributes") if rows else None
         return attributes if isinstance(attributes, dict) else None
 
-    # -- IDC as itself: SQL over its tables, its supplementary indices ---------------------------
+    # -- IDC as itself: SQL over its tables, its supplementary indices, its collection ids -------
+
+    def _collection_name(self, collection: Any) -> Any:
+        """TCIA's name of a collection given as an IDC id (``lidc_idri``) or as TCIA's name (one
+        or several); see :mod:`intake_tcia.idc.names`."""
+        from .idc.names import collection_names
+
+        return collection_names(self.settings, collection)
 
     def sql(self, query: str) -> pd.DataFrame:
         """The answer to one SQL ``SELECT`` over IDC's index tables, as a DataFrame (DuckDB).
