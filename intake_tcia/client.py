@@ -828,6 +828,21 @@ class TCIAClient:
 
         return fetch_index(self.settings, self._transport, name).path
 
+    def clinical(self, collection: str, *, table: str | None = None) -> Any:
+        """IDC's clinical data of a collection (given by TCIA name or IDC id).
+
+        Returns
+        -------
+        dict of str to pandas.DataFrame, or pandas.DataFrame
+            Each clinical table of the collection (``clinical_index`` says which), or the one
+            ``table`` named; ``PatientID`` (IDC's ``dicom_patient_id``) first, only the
+            collection's patients' rows. Fetched once into the cache from the bucket
+            ``idc-open-metadata`` on ``idc_url`` (see :mod:`intake_tcia.idc.clinical`).
+        """
+        from .idc.clinical import clinical
+
+        return clinical(self, collection, table)
+
 
 def _client_from_settings(settings: Settings) -> TCIAClient:
     return TCIAClient(settings=settings.with_secrets_from_env())
