@@ -32,7 +32,7 @@ PROG = "intake-tcia"
 
 #: Query filters: option name -> help. Options ending in ``uid`` take a DICOM UID.
 FILTERS = {
-    "collection": "collection name, e.g. LIDC-IDRI",
+    "collection": "collection name or IDC collection id, e.g. LIDC-IDRI or lidc_idri",
     "patient_id": "PatientID",
     "study_uid": "StudyInstanceUID",
     "series_uid": "SeriesInstanceUID",
@@ -236,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: %(default)s)")
     sub.add_argument("--collection", metavar="TEXT",
                      help="the collection to take a CT series from (needed with --api-url)")
+
+    from .cli_idc import register
+
+    register(command, _client, _print_frame)
     return parser
 
 

@@ -250,8 +250,13 @@ def indices(settings: Settings) -> pd.DataFrame:
             "present": file is not None,
             "source": file.source if file else None,
         })
-    frame = pd.DataFrame(rows, columns=["table", "rows", "columns", "present", "source"])
-    return frame.astype({"rows": "Int64", "present": bool})
+    return pd.DataFrame({
+        "table": pd.Series([r["table"] for r in rows], dtype=object),
+        "rows": pd.array([r["rows"] for r in rows], dtype="Int64"),
+        "columns": pd.Series([r["columns"] for r in rows], dtype=object),
+        "present": pd.array([r["present"] for r in rows], dtype=bool),
+        "source": pd.Series([r["source"] for r in rows], dtype=object),
+    })
 
 
 def _lock_for(path: Path) -> threading.Lock:
