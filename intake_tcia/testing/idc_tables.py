@@ -92,7 +92,14 @@ def _arrow_type(bq_type: str, mode: str, column: str) -> Any:
     return pa.list_(kind) if mode == "REPEATED" else kind
 
 
+#: Plausible values of a few columns whose made-up text would read oddly.
+_PLAUSIBLE = {"SegmentationType": "BINARY", "AlgorithmType": "MANUAL",
+              "AlgorithmName": "sample-archive"}
+
+
 def _made_up(bq_type: str, mode: str, column: str, i: int) -> Any:
+    if column in _PLAUSIBLE and bq_type == "STRING":
+        return [_PLAUSIBLE[column]] if mode == "REPEATED" else _PLAUSIBLE[column]
     value: Any = {
         "STRING": f"{column} {i + 1}",
         "INTEGER": i + 1,
