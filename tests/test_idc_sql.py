@@ -92,6 +92,21 @@ def test_real_index_counts_and_prior_versions_lookup(real):
     pd.testing.assert_frame_equal(got, direct(default_folder(), query))
 
 
+def test_prior_versions_lookup_on_the_sample_index(sample, idc_index):
+    from intake_tcia.testing.idc_tables import write_idc_tables
+
+    write_idc_tables(idc_index, idc_index, ("prior_versions_index",))
+    uid = sample.sql("SELECT MIN(SeriesInstanceUID) AS uid FROM index")["uid"].iloc[0]
+    query = (
+        "SELECT p.SeriesInstanceUID, p.min_idc_version, p.max_idc_version, i.collection_id "
+        "FROM prior_versions_index AS p JOIN index AS i USING (SeriesInstanceUID) "
+        f"WHERE p.SeriesInstanceUID = '{uid}'"
+    )
+    got = sample.sql(query)
+    assert got["SeriesInstanceUID"].tolist() == [uid]
+    pd.testing.assert_frame_equal(got, direct(idc_index, query))
+
+
 def test_tables_are_views_under_idc_index_names(sample):
     views = sample.sql(
         "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY view_name"

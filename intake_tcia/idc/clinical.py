@@ -33,7 +33,9 @@ from .supplementary import fetch_index, index_folder
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..client import TCIAClient
+#: What these functions are given: an object with ``settings`` and ``_transport`` (a client),
+#: as the bucket functions of :mod:`intake_tcia.idc_fetch` take.
+TCIAClient = Any
 
 __all__ = ["clinical", "BUCKET", "tables_of"]
 
