@@ -26,16 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from .._validate import validate_text
 from ..errors import TCIABackendError, TCIAIntegrityError, TCIAResponseError, TCIAUnknownNameError
-from ..idc_fetch import IDCLocation, _read_all, list_objects
+from .bucket import IDCLocation, _read_all, list_objects
 from .names import _ids, collection_name
 from .supplementary import fetch_index, index_folder
 
 if TYPE_CHECKING:
     import pandas as pd
 
-#: What these functions are given: an object with ``settings`` and ``_transport`` (a client),
-#: as the bucket functions of :mod:`intake_tcia.idc_fetch` take.
-TCIAClient = Any
+    from .backend import IDCBackend
 
 __all__ = ["clinical", "BUCKET", "tables_of"]
 
@@ -46,29 +44,29 @@ _DONE = ".complete"
 _lock = threading.Lock()
 
 
-def _collection_id(client: TCIAClient, collection: str) -> str:
+def _collection_id(idc: IDCBackend, collection: str) -> str:
     """IDC's id of a collection given by TCIA name or id; TCIAUnknownNameError (the closest
     names and ids) before any request when collections_index lists neither."""
     value = validate_text(collection, "collection")
-    ids = _ids(index_folder(client.settings) / "collections_index.parquet")
+    ids = _ids(index_folder(idc.settings) / "collections_index.parquet")
     if value in ids:
         return value
-    name = collection_name(client.settings, value).upper()
+    name = collection_name(idc.settings, value).upper()
     found = [i for i, n in ids.items() if n.upper() == name]
     if not found:
         raise TCIAUnknownNameError(
-            "collection", value, [*ids.values(), *ids], str(index_folder(client.settings)),
+            "collection", value, [*ids.values(), *ids], str(index_folder(idc.settings)),
             "the IDC index",
         )
     return found[0]
 
 
-def tables_of(client: TCIAClient, collection_id: str) -> dict[str, str]:
+def tables_of(idc: IDCBackend, collection_id: str) -> dict[str, str]:
     """The collection's clinical tables: short name -> ``idc_v{major}_clinical`` folder (from
     ``clinical_index``, fetched once if absent)."""
     import pyarrow.dataset as ds
 
-    path = fetch_index(client.settings, client._transport, "clinical_index").path
+    path = fetch_index(idc.settings, idc.transport, "clinical_index").path
     table = ds.dataset(str(path), format="parquet").to_table(
         columns=["short_table_name", "table_name"],
         filter=ds.field("collection_id") == collection_id,
@@ -82,23 +80,23 @@ def tables_of(client: TCIAClient, collection_id: str) -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
-def _folder(client: TCIAClient, release: str, table: str) -> Path:
-    endpoint = hashlib.sha256(client.settings.idc_url.encode()).hexdigest()[:16]
-    return client.settings.cache_dir / "idc-clinical" / endpoint / release / table
+def _folder(idc: IDCBackend, release: str, table: str) -> Path:
+    endpoint = hashlib.sha256(idc.settings.idc_url.encode()).hexdigest()[:16]
+    return idc.settings.cache_dir / "idc-clinical" / endpoint / release / table
 
 
-def _fetch_table(client: TCIAClient, release: str, table: str) -> Path:
+def _fetch_table(idc: IDCBackend, release: str, table: str) -> Path:
     """The table's folder in the cache, fetched whole and verified the first time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    target = _folder(client, release, table)
+    target = _folder(idc, release, table)
     with _lock:
         if (target / _DONE).is_file():
             return target
         prefix = f"bigquery_export/{release}/{table}/"
-        budget = client._transport.budget()
-        objects = list_objects(client, IDCLocation(table, BUCKET, prefix), budget=budget)
+        budget = idc.transport.budget()
+        objects = list_objects(idc, IDCLocation(table, BUCKET, prefix), budget=budget)
         objects = [o for o in objects if o.key.endswith(".parquet")]
         if not objects:
             raise TCIAResponseError(
@@ -109,8 +107,8 @@ def _fetch_table(client: TCIAClient, release: str, table: str) -> Path:
         staging.mkdir()
         try:
             for obj in objects:
-                url = f"{client.settings.idc_url}{BUCKET}/{obj.key}"
-                data = bytes(_read_all(client, url, None, budget))
+                url = f"{idc.settings.idc_url}{BUCKET}/{obj.key}"
+                data = bytes(_read_all(idc, url, None, budget))
                 if obj.md5 and hashlib.md5(data, usedforsecurity=False).hexdigest() != obj.md5:
                     raise TCIAIntegrityError(f"{url}: the MD5 differs from the listing's ETag")
                 (staging / obj.name).write_bytes(data)
@@ -127,10 +125,10 @@ def _fetch_table(client: TCIAClient, release: str, table: str) -> Path:
     return target
 
 
-def _patients(client: TCIAClient, collection_id: str) -> list[str]:
+def _patients(idc: IDCBackend, collection_id: str) -> list[str]:
     import pyarrow.dataset as ds
 
-    index = ds.dataset(str(index_folder(client.settings) / "idc_index.parquet"), format="parquet")
+    index = ds.dataset(str(index_folder(idc.settings) / "idc_index.parquet"), format="parquet")
     column = index.to_table(columns=["PatientID"],
                             filter=ds.field("collection_id") == collection_id)["PatientID"]
     return sorted(set(column.drop_null().to_pylist()))
@@ -157,13 +155,14 @@ def _read(folder: Path, patients: list[str]) -> pd.DataFrame:
 
 
 def clinical(
-    client: TCIAClient, collection: str, table: str | None = None
+    idc: IDCBackend, collection: str, table: str | None = None
 ) -> dict[str, pd.DataFrame] | pd.DataFrame:
-    """A collection's clinical tables (see the module doc; :meth:`TCIAClient.clinical`)."""
-    cid = _collection_id(client, collection)
+    """A collection's clinical tables (see the module doc and
+    :meth:`TCIAClient.clinical <intake_tcia.client.TCIAClient.clinical>`)."""
+    cid = _collection_id(idc, collection)
     if table is not None:
         table = validate_text(table, "table")
-    listed = tables_of(client, cid)
+    listed = tables_of(idc, cid)
     if table is not None and table not in listed:
         close = difflib.get_close_matches(table, listed, n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
@@ -171,7 +170,7 @@ def clinical(
             f"collection {cid} has no clinical table {table!r}{hint} (its tables: "
             f"{', '.join(listed) or 'none'})"
         )
-    patients = _patients(client, cid)
+    patients = _patients(idc, cid)
     wanted = [table] if table is not None else list(listed)
-    frames = {t: _read(_fetch_table(client, listed[t], t), patients) for t in wanted}
+    frames = {t: _read(_fetch_table(idc, listed[t], t), patients) for t in wanted}
     return frames[table] if table is not None else frames

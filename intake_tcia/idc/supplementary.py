@@ -30,17 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ..cache import atomic_path
+from ..retrieval.cache import atomic_path
 from ..errors import (
     MissingDependencyError,
     TCIABackendError,
     TCIAConnectionError,
     TCIAResponseError,
 )
-from ..idc_index import default_folder
+from .index import default_folder
 
 if TYPE_CHECKING:
-    from .._http import Transport
+    from ..retrieval.transport import Transport
     from ..config import Settings
 
 __all__ = [

@@ -71,7 +71,7 @@ _ABOUT: dict[str, tuple[str, ...] | None] = {
 
 
 def _schema_file(name: str) -> Path:
-    from ..idc_index import default_folder
+    from ..idc.index import default_folder
 
     stem = "idc_index" if name == "index" else name
     return default_folder() / f"{stem}_schema.json"
