@@ -262,6 +262,9 @@ def _connection_options() -> argparse.ArgumentParser:
                        help="the S3 endpoint of IDC's buckets (default https://s3.amazonaws.com)")
     group.add_argument("--idc-index", type=Path, metavar="DIR",
                        help="a folder laid out like idc-index-data (default: that package's)")
+    group.add_argument("--idc-index-url", metavar="URL",
+                       help="where supplementary indices are fetched from (default: "
+                       "idc-index-data's GitHub release folder)")
     group.add_argument("-v", "--verbose", action="store_true",
                        help="print retries and other progress messages on stderr")
     return parent
@@ -332,7 +335,7 @@ def _client(args: argparse.Namespace) -> TCIAClient:
 
     return TCIAClient(**{key: getattr(args, key, None)
                          for key in ("api_url", "nlst_api_url", "cache_dir", "datacite_url",
-                                     "backend", "idc_url", "idc_index")})
+                                     "backend", "idc_url", "idc_index", "idc_index_url")})
 
 
 def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, str]:

@@ -72,6 +72,10 @@ def test_indices_and_fetch_index(run, idc_index, monkeypatch):
         code, out, err = run("indices", "--json")
         rows = {r["table"]: r for r in json.loads(out)}
         assert rows["seg_index"]["present"] and rows["seg_index"]["source"] == "fetched"
+        monkeypatch.delenv("INTAKE_TCIA_IDC_INDEX_URL")
+        code, out, err = run("fetch-index", "ct_index", "--idc-index-url", tables.url)
+        assert code == 0, err
+        assert tables.count("ct_index") == 1
         code, out, err = run("fetch-index", "seg_indx")
         assert code == 1 and "did you mean 'seg_index'" in err
         assert tables.count("seg_index") == 1
