@@ -64,6 +64,7 @@ class SQLEngine:
         self._connection: Any = None
         self._views: dict[str, Path] = {}
         self._broken: dict[str, tuple[Path, str]] = {}
+        self._seen: dict[str, tuple[str, int, int]] = {}  # table -> its file as last viewed
 
     def __repr__(self) -> str:
         return f"SQLEngine(tables={sorted(self._views)})"
@@ -86,8 +87,14 @@ class SQLEngine:
             connection = self._connect()
             for table, file in table_files(self.settings).items():
                 path = file.path.resolve()
-                if self._views.get(table) == path or self._broken.get(table, (None,))[0] == path:
+                try:
+                    stat = path.stat()
+                except OSError:
                     continue
+                seen = (str(path), stat.st_size, stat.st_mtime_ns)
+                if self._seen.get(table) == seen:
+                    continue  # viewed (or found unreadable) as it is now
+                self._seen[table] = seen
                 try:
                     connection.execute(
                         f"CREATE OR REPLACE VIEW {_quote(table)} AS "
@@ -189,6 +196,7 @@ class SQLEngine:
             self._connection = None
             self._views.clear()
             self._broken.clear()
+            self._seen.clear()
 
 
 def engine_of(owner: Any) -> SQLEngine:
