@@ -79,3 +79,15 @@ def test_indices_and_fetch_index(run, idc_index, monkeypatch):
         code, out, err = run("fetch-index", "seg_indx")
         assert code == 1 and "did you mean 'seg_index'" in err
         assert tables.count("seg_index") == 1
+
+
+def test_the_demo_tours_sql_over_the_index(tmp_path):
+    pytest.importorskip("PIL.Image")
+    from intake_tcia.demo import run_demo
+
+    lines: list[str] = []
+    run_demo(output=tmp_path / "slice.png", echo=lines.append)
+    text = "\n".join(lines)
+    assert "7. IDC in its own terms: SQL over its index" in text
+    after = text.split("7. IDC in its own terms")[1]
+    assert "collection_id" in after and "pydicom_ct_series" in after
