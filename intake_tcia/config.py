@@ -20,6 +20,8 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_IDC_URL",
     "IDC_INDEX_RELEASES",
+    "GCS_IDC_URL",
+    "IDC_MIRRORS",
     "is_nlst",
 ]
 
@@ -42,6 +44,8 @@ _ENVIRONMENT = {
     "idc_url": "INTAKE_TCIA_IDC_URL",
     "idc_index": "INTAKE_TCIA_IDC_INDEX",
     "idc_index_url": "INTAKE_TCIA_IDC_INDEX_URL",
+    "idc_mirror": "INTAKE_TCIA_IDC_MIRROR",
+    "idc_version": "INTAKE_TCIA_IDC_VERSION",
 }
 #: Settings that are secrets: never in repr, str, logs or pickles (re-read from the environment).
 SECRETS = ("api_key", "username", "password", "nlst_username", "nlst_password")
@@ -51,6 +55,10 @@ BACKENDS = ("nbia", "idc", "auto")
 DEFAULT_IDC_URL = "https://s3.amazonaws.com/"
 #: Where idc-index fetches the supplementary indices of an idc-index-data version from.
 IDC_INDEX_RELEASES = "https://github.com/ImagingDataCommons/idc-index-data/releases/download/"
+#: The endpoint of IDC's Google Cloud Storage mirror (S3-compatible, anonymous).
+GCS_IDC_URL = "https://storage.googleapis.com/"
+#: The copies of IDC's buckets: Amazon's (the default) and Google's.
+IDC_MIRRORS = ("aws", "gcs")
 _POSITIVE = ("connect_timeout", "read_timeout", "query_timeout", "series_timeout")
 
 
@@ -85,6 +93,14 @@ def _base_url(name: str, url: Any) -> str:
             f"{name} must be an http:// or https:// URL with a host name, not {text[:200]!r}"
         )
     return text if text.endswith("/") else text + "/"
+
+
+def _release(value: Any) -> int:
+    """An IDC release number (``21``, ``"21"``, ``"v21"``) as an int >= 1, else ValueError."""
+    text = str(value).strip().lower().removeprefix("v")
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"idc_version must be an IDC release number such as 21, not {value!r}")
+    return int(text)
 
 
 def _check_secret(name: str, value: str | None) -> str | None:
@@ -150,6 +166,12 @@ class Settings:
     idc_index_url : str, optional
         The folder the supplementary indices are fetched from (``{idc_index_url}{name}.parquet``);
         by default idc-index-data's GitHub release folder for the installed version.
+    idc_mirror : {"aws", "gcs"}
+        Whose copy of IDC's buckets: Amazon's, or Google Cloud Storage's (its bucket names, and
+        ``https://storage.googleapis.com/`` as ``idc_url`` unless one is given).
+    idc_version : int, optional
+        The IDC release to serve series as (an older one than the index's: each series as that
+        release had it); by default the index's own release.
 
     Notes
     -----
@@ -181,6 +203,8 @@ class Settings:
     idc_url: str = DEFAULT_IDC_URL
     idc_index: Path | None = None
     idc_index_url: str | None = None
+    idc_mirror: str = "aws"
+    idc_version: int | None = None
 
     def __post_init__(self) -> None:
         for name in _URLS:
@@ -197,6 +221,15 @@ class Settings:
         url = self.idc_index_url if self.idc_index_url is not None else _default_idc_index_url()
         if url is not None:
             object.__setattr__(self, "idc_index_url", _base_url("idc_index_url", url))
+        mirror = str(self.idc_mirror).strip().lower()
+        if mirror not in IDC_MIRRORS:
+            raise ValueError(
+                f"idc_mirror must be one of {', '.join(IDC_MIRRORS)}, not {self.idc_mirror!r}")
+        object.__setattr__(self, "idc_mirror", mirror)
+        if self.idc_url in (DEFAULT_IDC_URL, GCS_IDC_URL):  # the default endpoint, or the other's
+            object.__setattr__(self, "idc_url", GCS_IDC_URL if mirror == "gcs" else DEFAULT_IDC_URL)
+        if self.idc_version is not None:
+            object.__setattr__(self, "idc_version", _release(self.idc_version))
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, not {self.retries}")
         if self.workers < 1:

@@ -88,6 +88,6 @@ def test_the_demo_tours_sql_over_the_index(tmp_path):
     lines: list[str] = []
     run_demo(output=tmp_path / "slice.png", echo=lines.append)
     text = "\n".join(lines)
-    assert "7. IDC in its own terms: SQL over its index" in text
-    after = text.split("7. IDC in its own terms")[1]
+    assert "8. IDC in its own terms: SQL over its index" in text
+    after = text.split("8. IDC in its own terms")[1]
     assert "collection_id" in after and "pydicom_ct_series" in after
