@@ -124,8 +124,11 @@ class TCIAClient(QueryMethods):
         self.close()
 
     def close(self) -> None:
-        """Close pooled connections."""
+        """Close pooled connections (and the SQL engine's connection, if one was opened)."""
         self._transport.close()
+        engine = self.__dict__.get("_idc_sql_engine")
+        if engine is not None:
+            engine.close()
 
     @property
     def cache_dir(self) -> Path:

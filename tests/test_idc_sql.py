@@ -227,3 +227,15 @@ def test_engine_close_then_query_again(idc_index, tmp_cache):
     assert engine.query("SELECT COUNT(*) AS n FROM index")["n"].iloc[0] > 0
     engine.close()
     assert engine.query("SELECT COUNT(*) AS n FROM collections_index")["n"].iloc[0] > 0
+
+
+def test_closing_the_client_closes_its_sql_connection(idc_index, tmp_cache):
+    client = TCIAClient(idc_index=idc_index, cache_dir=tmp_cache)
+    client.sql("SELECT 1")
+    engine = client.__dict__["_idc_sql_engine"]
+    connection = engine._connection
+    client.close()
+    assert engine._connection is None
+    with pytest.raises(duckdb.ConnectionException):
+        connection.execute("SELECT 1")
+    assert client.sql("SELECT COUNT(*) AS n FROM index")["n"].iloc[0] > 0  # opens anew

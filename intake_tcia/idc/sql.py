@@ -113,7 +113,12 @@ class SQLEngine:
         """list of str: the tables a query can name now."""
         return sorted(self.refresh())
 
-    def _check(self, query: Any) -> str:
+    def _cursor(self) -> Any:
+        """A cursor of its own for one query (a DuckDB connection is not for several threads)."""
+        with self._lock:
+            return self._connect().cursor()
+
+    def _check(self, cursor: Any, query: Any) -> str:
         """The query if it is one reading statement, else TCIASQLError (nothing run)."""
         if not isinstance(query, str):
             raise TypeError(f"query must be a str of SQL, not {type(query).__name__}")
@@ -121,7 +126,7 @@ class SQLEngine:
             raise TCIASQLError("the query is empty", self._views)
         duckdb = self.duckdb
         try:
-            statements = self._connect().extract_statements(query)
+            statements = cursor.extract_statements(query)
         except duckdb.Error as exc:
             raise TCIASQLError(str(exc), self._views) from exc
         if len(statements) != 1:
@@ -148,10 +153,10 @@ class SQLEngine:
             how = f"fetch it with c.fetch_index({table!r}) (or: intake-tcia fetch-index {table})"
         return TCIASQLError(f"table {table} is not present: {how}", self._views)
 
-    def _named(self, query: str) -> set[str]:
+    def _named(self, cursor: Any, query: str) -> set[str]:
         """The tables a query names (none known when DuckDB cannot tell without running it)."""
         try:
-            return set(self._connect().get_table_names(query))
+            return set(cursor.get_table_names(query))
         except self.duckdb.Error:
             return set()
 
@@ -168,8 +173,15 @@ class SQLEngine:
             with the call that fetches it), an unreadable parquet file (named).
         """
         views = self.refresh()
-        query = self._check(query)
-        for table in sorted(self._named(query)):
+        cursor = self._cursor()
+        try:
+            return self._run(cursor, self._check(cursor, query), views)
+        finally:
+            cursor.close()
+
+    def _run(self, cursor: Any, query: str, views: dict[str, Path]) -> pd.DataFrame:
+        """Run a checked query on its cursor: an absent or unreadable table named first."""
+        for table in sorted(self._named(cursor, query)):
             if table in self._broken:
                 path, message = self._broken[table]
                 raise TCIASQLError(
@@ -180,7 +192,7 @@ class SQLEngine:
             if table not in views and table in TABLES:
                 raise self._absent(table)
         try:
-            return self._connect().cursor().execute(query).df()
+            return cursor.execute(query).df()
         except self.duckdb.Error as exc:
             missing = _ABSENT.search(str(exc))
             table = missing.group(1).strip("\"'") if missing else None
