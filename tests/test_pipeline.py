@@ -166,3 +166,18 @@ def test_check_instance_agrees_with_pydicom_on_its_test_files() -> None:
         read += 1
     assert read > 50  # most files are read by the fast path
     assert {"MR_truncated.dcm", "rtplan_truncated.dcm"} <= cut
+
+
+@pytest.mark.parametrize(
+    ("cut", "complete"),
+    [(0, True), (100, True), (1000, False)],
+    ids=["whole", "cut in the trailing padding", "cut in the pixel data"],
+)
+def test_bytes_after_whole_pixel_data_are_kept_and_a_cut_before_is_not(cut, complete) -> None:
+    from intake_tcia.retrieval.dicomhead import check_instance
+
+    whole = Path(get_testdata_file("CT_small.dcm")).read_bytes()  # Pixel Data, then padding
+    data = whole[: len(whole) - cut] if cut else whole + b"\x00 junk after the data"
+    found = check_instance(data, len(data), lambda at, n: data[at : at + n])
+    assert found is not None and found.sop
+    assert (found.problem is None) is complete, found.problem

@@ -166,48 +166,57 @@ def check_instance(
 
 def _walk(source: _Source, pos: int, explicit: bool, found: dict[int, str]) -> Any:
     """Walk the dataset from ``pos`` to the file's end; the Pixel Data seen: its length, the
-    number of fragments (a list) when encapsulated, "other" for float pixel data, or None."""
+    number of fragments (a list) when encapsulated, "other" for float pixel data, or None.
+
+    Bytes after a whole Pixel Data element that do not make an element (trailing padding or
+    junk, as some real files carry) end the walk; a file cut before or inside its Pixel Data
+    is still cut short."""
     pixels: Any = None
     head, size = source.head, source.size
     fast = len(head) - 12 if explicit else -1  # explicit VR headers read in place up to here
     unpack, unpack_long, long_vrs, special = (_explicit.unpack_from, _long.unpack_from,
                                               _LONG_VRS, _SPECIAL)
     while pos < size:
-        if pos <= fast:  # the usual element: skipped here, in as few steps as can be
-            group, number, vr, length = unpack(head, pos)
-            if vr in long_vrs:
-                start, length = pos + 12, unpack_long(head, pos + 8)[0]
+        try:
+            if pos <= fast:  # the usual element: skipped here, in as few steps as can be
+                group, number, vr, length = unpack(head, pos)
+                if vr in long_vrs:
+                    start, length = pos + 12, unpack_long(head, pos + 8)[0]
+                else:
+                    start = pos + 8
+                tag = group << 16 | number
+                if (length != _UNDEFINED and start + length <= size and tag not in special
+                        and group != 0xFFFE):
+                    pos = start + length
+                    continue
+                if group == 0xFFFE:
+                    tag, start, length, vr = source.element(pos, explicit)
             else:
-                start = pos + 8
-            tag = group << 16 | number
-            if (length != _UNDEFINED and start + length <= size and tag not in special
-                    and group != 0xFFFE):
-                pos = start + length
-                continue
-            if group == 0xFFFE:
                 tag, start, length, vr = source.element(pos, explicit)
-        else:
-            tag, start, length, vr = source.element(pos, explicit)
-        if length == _UNDEFINED:
-            if tag == _PIXELS:
-                pos, fragments = _fragments(source, start)
-                pixels = [fragments]
+            if length == _UNDEFINED:
+                if tag == _PIXELS:
+                    pos, fragments = _fragments(source, start)
+                    pixels = [fragments]
+                    continue
+                if vr == b"UN" or tag >> 16 == 0xFFFE:
+                    raise _Unsure
+                pos = _sequence_end(source, start, explicit, 0)
                 continue
-            if vr == b"UN" or tag >> 16 == 0xFFFE:
-                raise _Unsure
-            pos = _sequence_end(source, start, explicit, 0)
-            continue
-        if start + length > size:
-            raise _Cut(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})")
-        if tag in _WANTED and length <= _SMALL:
-            value = source.take(start, length, "a value")
-            found[tag] = (str(_short.unpack(value[:2])[0]) if tag in (_ROWS, _COLUMNS, _SAMPLES,
-                          _BITS) and length >= 2 else _text(value, 0, length))
-        elif tag == _PIXELS:
-            pixels = length
-        elif tag in _OTHER_PIXELS:
-            pixels = "other"
-        pos = start + length
+            if start + length > size:
+                raise _Cut(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+            if tag in _WANTED and length <= _SMALL:
+                value = source.take(start, length, "a value")
+                found[tag] = (str(_short.unpack(value[:2])[0]) if tag in (_ROWS, _COLUMNS, _SAMPLES,
+                              _BITS) and length >= 2 else _text(value, 0, length))
+            elif tag == _PIXELS:
+                pixels = length
+            elif tag in _OTHER_PIXELS:
+                pixels = "other"
+            pos = start + length
+        except _Cut:
+            if pixels is None:
+                raise
+            break  # bytes after whole Pixel Data that are no element: padding or junk, kept
     return pixels
 
 
