@@ -14,6 +14,7 @@ real names; the listings that check needs are asked for only then.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,8 +125,11 @@ class TCIAClient(QueryMethods):
         self.close()
 
     def close(self) -> None:
-        """Close pooled connections."""
+        """Close pooled connections (and the SQL engine's connection, if one was opened)."""
         self._transport.close()
+        engine = self.__dict__.get("_idc_sql_engine")
+        if engine is not None:
+            engine.close()
 
     @property
     def cache_dir(self) -> Path:
@@ -250,6 +254,59 @@ class TCIAClient(QueryMethods):
         series = self.fetch_series(series_uid, collection=collection)
         return sort_slices_by_position(pydicom.dcmread(path) for path in series.files)
 
+    # -- cohorts -----------------------------------------------------------------------------------
+
+    def map_series(self, func: Callable[[Any], Any], series: Any, *, client: Any = None,
+                   results: str | Path | None = None, pass_files: bool = False,
+                   **options: Any) -> pd.DataFrame:
+        """``func`` applied to every series, each fetched, verified and read where its task runs.
+
+        Parameters
+        ----------
+        func : callable
+            Called with one series' :class:`~intake_tcia.volume.Volume` (``.array``,
+            ``.affine``, ``.spacing``, ``.metadata``), or with ``pass_files=True`` the list of
+            its file paths; its return value is the row's ``result``.
+        series : str, list of str, pandas.DataFrame or path
+            As :meth:`download` takes them (same errors).
+        client : distributed.Client, optional
+            Spread one task per series over its workers; without one, threads of this process.
+        results : str or Path, optional
+            A folder keeping each row as it lands (parquet, ``result`` as JSON text): a
+            re-run skips the series done there (their rows come from it); the ``result``
+            column is then what the JSON holds, in this run as in later ones. Read the folder
+            with :func:`intake_tcia.cohort.read_results`.
+        pass_files : bool
+            Give ``func`` the file paths instead of a Volume.
+        **options
+            ``cache`` (``"worker"``: a folder per dask worker, the default with a client;
+            ``"settings"``: ``cache_dir``), ``retries`` (dask's, of a task that raised
+            outside ``func``; default 2: a task whose worker died is rerun by the scheduler,
+            up to ``distributed.scheduler.allowed-failures`` times), ``workers`` (threads
+            without a client), ``progress`` (a tqdm bar over series), ``volume_options``
+            (``stack``, ``rtol``, ``allow_tilt``), ``keep`` (default True; False: each task
+            removes from its cache the series it fetched once ``func`` is done, so a cohort
+            larger than the workers' disks goes through).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per series, in the order given: SeriesInstanceUID, status (``"done"`` or
+            ``"failed"``), result, error (``"TypeName: message"``), worker (the dask worker's
+            address, or ``"local"``), seconds.
+
+        Raises
+        ------
+        TypeError
+            ``func`` cannot be pickled for the workers of ``client`` (before any task).
+        ValueError
+            Malformed series, as :meth:`download` (before any task).
+        """
+        from .cohort import map_series
+
+        return map_series(self, func, series, client=client, results=results,
+                          pass_files=pass_files, **options)
+
     def annotations(self, series_uid: str, *, collection: str | None = None) -> pd.DataFrame:
         """The SEG, RTSTRUCT and RTDOSE series that refer to an image series.
 
@@ -296,6 +353,55 @@ class TCIAClient(QueryMethods):
 
         uid = validate_uid(annotation_series_uid, "annotation_series_uid")
         return read_annotation_series(self, uid, collection=collection, **options)
+
+    # -- IDC as itself: SQL over its tables, its supplementary indices, clinical data -------------
+
+    def sql(self, query: str) -> pd.DataFrame:
+        """The answer to one SQL ``SELECT`` over IDC's index tables, as a DataFrame (DuckDB).
+
+        Tables go by idc-index's names: ``index`` (``idc_index.parquet``), ``collections_index``,
+        ``prior_versions_index``, ``analysis_results_index``, ``version_metadata_index``, and the
+        supplementary ones once fetched (:meth:`fetch_index`); whatever the backend. A query that
+        would write is refused; errors are :class:`~intake_tcia.errors.TCIASQLError` (see
+        :mod:`intake_tcia.idc.sql`).
+
+        Examples
+        --------
+        >>> c.sql("SELECT collection_id, COUNT(*) AS n FROM index GROUP BY ALL")  # doctest: +SKIP
+        """
+        from .idc.sql import engine_of
+
+        return engine_of(self).query(query)
+
+    def indices(self) -> pd.DataFrame:
+        """IDC's tables: table, rows (null when absent), columns, present, source (``"package"``,
+        ``"folder"``, ``"fetched"``; null when absent)."""
+        from .idc.supplementary import indices
+
+        return indices(self.settings)
+
+    def fetch_index(self, name: str) -> Path:
+        """Fetch a supplementary index (``"sm_index"``, ...) into the cache, once, verified
+        against the schema idc-index-data ships; returns its parquet file (nothing is fetched
+        for a table already present). See :mod:`intake_tcia.idc.supplementary`."""
+        from .idc.supplementary import fetch_index
+
+        return fetch_index(self.settings, self._transport, name).path
+
+    def clinical(self, collection: str, *, table: str | None = None) -> Any:
+        """IDC's clinical data of a collection (given by TCIA name or IDC id).
+
+        Returns
+        -------
+        dict of str to pandas.DataFrame, or pandas.DataFrame
+            Each clinical table of the collection (``clinical_index`` says which), or the one
+            ``table`` named; ``PatientID`` (IDC's ``dicom_patient_id``) first, only the
+            collection's patients' rows. Fetched once into the cache from the bucket
+            ``idc-open-metadata`` on ``idc_url`` (see :mod:`intake_tcia.idc.clinical`).
+        """
+        from .idc.clinical import clinical
+
+        return clinical(self._router.idc, collection, table)
 
     # -- reproducible cohorts: IDC URLs, manifests, viewers, lockfiles ---------------------------
 

@@ -19,6 +19,7 @@ __all__ = [
     "SECRETS",
     "BACKENDS",
     "DEFAULT_IDC_URL",
+    "IDC_INDEX_RELEASES",
     "GCS_IDC_URL",
     "IDC_MIRRORS",
     "is_nlst",
@@ -42,8 +43,19 @@ _ENVIRONMENT = {
     "backend": "INTAKE_TCIA_BACKEND",
     "idc_url": "INTAKE_TCIA_IDC_URL",
     "idc_index": "INTAKE_TCIA_IDC_INDEX",
+    "idc_index_url": "INTAKE_TCIA_IDC_INDEX_URL",
     "idc_mirror": "INTAKE_TCIA_IDC_MIRROR",
     "idc_version": "INTAKE_TCIA_IDC_VERSION",
+}
+#: Numeric settings read from the environment too: the bounds on what servers send.
+_NUMERIC_ENVIRONMENT = {
+    "max_answer_bytes": ("INTAKE_TCIA_MAX_ANSWER_BYTES", int),
+    "max_header_bytes": ("INTAKE_TCIA_MAX_HEADER_BYTES", int),
+    "max_decompression_ratio": ("INTAKE_TCIA_MAX_DECOMPRESSION_RATIO", float),
+    "min_transfer_rate": ("INTAKE_TCIA_MIN_TRANSFER_RATE", float),
+    "idc_max_objects": ("INTAKE_TCIA_IDC_MAX_OBJECTS", int),
+    "idc_max_listing_page_bytes": ("INTAKE_TCIA_IDC_MAX_LISTING_PAGE_BYTES", int),
+    "idc_size_factor": ("INTAKE_TCIA_IDC_SIZE_FACTOR", float),
 }
 #: Settings that are secrets: never in repr, str, logs or pickles (re-read from the environment).
 SECRETS = ("api_key", "username", "password", "nlst_username", "nlst_password")
@@ -51,6 +63,8 @@ _URLS = ("api_url", "nlst_api_url", "datacite_url", "idc_url")
 #: Where data comes from (design.md, "Two backends").
 BACKENDS = ("nbia", "idc", "auto")
 DEFAULT_IDC_URL = "https://s3.amazonaws.com/"
+#: Where idc-index fetches the supplementary indices of an idc-index-data version from.
+IDC_INDEX_RELEASES = "https://github.com/ImagingDataCommons/idc-index-data/releases/download/"
 #: The endpoint of IDC's Google Cloud Storage mirror (S3-compatible, anonymous).
 GCS_IDC_URL = "https://storage.googleapis.com/"
 #: The copies of IDC's buckets: Amazon's (the default) and Google's.
@@ -68,6 +82,16 @@ def is_nlst(collection: str | None) -> bool:
 
 def _default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("intake-tcia", appauthor=False))
+
+
+def _default_idc_index_url() -> str | None:
+    """The release folder of the installed idc-index-data version (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{IDC_INDEX_RELEASES}{version('idc-index-data')}/"
+    except PackageNotFoundError:
+        return None
 
 
 def _base_url(name: str, url: Any) -> str:
@@ -121,6 +145,24 @@ class Settings:
     max_answer_bytes : int
         Bytes a metadata answer may hold, as sent and as parsed into columns (default 1 GiB;
         getSeries of 150,000 NLST series is about 116 MB, and holds less once parsed).
+    max_header_bytes : int
+        Bytes a ranged read of an object's first bytes (its DICOM header) may grow to (default
+        16 MiB: real headers, large private elements included, hold far less).
+    max_decompression_ratio : float
+        The most an answer sent compressed (``Content-Encoding``) may inflate, once past 1 MiB
+        (default 200; deflate's own limit is about 1032).
+    min_transfer_rate : float
+        Bytes per second below which an IDC series is given up: its deadline is ``read_timeout``
+        plus its listed bytes at this rate (default 64 kB/s), at most ``series_timeout``.
+    idc_max_objects : int
+        The most objects one IDC series listing may hold (default 100,000; fewer where the
+        index gives ``instanceCount``).
+    idc_max_listing_page_bytes : int
+        Bytes one ListObjectsV2 page may hold, parsed as it arrives (default 16 MiB; a page of
+        1,000 keys is about 350 kB).
+    idc_size_factor : float
+        An IDC series' listed objects may hold at most this many times the index's
+        ``series_size_MB``, plus 64 kB (default 2).
     retries : int
         How many times a request is retried on 429, 5xx and connection errors.
     backoff_factor, max_backoff : float
@@ -149,6 +191,9 @@ class Settings:
     idc_index : Path, optional
         A folder laid out like the ``idc-index-data`` package (``idc_index.parquet``,
         ``collections_index.parquet``); by default that installed package's folder.
+    idc_index_url : str, optional
+        The folder the supplementary indices are fetched from (``{idc_index_url}{name}.parquet``);
+        by default idc-index-data's GitHub release folder for the installed version.
     idc_mirror : {"aws", "gcs"}
         Whose copy of IDC's buckets: Amazon's, or Google Cloud Storage's (its bucket names, and
         ``https://storage.googleapis.com/`` as ``idc_url`` unless one is given).
@@ -171,6 +216,12 @@ class Settings:
     query_timeout: float = 600.0
     series_timeout: float = 6 * 3600.0
     max_answer_bytes: int = 1 << 30
+    max_header_bytes: int = 16 << 20
+    max_decompression_ratio: float = 200.0
+    min_transfer_rate: float = 65536.0
+    idc_max_objects: int = 100_000
+    idc_max_listing_page_bytes: int = 16 << 20
+    idc_size_factor: float = 2.0
     retries: int = 5
     backoff_factor: float = 0.5
     max_backoff: float = 60.0
@@ -185,6 +236,7 @@ class Settings:
     backend: str = "auto"
     idc_url: str = DEFAULT_IDC_URL
     idc_index: Path | None = None
+    idc_index_url: str | None = None
     idc_mirror: str = "aws"
     idc_version: int | None = None
 
@@ -200,6 +252,9 @@ class Settings:
         object.__setattr__(self, "backend", backend)
         if self.idc_index is not None:
             object.__setattr__(self, "idc_index", Path(self.idc_index).expanduser())
+        url = self.idc_index_url if self.idc_index_url is not None else _default_idc_index_url()
+        if url is not None:
+            object.__setattr__(self, "idc_index_url", _base_url("idc_index_url", url))
         mirror = str(self.idc_mirror).strip().lower()
         if mirror not in IDC_MIRRORS:
             raise ValueError(
@@ -213,8 +268,14 @@ class Settings:
             raise ValueError(f"retries must be >= 0, not {self.retries}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, not {self.workers}")
-        if self.max_answer_bytes < 1:
-            raise ValueError(f"max_answer_bytes must be >= 1, not {self.max_answer_bytes}")
+        for name in ("max_answer_bytes", "max_header_bytes", "idc_max_objects",
+                     "idc_max_listing_page_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        for name in ("max_decompression_ratio", "min_transfer_rate", "idc_size_factor"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, not {value}")
         for name in _POSITIVE:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -257,6 +318,13 @@ class Settings:
         for name, variable in _ENVIRONMENT.items():
             if name not in values and os.environ.get(variable):
                 values[name] = os.environ[variable]
+        for name, (variable, kind) in _NUMERIC_ENVIRONMENT.items():
+            if name not in values and os.environ.get(variable):
+                try:
+                    values[name] = kind(os.environ[variable])
+                except ValueError:
+                    raise ValueError(f"{variable} must be a number, not "
+                                     f"{os.environ[variable][:40]!r}") from None
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:

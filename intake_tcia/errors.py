@@ -20,6 +20,9 @@ Every exception the package raises on purpose derives from :class:`TCIAError`, w
     ├── DownloadError                       one or more series of a download failed; ``.results``
     ├── TCIABackendError                    the chosen backend cannot answer this (the IDC index
     │                                       has no shared carts, ...); names why
+    ├── TCIASQLError (also ValueError)      SQL over the IDC index that cannot run: a syntax
+    │                                       error, an unknown table or column, a writing
+    │                                       statement, an absent or unreadable table file
     └── MissingDependencyError (also ImportError)
                                             an optional extra is not installed
 """
@@ -44,6 +47,7 @@ __all__ = [
     "TCIAStorageError",
     "DownloadError",
     "TCIABackendError",
+    "TCIASQLError",
     "IDCFallbackWarning",
     "MissingDependencyError",
 ]
@@ -226,8 +230,57 @@ class TCIABackendError(TCIAError):
     message names what is missing and which backend can answer."""
 
 
+class TCIASQLError(TCIAError, ValueError):
+    """SQL over the IDC index (:meth:`TCIAClient.sql <intake_tcia.TCIAClient.sql>`) that cannot
+    run: the message is DuckDB's (or says which table is absent and how to fetch it, or which
+    file cannot be read), followed by the tables there are.
+
+    Attributes
+    ----------
+    reason : str
+        DuckDB's own message, or ours when DuckDB was not asked.
+    tables : list of str
+        The tables a query can name now.
+    path : str or None
+        The file that could not be read, when that is the trouble.
+    """
+
+    def __init__(self, reason: str, tables: Iterable[str] = (), path: str | None = None) -> None:
+        self.reason = reason
+        self.tables = sorted(tables)
+        self.path = path
+        listed = ", ".join(self.tables) or "none"
+        super().__init__(f"{reason}\n(tables: {listed})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.reason, self.tables, self.path)
+
+
 class MissingDependencyError(TCIAError, ImportError):
     """An optional dependency is missing; the message names the extra that provides it."""
+
+
+def in_series(exc: TCIAError, series_uid: str, key: str | None = None) -> TCIAError:
+    """The same error saying which series (and object ``key``) it is about; ``exc`` itself when
+    it says so already, or cannot be made again with another message."""
+    missing = [f"series {series_uid}"] if series_uid not in str(exc) else []
+    if key is not None and key not in str(exc):
+        missing.append(f"object {key}")
+    if not missing:
+        return exc
+    where, text = ", ".join(missing), str(exc)
+    if text.startswith(f"series {series_uid}: "):  # "series X, object K: ..."
+        where, text = f"series {series_uid}, {where}", text[len(f"series {series_uid}: "):]
+    try:
+        if isinstance(exc, TCIAHTTPError):
+            made: TCIAError = type(exc)(exc.status, f"{where}: {exc.text}", exc.url,
+                                        exc.retry_after)
+        else:
+            made = type(exc)(f"{where}: {text}")
+    except TypeError:  # an error class of its own signature
+        return exc
+    made.retryable = exc.retryable
+    return made
 
 
 def import_optional(module: str, extra: str, feature: str) -> Any:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
+from ..errors import TCIABackendError, in_series
 from ..retrieval.cache import CachedSeries, SeriesCache
 from ..retrieval.layouts import LAYOUT_FIELDS
 from ..retrieval.transport import Transport
@@ -23,7 +24,9 @@ from ..schema import SCHEMAS, frame_from_records
 from . import bucket, versions
 from .bucket import IDCLocation
 from .index import IDCIndex, open_index
-from .locations import table_for
+from .location import _location as location_of
+from .location import index_errors, locations
+from .locations import table_for, table_index_path
 from .queries import answer
 from .urls import mirror_bucket
 
@@ -48,7 +51,7 @@ class IDCBackend:
         self.settings = settings
         self.transport = transport
         self.cache = cache
-        self._located: dict[str, IDCLocation | None] = {}
+        self._located: dict[str, IDCLocation | TCIABackendError | None] = {}
         self._located_lock = threading.Lock()
 
     @property
@@ -65,10 +68,11 @@ class IDCBackend:
 
     def query(self, endpoint: str, params: Mapping[str, str], **where: Any) -> pd.DataFrame:
         """NBIA's answer to ``endpoint``, from the index (``where`` hints are not needed)."""
-        if versions.pinned(self) is not None:  # an older IDC release: as it had them
-            return versions.answer(self, endpoint, params)
-        self.index.refresh()
-        return answer(self.index, endpoint, dict(params))
+        with index_errors(self.index):
+            if versions.pinned(self) is not None:  # an older IDC release: as it had them
+                return versions.answer(self, endpoint, params)
+            self.index.refresh()
+            return answer(self.index, endpoint, dict(params))
 
     def search(
         self, form: Mapping[str, str], *, collections: Any = None, page_size: int
@@ -79,37 +83,68 @@ class IDCBackend:
     # -- where series are ------------------------------------------------------------------------
 
     def locate(self, series_uids: Iterable[str]) -> None:
-        """Look up many series in the index (:mod:`intake_tcia.idc.locations`), kept for
-        :meth:`location`."""
+        """Look up many series in the index in one scan, kept for :meth:`location`."""
         uids = [u for u in series_uids if u not in self._located]
         if not uids:
             return
-        # the index's own release: the memory-mapped table (built once per index version), or
-        # a scan where there is no cache to keep it in; an older release: its copies
-        table = None
-        if versions.pinned(self) is None:
-            table = table_for(self.settings.idc_index, self.settings.cache_dir)
-        if table is not None:
-            located = {
-                uid: IDCLocation(uid, aws_bucket, f"{uuid}/", count, collection)
-                for uid, (collection, aws_bucket, uuid, count) in table.lookup(uids).items()
-            }
-        else:
-            located = bucket.locations(versions.series_locations(self, uids))
         mirror = self.settings.idc_mirror  # as the client's release had them, on its mirror
-        found = {uid: replace(where, bucket=mirror_bucket(where.bucket, mirror))
-                 for uid, where in located.items()}
+        try:
+            located, irregular = self._from_table(uids)
+            # no table: the index scanned for all; rows the table cannot keep: for those
+            rest = uids if located is None else irregular
+            if rest:
+                with index_errors(self.index):
+                    rows = versions.series_locations(self, rest)
+                located = {**(located or {}), **locations(rows, self.index.path)}
+            found: dict[str, Any] = {
+                uid: replace(where, bucket=mirror_bucket(where.bucket, mirror))
+                for uid, where in (located or {}).items()}
+        except TCIABackendError as exc:  # an unreadable file: each series fails with it
+            found = dict.fromkeys(uids, exc)
         with self._located_lock:
             self._located.update({uid: found.get(uid) for uid in uids})
 
+    def _from_table(self, uids: list[str]) -> tuple[dict[str, IDCLocation] | None, list[str]]:
+        """The locations of the index's own release from the memory-mapped table kept in the
+        cache (:mod:`intake_tcia.idc.locations`, built once per index version), each row checked
+        as :func:`~intake_tcia.idc.location.locations` checks it; None where there is no table
+        (no cache, or an older release asked for); and the series whose rows the table cannot
+        keep exactly, left for the index itself."""
+        if versions.pinned(self) is not None:
+            return None, []
+        try:
+            table = table_for(self.settings.idc_index, self.settings.cache_dir)
+        except (OSError, ValueError) as exc:  # pyarrow's errors are OSErrors and ValueErrors
+            if isinstance(exc, FileNotFoundError):
+                raise
+            path = table_index_path(self.settings.idc_index)
+            raise TCIABackendError(f"the IDC index file {path} cannot be read: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+        if table is None:
+            return None, []
+        rows, irregular = table.lookup(uids)
+        path = str(table_index_path(self.settings.idc_index))
+        return {uid: location_of(row, path) for uid, row in rows.items()}, irregular
+
+    def remember(self, located: Mapping[str, IDCLocation | None]) -> None:
+        """Locations looked up elsewhere (another process' one scan for a whole cohort), kept
+        for :meth:`location` as if this object had found them (None: not in the index)."""
+        with self._located_lock:
+            self._located.update(located)
+
     def find(self, series_uid: str) -> IDCLocation | None:
-        """The series' location, or None where the index does not list it."""
+        """The series' location, or None where the index does not list it
+        (:class:`TCIABackendError` where the index file cannot be read)."""
         if series_uid not in self._located:
             self.locate([series_uid])
-        return self._located[series_uid]
+        found = self._located[series_uid]
+        if isinstance(found, TCIABackendError):
+            raise in_series(found, series_uid)
+        return found
 
     def location(self, series_uid: str) -> IDCLocation:
-        """The series' location; :class:`TCIANotFoundError` where the index does not list it."""
+        """The series' location; a :class:`TCIANotFoundError` where the index does not list
+        it."""
         found = self.find(series_uid)
         if found is None:
             raise versions.not_listed(self, [series_uid])

@@ -21,13 +21,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LocationTable", "location_table", "table_for"]
+__all__ = ["LocationTable", "location_table", "table_for", "table_index_path"]
 
 #: The sorted UIDs with their row numbers; the rows; the names of collections and buckets.
 KEYS_FILE, ROWS_FILE, NAMES_FILE = "location-keys.npy", "location-rows.npy", "locations.json"
-_FORMAT = 1
-_COLUMNS = ["SeriesInstanceUID", "collection_id", "aws_bucket", "crdc_series_uuid",
-            "instanceCount"]
+_FORMAT = 2
+_COLUMNS = ["SeriesInstanceUID", "StudyInstanceUID", "collection_id", "aws_bucket",
+            "crdc_series_uuid", "instanceCount", "series_size_MB"]
 _UID_BYTES = 64  # PS3.5 9.1: a UID is at most 64 characters
 _UUID_BYTES = 36
 _BATCH = 1 << 16
@@ -61,26 +61,38 @@ class LocationTable:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def lookup(self, series_uids: Iterable[str]) -> dict[str, tuple[str, str, int | None, str]]:
-        """``{uid: (Collection, aws_bucket, crdc_series_uuid, instanceCount)}`` of the series
-        the index lists (the others left out); Collection is TCIA's name."""
+    def lookup(self, series_uids: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """The index rows of the series asked for, as :meth:`IDCIndex.series_locations` gives
+        them (``SeriesInstanceUID``, ``StudyInstanceUID``, ``Collection``, ``aws_bucket``,
+        ``crdc_series_uuid``, ``instanceCount``, ``series_size_MB``; unknown series left out),
+        and the series whose rows hold a value the table cannot keep exactly (to be read from
+        the index itself, where its checks name the value)."""
         np = self._np
         uids = [u for u in dict.fromkeys(series_uids) if 0 < len(u.encode()) <= _UID_BYTES]
         if not uids or not len(self.keys):
-            return {}
+            return {}, []
         wanted = np.array([u.encode() for u in uids], dtype=f"S{_UID_BYTES}")
         uid_keys = self.keys["uid"]
         at = np.minimum(np.searchsorted(uid_keys, wanted), len(uid_keys) - 1)
-        found = {}
+        found, irregular = {}, []
         for uid, key, i in zip(uids, wanted, at.tolist(), strict=True):
             if uid_keys[i] != key:
                 continue
             row = self.rows[min(int(self.keys["row"][i]), len(self.rows) - 1)]
+            if row["irregular"]:
+                irregular.append(uid)
+                continue
             count = int(row["count"])
-            found[uid] = (self.collections[int(row["collection"])],
-                          self.buckets[int(row["bucket"])], row["uuid"].decode(),
-                          None if count < 0 else count)
-        return found
+            study = row["study"].decode()
+            found[uid] = {
+                "SeriesInstanceUID": uid, "StudyInstanceUID": study or None,
+                "Collection": self.collections[int(row["collection"])],
+                "aws_bucket": self.buckets[int(row["bucket"])],
+                "crdc_series_uuid": row["uuid"].decode(),
+                "instanceCount": None if count < 0 else count,
+                "series_size_MB": float(row["size"]),
+            }
+        return found, irregular
 
 
 def table_for(folder: Path | None, cache_dir: Path | None) -> LocationTable | None:
@@ -94,6 +106,13 @@ def table_for(folder: Path | None, cache_dir: Path | None) -> LocationTable | No
     folder = Path(folder).expanduser() if folder is not None else default_folder()
     root = Path(cache_dir).expanduser() / "idc-index" / index_fingerprint(folder)
     return location_table(folder, root)
+
+
+def table_index_path(folder: Path | None) -> Path:
+    """Path: the index file of the folder ``idc_index`` names (None: idc-index-data's)."""
+    from .index import INDEX_FILE, default_folder
+
+    return (Path(folder).expanduser() if folder is not None else default_folder()) / INDEX_FILE
 
 
 def location_table(index_folder: Path, folder: Path) -> LocationTable:
@@ -118,7 +137,10 @@ def _build(index_folder: Path, folder: Path) -> None:
     """Read the index's location columns batch by batch into fixed-width arrays: the rows in
     the index's order, and the UIDs with their row numbers sorted by UID (the first row of a
     UID listed twice wins, as in the index scan); write both and the names (TCIA's name of
-    each collection id, from collections_index) atomically."""
+    each collection id, from collections_index) atomically. A row holding a value the arrays
+    cannot keep exactly (text too long or not ASCII, a null, a count below 0, a size that is
+    not a finite number >= 0, a column of another type) is marked irregular: its series is read
+    from the index itself."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -127,20 +149,25 @@ def _build(index_folder: Path, folder: Path) -> None:
     file = pq.ParquetFile(str(index_folder / INDEX_FILE), pre_buffer=False, buffer_size=1 << 20)
     total = file.metadata.num_rows
     keys = np.empty(total, dtype=[("uid", f"S{_UID_BYTES}"), ("row", "<i4")])
-    rows = np.empty(total, dtype=[("uuid", f"S{_UUID_BYTES}"), ("count", "<i4"),
-                                  ("collection", "<i2"), ("bucket", "<i2")])
+    rows = np.empty(total, dtype=[("uuid", f"S{_UUID_BYTES}"), ("study", f"S{_UID_BYTES}"),
+                                  ("count", "<i8"), ("size", "<f8"), ("collection", "<i2"),
+                                  ("bucket", "<i2"), ("irregular", "?")])
     collections: dict[str, int] = {}
     buckets: dict[str, int] = {}
     at = 0
     for batch in file.iter_batches(batch_size=_BATCH, columns=_COLUMNS, use_threads=False):
         n = batch.num_rows
-        keys["uid"][at:at + n] = _fixed(batch["SeriesInstanceUID"], _UID_BYTES, np)
+        keys["uid"][at:at + n], _ = _fixed(batch["SeriesInstanceUID"], _UID_BYTES, np)
         keys["row"][at:at + n] = np.arange(at, at + n, dtype=np.int32)
         part = rows[at:at + n]
-        part["uuid"] = _fixed(batch["crdc_series_uuid"], _UUID_BYTES, np)
-        part["count"] = _counts(batch["instanceCount"], np)
+        part["uuid"], bad_uuid = _fixed(batch["crdc_series_uuid"], _UUID_BYTES, np)
+        part["study"], bad_study = _fixed(batch["StudyInstanceUID"], _UID_BYTES, np)
+        part["count"], bad_count = _counts(batch["instanceCount"], np)
+        part["size"], bad_size = _sizes(batch["series_size_MB"], np)
         part["collection"] = _codes(batch["collection_id"], collections, np)
         part["bucket"] = _codes(batch["aws_bucket"], buckets, np)
+        no_bucket = batch["aws_bucket"].is_null().to_numpy(zero_copy_only=False)
+        part["irregular"] = bad_uuid | bad_study | bad_count | bad_size | no_bucket
         at += n
         del batch, part
     keys, rows = keys[:at], rows[:at]
@@ -159,29 +186,52 @@ def _build(index_folder: Path, folder: Path) -> None:
     _write_atomically(folder / NAMES_FILE, lambda f: f.write(json.dumps(names).encode()))
 
 
-def _fixed(values: Any, width: int, np: Any) -> Any:
-    """ASCII text values as fixed-width bytes, without a Python object per value (nulls and
-    values that are longer or not ASCII as b"", which no lookup matches)."""
+def _fixed(values: Any, width: int, np: Any) -> tuple[Any, Any]:
+    """ASCII text values as fixed-width bytes, without a Python object per value, and which
+    could not be kept (nulls, text longer than ``width`` or not ASCII, another type: b"")."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    text = pc.cast(values, pa.string()).fill_null("")
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return np.zeros(len(values), dtype=f"S{width}"), np.ones(len(values), dtype=bool)
+    text = pc.cast(values, pa.string())
     fits = pc.and_(pc.less_equal(pc.binary_length(text), width), pc.string_is_ascii(text))
-    padded = pc.utf8_rpad(pc.if_else(fits, text, ""), width=width, padding="\0")
-    if isinstance(padded, pa.ChunkedArray):
-        padded = padded.combine_chunks()
+    fits = fits.fill_null(False)
+    padded = pc.utf8_rpad(pc.if_else(fits, text, ""), width=width, padding="\0").fill_null("")
+    bad = pc.invert(fits).to_numpy(zero_copy_only=False)
     if not len(padded):
-        return np.empty(0, dtype=f"S{width}")
+        return np.empty(0, dtype=f"S{width}"), bad
+    padded = padded.combine_chunks() if isinstance(padded, pa.ChunkedArray) else padded
     _, offsets, data = padded.buffers()
     start = int(np.frombuffer(offsets, dtype=np.int32, count=1, offset=4 * padded.offset)[0])
-    return np.frombuffer(data, dtype=f"S{width}", count=len(padded), offset=start)
+    return np.frombuffer(data, dtype=f"S{width}", count=len(padded), offset=start), bad
 
 
-def _counts(values: Any, np: Any) -> Any:
-    """instanceCount as int32, -1 where it is null."""
-    import pyarrow.compute as pc
+def _counts(values: Any, np: Any) -> tuple[Any, Any]:
+    """instanceCount as int64 (-1 where it is null), and which cannot be kept (below 0, beyond
+    int64, or a column that is no integer)."""
+    import pyarrow as pa
 
-    return pc.cast(values, "int32", safe=False).fill_null(-1).to_numpy(zero_copy_only=False)
+    try:
+        if not pa.types.is_integer(values.type):
+            raise pa.ArrowInvalid("not an integer column")
+        whole = values.cast(pa.int64())
+    except pa.ArrowInvalid:
+        return np.full(len(values), -1, dtype=np.int64), np.ones(len(values), dtype=bool)
+    negative = whole.fill_null(0).to_numpy(zero_copy_only=False) < 0
+    return whole.fill_null(-1).to_numpy(zero_copy_only=False), negative
+
+
+def _sizes(values: Any, np: Any) -> tuple[Any, Any]:
+    """series_size_MB as float64, and which cannot vouch for a size (null, not a finite number
+    >= 0, a column that is no number)."""
+    import pyarrow as pa
+
+    if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+        return np.full(len(values), np.nan), np.ones(len(values), dtype=bool)
+    numbers = values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):
+        return numbers, ~(np.isfinite(numbers) & (numbers >= 0))
 
 
 def _codes(values: Any, names: dict[str, int], np: Any) -> Any:
