@@ -719,10 +719,12 @@ class TCIAClient:
         self, series_uid: str, *, collection: str | None = None
     ) -> list[pydicom.Dataset]:
         """The pydicom datasets of one series, fetched once into the cache, sorted by position
-        along the slice normal (ascending)."""
+        along the slice normal (ascending): a list with a one-line repr
+        (:class:`~intake_tcia.datasets.DatasetList`)."""
+        from .datasets import DatasetList
         from .download import read_series
 
-        return read_series(self, series_uid, collection=collection)
+        return DatasetList(read_series(self, series_uid, collection=collection))
 
     def annotations(self, series_uid: str, *, collection: str | None = None) -> pd.DataFrame:
         """The SEG, RTSTRUCT and RTDOSE series that refer to an image series.
@@ -780,6 +782,22 @@ class TCIAClient:
             return None
         attributes = rows[0].get("data", {}).get("attributes") if rows else None
         return attributes if isinstance(attributes, dict) else None
+
+    # -- decoded series ---------------------------------------------------------------------------
+
+    def read_volume(
+        self, series_uid: str, *, collection: str | None = None, lazy: bool = False,
+        **options: Any,
+    ) -> Any:
+        """One series as a :class:`~intake_tcia.volume.Volume`, fetched once into the cache.
+
+        ``lazy`` and ``**options`` (``stack``, ``rtol``, ``allow_tilt``) are those of
+        :func:`intake_tcia.volume.volume_from_files`.
+        """
+        from .volume import volume_from_files
+
+        files = self.fetch_series(series_uid, collection=collection).files
+        return volume_from_files(files, lazy=lazy, **options)
 
 
 def _client_from_settings(settings: Settings) -> TCIAClient:

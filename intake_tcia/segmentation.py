@@ -45,6 +45,7 @@ import pandas as pd
 import pydicom
 from pydicom.dataset import Dataset
 
+from .datasets import dicom_paths
 from .errors import import_optional
 from .volume import (
     ORIENTATION_ATOL,
@@ -172,9 +173,10 @@ def read_segmentation(
     ----------
     annotation_files : path-like, pydicom.Dataset, or an iterable of them
         The annotation's instance(s): SEG or RTSTRUCT, one series (the segments of several
-        instances are stacked in order).
+        instances are stacked in order); a folder stands for the DICOM files in it.
     image_files : Volume, or path-like / pydicom.Dataset or an iterable of them
-        The image series (the files or datasets, in any order, or the Volume already built).
+        The image series (the files, a folder holding them, or datasets, in any order; or
+        the Volume already built).
     stack : tuple or int, optional
         The image stack, when the image series holds several (see
         :func:`intake_tcia.volume.split_stacks`).
@@ -201,7 +203,7 @@ def read_segmentation(
         raise ValueError(f"holes must be one of {_HOLES}, not {holes!r}")
     if not (atol_mm >= 0 and 0 < threshold <= 1):
         raise ValueError(f"need atol_mm >= 0 and 0 < threshold <= 1, not {atol_mm}, {threshold}")
-    annotations = [_dataset(a) for a in _items(annotation_files)]
+    annotations = [_dataset(a) for a in dicom_paths(annotation_files)]
     if not annotations:
         raise SegmentationError("no annotation file given")
     modalities = sorted({str(ds.get("Modality")) for ds in annotations})
@@ -232,13 +234,6 @@ def read_segmentation(
 # -- inputs ----------------------------------------------------------------------------------------
 
 
-def _items(given: Any) -> list[Any]:
-    """One path or dataset, or an iterable of them, as a list."""
-    if isinstance(given, (str, os.PathLike, Dataset)):
-        return [given]
-    return list(given)
-
-
 def _dataset(item: Any) -> Dataset:
     """A dataset, read from its path if need be."""
     return item if isinstance(item, Dataset) else pydicom.dcmread(item)
@@ -248,7 +243,7 @@ def _image(image_files: Any, stack: StackKey | int | None) -> Volume:
     """The image series as a Volume."""
     if isinstance(image_files, Volume):
         return image_files
-    items = _items(image_files)
+    items = dicom_paths(image_files)
     if items and all(isinstance(i, Dataset) for i in items):
         return volume_from_datasets(items, stack=stack)
     return volume_from_files(items, stack=stack)

@@ -59,6 +59,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from intake_tcia.datasets import dicom_paths
 from intake_tcia.errors import MissingDependencyError, TCIAError, import_optional
 
 __all__ = [
@@ -354,8 +355,9 @@ def volume_from_files(
 
     Parameters
     ----------
-    paths : iterable of str or os.PathLike
-        The files of one series, in any order.
+    paths : str, os.PathLike, or an iterable of them
+        The files of one series, in any order, or the folder holding them (what
+        ``TCIAClient.download()`` returns; see :func:`intake_tcia.datasets.dicom_paths`).
     stack, rtol, allow_tilt
         As in :func:`volume_from_datasets`.
     lazy : bool, default False
@@ -372,7 +374,7 @@ def volume_from_files(
     VolumeGeometryError, intake_tcia.errors.MissingDependencyError
         As in :func:`volume_from_datasets`.
     """
-    paths = [os.fspath(p) for p in paths]
+    paths = [os.fspath(p) for p in dicom_paths(paths)]
     heads = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
     key, frames, affine, positions, spacing = _select(
         _frames_of_all(heads), stack=stack, rtol=rtol, allow_tilt=allow_tilt
