@@ -45,6 +45,7 @@ from .config import Settings
 from .download import DEFAULT_LAYOUT
 from .errors import TCIANotFoundError, TCIAResponseError, TCIAUnknownNameError
 from .flavours import Flavour, flavour_for
+from .hints import with_keyword_hints
 from .idc_index import IDCIndex, open_index
 from .idc_queries import routed
 from .manifest import as_series_uids
@@ -502,10 +503,20 @@ class TCIAClient:
         ------
         TypeError, ValueError
             Before any request, for an unknown keyword or a malformed value (named).
+        TCIAUnknownNameError
+            Nothing found, and a collection, patient, modality or body part named is not in
+            the archive (the closest names suggested).
         """
-        from .search import search
+        import inspect
 
-        return search(self, page_size=page_size, **criteria)
+        from .hints import check_keywords, check_search_names
+        from .search import search, search_form
+
+        check_keywords(criteria, inspect.signature(search_form).parameters, "TCIAClient.search()")
+        frame = search(self, page_size=page_size, **criteria)
+        if frame.empty:
+            check_search_names(self, criteria)
+        return frame
 
     def collection_descriptions(self, collection: str | None = None) -> pd.DataFrame:
         """collectionName, description (HTML, as kept by NBIA), descriptionURI, id, and
@@ -798,6 +809,9 @@ class TCIAClient:
 
         files = self.fetch_series(series_uid, collection=collection).files
         return volume_from_files(files, lazy=lazy, **options)
+
+
+with_keyword_hints(TCIAClient)
 
 
 def _client_from_settings(settings: Settings) -> TCIAClient:
