@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="patients with at least N matching studies")
     group.add_argument("--all-modalities", action="store_true",
                        help="patients with a series of every --modality given")
-    sub.add_argument("--manifest", type=Path, metavar="PATH",
+    sub.add_argument("--manifest", metavar="PATH",
                      help="write the series found to a .tcia manifest (a file or a folder) "
                      "instead of printing them")
     sub.set_defaults(table_columns=QUERIES["series"][2])
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     sub = command("manifest", _manifest, "write a .tcia manifest of series", selection=True)
-    sub.add_argument("-o", "--output", type=Path, default=Path("."), metavar="PATH",
+    sub.add_argument("-o", "--output", default=".", metavar="PATH",  # str: keeps a trailing /
                      help="the .tcia file to write, or a folder to write it into (default: "
                      "the current folder, named as NBIA names manifests)")
 

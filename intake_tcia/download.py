@@ -11,6 +11,7 @@ series. :func:`fetch_series`, :func:`read_series` and :func:`extract_series` are
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -101,6 +102,7 @@ def download(
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, not {workers!r}")
     root = Path(dest).expanduser().resolve()
+    _check_dest(root)
     requests = _requests(series)
     if not requests:
         if progress:
@@ -146,6 +148,15 @@ def download(
             results,
         )
     return results
+
+
+def _check_dest(root: Path) -> None:
+    """NotADirectoryError, once, when ``root`` or the nearest existing folder above it is a
+    file: every series would fail on it."""
+    there = next(p for p in (root, *root.parents) if p.exists())
+    if not there.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "the download destination is not a folder "
+                                 f"({there} is a file)", str(root))
 
 
 def _results_table(rows: list[tuple[Any, ...]]) -> pd.DataFrame:

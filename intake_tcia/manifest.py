@@ -126,18 +126,23 @@ class Manifest:
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the manifest to ``path`` and return it as a :class:`~pathlib.Path`.
 
-        An existing directory gets a file named after ``databasketId``, which must then be a
-        plain file name (a manifest from elsewhere may hold ``../../x.tcia``).
+        A directory, or a path ending in a separator (``"newdir/"``, made if need be), gets a
+        file named after ``databasketId``, which must then be a plain file name (a manifest
+        from elsewhere may hold ``../../x.tcia``). Missing parent folders are made.
 
         Raises
         ------
         ValueError
             If the file would be named after a ``databasketId`` that is no plain file name.
         """
+        folder = os.fspath(path).endswith(("/", os.sep))
         path = Path(path)
-        if path.is_dir():
-            name = self.databasket_id or _new_databasket_id()
-            path = path / validate_file_name(name, "databasketId")
+        if folder or path.is_dir():
+            name = validate_file_name(self.databasket_id or _new_databasket_id(), "databasketId")
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / name
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.to_text().encode("ascii"))
         return path
 
@@ -199,7 +204,8 @@ def write_manifest(
         here), one UID, UIDs, a DataFrame with a ``SeriesInstanceUID`` column, or the path of
         another manifest. Apart from a Manifest's, duplicates are dropped, keeping the first.
     path : str or path-like
-        The file to write; an existing directory gets a file named after ``databasketId``.
+        The file to write; a directory, or a path ending in ``/`` (made if need be), gets a
+        file named after ``databasketId``.
     download_server_url : str, optional
         ``downloadServerUrl``. Default: NBIA's download servlet, or the NLST one when
         ``series`` is a DataFrame whose ``Collection`` is NLST.
