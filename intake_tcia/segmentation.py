@@ -138,6 +138,14 @@ class Segmentation:
         )
         return xr.Dataset({"image": image, "masks": masks}, attrs=dict(self.metadata))
 
+    def plot(self, index: Any = None, **options: Any) -> Any:
+        """Show the image with each segment's outline, upright, through the masks' centre
+        (``segments=``, ``orthogonal=True``, ``slider=True``: see
+        :func:`intake_tcia.plot.plot`)."""
+        from .plot import plot
+
+        return plot(self, index, **options)
+
     def to_nifti(self, path: str | os.PathLike) -> Path:
         """Write the masks as a 4D NIfTI-1 file, ``(x, y, z, segment)`` uint8, RAS affine.
 
