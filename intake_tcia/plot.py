@@ -161,7 +161,7 @@ def _centre(volume: Volume, index: int | Sequence[int] | None, masks: np.ndarray
 
 
 def _draw(ax: Any, volume: Volume, panel: _Panel, vmin: float, vmax: float, cmap: str,
-          masks: np.ndarray | None, labels: Sequence[str]) -> Any:
+          masks: np.ndarray | None, labels: Sequence[str], colours: Sequence[str]) -> Any:
     """Draw one panel (and mask outlines) on ``ax``; the AxesImage."""
     spacing = volume.spacing
     image = ax.imshow(panel.cut(volume.array), cmap=cmap, vmin=vmin, vmax=vmax,
@@ -170,9 +170,8 @@ def _draw(ax: Any, volume: Volume, panel: _Panel, vmin: float, vmax: float, cmap
     outlines = panel.cut(masks) if masks is not None else ()
     for s, mask in enumerate(outlines):
         if mask.any():
-            colour = _COLOURS[s % len(_COLOURS)]
-            ax.contour(mask.astype(np.uint8), levels=[0.5], colors=[colour], linewidths=1.2)
-            ax.plot([], [], color=colour, label=labels[s])
+            ax.contour(mask.astype(np.uint8), levels=[0.5], colors=[colours[s]], linewidths=1.2)
+            ax.plot([], [], color=colours[s], label=labels[s])
     if any(mask.any() for mask in outlines):
         ax.legend(loc="lower right", fontsize="small", framealpha=0.6)
     left, right, top, bottom = panel.letters
@@ -189,7 +188,8 @@ def _draw(ax: Any, volume: Volume, panel: _Panel, vmin: float, vmax: float, cmap
 
 
 def _figure(volume: Volume, index: Any, *, orthogonal: bool, window: Any, ax: Any, cmap: str,
-            masks: np.ndarray | None = None, labels: Sequence[str] = ()) -> Any:
+            masks: np.ndarray | None = None, labels: Sequence[str] = (),
+            colours: Sequence[str] = ()) -> Any:
     plt = _pyplot()
     centre = _centre(volume, index, masks)
     axes_shown = (0, 1, 2) if orthogonal else (0,)
@@ -203,13 +203,14 @@ def _figure(volume: Volume, index: Any, *, orthogonal: bool, window: Any, ax: An
     else:
         figure, axes = ax.figure, [ax]
     vmin, vmax = _window(volume, window, panels[0].cut(volume.array))
-    images = [_draw(a, volume, p, vmin, vmax, cmap, masks, labels)
+    images = [_draw(a, volume, p, vmin, vmax, cmap, masks, labels, colours)
               for a, p in zip(axes, panels, strict=True)]
-    unit = {"CT": "HU", "RTDOSE": "Gy"}.get(str(volume.metadata.get("Modality")))
-    bar = figure.colorbar(images[-1], ax=axes, shrink=0.8)
-    if unit:
-        bar.set_label(unit)
-    figure.suptitle(_title(volume), fontsize=10)
+    if ax is None:  # a figure of its own: a colour bar and a title (not in the user's axes)
+        unit = {"CT": "HU", "RTDOSE": "Gy"}.get(str(volume.metadata.get("Modality")))
+        bar = figure.colorbar(images[-1], ax=axes, shrink=0.8)
+        if unit:
+            bar.set_label(unit)
+        figure.suptitle(_title(volume), fontsize=10)
     return figure
 
 
@@ -275,8 +276,9 @@ def plot_segmentation(seg: Segmentation, index: int | Sequence[int] | None = Non
         raise ValueError(f"no segment(s) {missing}; the segments are {numbers}")
     rows = [numbers.index(n) for n in chosen]
     labels = [str(seg.segments["label"].iloc[r]) for r in rows]
+    colours = [_COLOURS[r % len(_COLOURS)] for r in rows]  # a segment keeps its colour
     return _figure(seg.image, index, orthogonal=orthogonal, window=window, ax=ax, cmap=cmap,
-                   masks=np.asarray(seg.masks)[rows], labels=labels)
+                   masks=np.asarray(seg.masks)[rows], labels=labels, colours=colours)
 
 
 def slice_slider(what: Volume | Segmentation, **options: Any) -> Any:
