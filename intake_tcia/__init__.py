@@ -19,4 +19,18 @@ from . import errors  # noqa: E402
 from .client import TCIAClient  # noqa: E402
 from .errors import *  # noqa: E402, F403  (the exception family, listed in errors.__all__)
 
-__all__ = ["TCIAClient", "__version__", *errors.__all__]
+__all__ = ["TCIAClient", "catalog_path", "__version__", *errors.__all__]
+
+
+def catalog_path() -> str:
+    """The path of the archive catalog installed with the package (``tcia.yaml``, intake V1).
+
+    Returns
+    -------
+    str
+        ``intake.open_catalog(intake_tcia.catalog_path())`` opens it from any install, with the
+        entries ``tcia``, ``collections``, ``patients``, ``studies`` and ``series``.
+    """
+    from pathlib import Path
+
+    return str(Path(__file__).with_name("catalogs") / "tcia.yaml")
