@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._validate import validate_uid
 from .config import BACKENDS
@@ -414,11 +414,9 @@ def _search(args: argparse.Namespace) -> int:
     with _client(args) as client:
         frame = client.search(**criteria)
     if args.manifest:
-        from .manifest import write_manifest
-
         if frame.empty:
             raise ValueError("no series found; no manifest written")
-        print(f"wrote {len(frame)} series to {write_manifest(frame, args.manifest)}")
+        _write_manifests(frame, args.manifest)
     else:
         _print_frame(frame, args, args.table_columns)
     return 0
@@ -441,14 +439,20 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _manifest(args: argparse.Namespace) -> int:
-    """Write a .tcia manifest."""
-    from .manifest import write_manifest
-
+    """Write a .tcia manifest (two when NLST's series come with others)."""
     with _client(args) as client:
         series = _selection(client, args)
-    path = write_manifest(series, args.output)
-    print(f"wrote {len(series)} series to {path}")
+    _write_manifests(series, args.output)
     return 0
+
+
+def _write_manifests(series: Any, path: str) -> None:
+    """Write the manifests of ``series`` and say where (NLST's apart: its own server)."""
+    from .manifest import read_manifest, write_manifests
+
+    for written in write_manifests(series, path):
+        count = len(read_manifest(written).series_uids)
+        print(f"wrote {count} series to {written}")
 
 
 def _cite(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ __all__ = [
     "Manifest",
     "read_manifest",
     "write_manifest",
+    "write_manifests",
     "as_series_uids",
     "series_uid_values",
     "DEFAULT_DOWNLOAD_SERVER_URL",
@@ -250,6 +251,37 @@ def write_manifest(
     }
     manifest.properties.update({k: v for k, v in options.items() if v is not None})
     return manifest.write(path)
+
+
+def write_manifests(series: Any, path: str | os.PathLike[str], **options: Any) -> list[Path]:
+    """Write ``.tcia`` manifests, one per download server: NLST's series apart from the rest.
+
+    As :func:`write_manifest` (same ``options``), except that a DataFrame whose ``Collection``
+    mixes NLST with other collections gives two files: the others in ``path``, NLST's beside it
+    with ``-NLST`` before the suffix (``chest.tcia`` and ``chest-NLST.tcia``; in a folder,
+    databasketIds ``manifest-<ms>.tcia`` and ``manifest-<ms>-NLST.tcia``).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written: one, or two (the NLST one last).
+    """
+    if not hasattr(series, "columns") or "Collection" not in series.columns:
+        return [write_manifest(series, path, **options)]
+    nlst = series["Collection"].map(lambda c: isinstance(c, str) and is_nlst(c)).astype(bool)
+    if nlst.all() or not nlst.any():
+        return [write_manifest(series, path, **options)]
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)) or Path(path).is_dir():
+        stem = (options.get("databasket_id") or _new_databasket_id()).removesuffix(".tcia")
+        first = {**options, "databasket_id": f"{stem}.tcia"}
+        nlst_path, second = path, {**options, "databasket_id": f"{stem}-NLST.tcia"}
+    else:
+        plain = Path(path)
+        first, second = options, options
+        nlst_path = plain.with_name(f"{plain.stem}-NLST{plain.suffix}")
+    return [write_manifest(series[~nlst], path, **first),
+            write_manifest(series[nlst], nlst_path, **second)]
 
 
 def as_series_uids(series: Any) -> list[str]:

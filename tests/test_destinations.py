@@ -8,7 +8,7 @@ import pytest
 
 from intake_tcia.cli import main
 from intake_tcia.client import TCIAClient
-from intake_tcia.manifest import read_manifest, write_manifest
+from intake_tcia.manifest import read_manifest, write_manifest, write_manifests
 
 UID = "1.2.826.0.1.3680043.8.498.1"
 
@@ -64,3 +64,27 @@ def test_cli_download_into_a_file_is_one_line(run, server, tmp_path: Path):
     uid = server.archive.series["SeriesInstanceUID"].iloc[0]
     code, out, err = run("download", uid, "-o", "afile")
     assert code == 1 and err.count("\n") == 1 and "not a folder" in err, err
+
+
+def test_search_into_a_manifest_of_nlst_and_others_writes_one_per_server(run, tmp_path: Path):
+    # the README's example: chest series released since 2020 are NLST's and others'
+    code, out, err = run("search", "--body-part", "CHEST", "--released-from", "2020-01-01",
+                         "--manifest", "chest.tcia")
+    assert code == 0, err
+    main_manifest = read_manifest(tmp_path / "chest.tcia")
+    nlst_manifest = read_manifest(tmp_path / "chest-NLST.tcia")
+    assert main_manifest.series_uids and nlst_manifest.series_uids
+    assert "nlst" in nlst_manifest.properties["downloadServerUrl"]
+    assert "nlst" not in main_manifest.properties["downloadServerUrl"]
+    assert out.count("wrote") == 2 and "chest-NLST.tcia" in out
+
+
+def test_write_manifests_into_a_folder_names_both(server, tmp_path: Path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"SeriesInstanceUID": [UID, UID + "1"], "Collection": ["X", "NLST"]})
+    first, second = write_manifests(frame, f"{tmp_path}/out/")
+    assert first.parent == second.parent == tmp_path / "out"
+    assert second.name == first.name.replace(".tcia", "-NLST.tcia")
+    assert read_manifest(second).series_uids == [UID + "1"]
+    assert write_manifests(frame.iloc[:1], tmp_path / "one.tcia") == [tmp_path / "one.tcia"]
