@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 __all__ = [
+    "name_problem",
     "validate_uid",
     "validate_text",
     "validate_date",
@@ -24,6 +25,7 @@ _UID_MAX_LENGTH = 64
 _ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 _US_DATE = re.compile(r"([0-9]{2})-([0-9]{2})-([0-9]{4})")
 # Names Windows gives to devices, with any extension ("aux.txt"), in any case.
+_MAX_NAME_BYTES = 255  # a file name's limit on every common file system
 _RESERVED = re.compile(r"(CON|PRN|AUX|NUL|COM[0-9]|LPT[0-9])(\..*)?", re.IGNORECASE)
 
 
@@ -151,3 +153,25 @@ def validate_date(value: Any, name: str) -> dt.date:
 def format_query_date(d: dt.date) -> str:
     """str: ``d`` as NBIA v4 expects it in queries, ``"MM-DD-YYYY"``."""
     return f"{d.month:02d}-{d.day:02d}-{d.year:04d}"
+
+
+def name_problem(name: str) -> str | None:
+    """Why a name (a zip member's, an object's) cannot be a file of a series folder, or None
+    for a plain file name.
+
+    Refused: absolute paths, ``..``, folders (a series is flat), hidden or empty names, NUL,
+    names over 255 bytes and names Windows reserves (``CON``, ``aux.txt``).
+    """
+    parts = re.split(r"[/\\]", name)
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
+        return "has an absolute path"
+    if ".." in parts:
+        return "has a '..' component"
+    if len(parts) > 1:
+        return "is in a folder (a series folder is flat)"
+    if not name or name.startswith(".") or "\0" in name:
+        return "is not a plain file name"
+    if len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES or is_reserved_name(name):
+        return "cannot be a file name (over 255 bytes, or a name Windows reserves)"
+    return None
+

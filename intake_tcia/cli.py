@@ -476,8 +476,8 @@ def _cite(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     """Re-hash cached series; exit status 1 when any was damaged."""
-    from .cache import SeriesCache
     from .config import Settings
+    from .retrieval.cache import SeriesCache
 
     cache = SeriesCache(Settings.from_env(cache_dir=getattr(args, "cache_dir", None)).cache_dir)
     uids = args.series_uids or cache.series_uids()

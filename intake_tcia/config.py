@@ -50,6 +50,9 @@ DEFAULT_IDC_URL = "https://s3.amazonaws.com/"
 _POSITIVE = ("connect_timeout", "read_timeout", "query_timeout", "series_timeout")
 
 
+#: The dialects of the NBIA API (``api_version``), as :mod:`intake_tcia.nbia.flavours` names them.
+API_VERSIONS = ("v4", "token", "v1", "v2", "legacy")
+
 def is_nlst(collection: str | None) -> bool:
     """bool: True when ``collection`` is NLST, which lives on its own host (case-insensitive)."""
     return collection is not None and collection.strip().upper() == NLST_COLLECTION
@@ -112,7 +115,8 @@ class Settings:
     datacite_url : str
         Base URL of the DataCite REST API, for citations of collection DOIs.
     api_version : {"v4", "token", "v1", "v2", "legacy"}, optional
-        The dialect of the API (:mod:`intake_tcia.flavours`); by default read from each base URL.
+        The dialect of the API (:mod:`intake_tcia.nbia.flavours`); by default read from each
+        base URL.
     api_key : str, optional
         The ``api_key`` header of the legacy TCIA REST API.
     username, password : str, optional
@@ -186,10 +190,10 @@ class Settings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value}")
-        if self.api_version is not None:
-            from .flavours import flavour_for
-
-            flavour_for(self.api_url, self.api_version)  # ValueError for an unknown one
+        if self.api_version is not None and self.api_version not in API_VERSIONS:
+            raise ValueError(
+                f"api_version must be one of {', '.join(API_VERSIONS)}, not {self.api_version!r}"
+            )
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, **dict.fromkeys(SECRETS)}

@@ -2,7 +2,7 @@
 
 Every exception the package raises on purpose derives from :class:`TCIAError`, whose
 ``retryable`` flag says whether asking again may help (one retry loop,
-:meth:`intake_tcia._http.RetryBudget.run`, reads it; nothing else decides)::
+:meth:`intake_tcia.retrieval.transport.RetryBudget.run`, reads it; nothing else decides)::
 
     TCIAError
     ├── TCIAHTTPError (also OSError)        the server answered with an error status
@@ -44,6 +44,7 @@ __all__ = [
     "TCIAStorageError",
     "DownloadError",
     "TCIABackendError",
+    "IDCFallbackWarning",
     "MissingDependencyError",
 ]
 
@@ -239,3 +240,8 @@ def import_optional(module: str, extra: str, feature: str) -> Any:
         raise MissingDependencyError(
             f"{feature} needs {module!r}: pip install 'intake-tcia[{extra}]'"
         ) from exc
+
+
+class IDCFallbackWarning(UserWarning):
+    """``backend="auto"``: NBIA could not be reached, the IDC index answered instead."""
+

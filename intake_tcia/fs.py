@@ -37,10 +37,10 @@ from fsspec.spec import make_instance
 from fsspec.utils import isfilelike, tokenize
 
 from ._validate import validate_uid
-from .cache import INSTANCES_DIR, CachedSeries
 from .client import TCIAClient
 from .config import SECRETS, Settings
 from .errors import TCIAIntegrityError, TCIANotFoundError
+from .retrieval.cache import INSTANCES_DIR, CachedSeries
 
 __all__ = ["TCIAFileSystem", "FETCH_POLICIES", "AUTO_SERIES_AFTER", "INSTANCES_DIR"]
 
@@ -229,8 +229,6 @@ class TCIAFileSystem(AbstractFileSystem):
 
     def _list_instances(self, path: str, parts: list[str]) -> list[dict[str, Any]]:
         collection, series_uid = parts[0], parts[3]
-        # getSOPInstanceUIDs takes no collection: point the client at the collection's host.
-        self.client.remember_host(series_uid, self.client.settings.host_for(collection))
         sizes = self._sizes_on_disk(series_uid)
         return [
             {
@@ -239,7 +237,8 @@ class TCIAFileSystem(AbstractFileSystem):
                 "size": sizes.get(uid),
                 "SOPInstanceUID": uid,
             }
-            for uid in _uids_only(self.client.sop_instance_uids(series_uid), series_uid)
+            for uid in _uids_only(
+                self.client.sop_instance_uids(series_uid, collection=collection), series_uid)
         ]
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -473,7 +472,7 @@ def _uids_only(values: list[str], series_uid: str) -> list[str]:
 def _checked(data: bytes, sop_uid: str) -> bytes:
     """``data`` if it is the DICOM instance ``sop_uid``, else TCIAIntegrityError (only the
     header up to the SOPInstanceUID is parsed)."""
-    from .idc_fetch import sop_instance_uid_of
+    from .idc.bucket import sop_instance_uid_of
 
     found = sop_instance_uid_of(data)
     if found is None:

@@ -19,10 +19,7 @@ import functools
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .client import TCIAClient
+from typing import Any
 
 __all__ = ["check_keywords", "with_keyword_hints", "check_search_names"]
 
@@ -92,15 +89,19 @@ def _hinted(method: Callable[..., Any], where: str) -> Callable[..., Any]:
 
 
 def with_keyword_hints(cls: type) -> type:
-    """Give every public method of ``cls`` a did-you-mean for a keyword it does not take."""
-    for name, value in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.isfunction(value):
-            setattr(cls, name, _hinted(value, f"{cls.__name__}.{name}()"))
+    """Give every public method of ``cls`` (its own and inherited) a did-you-mean for a
+    keyword it does not take."""
+    for base in reversed(cls.__mro__[:-1]):
+        for name, value in list(vars(base).items()):
+            if (not name.startswith("_") and inspect.isfunction(value)
+                    and not hasattr(value, "__wrapped__")):
+                setattr(cls, name, _hinted(value, f"{cls.__name__}.{name}()"))
     return cls
 
 
-def check_search_names(client: TCIAClient, criteria: Mapping[str, Any]) -> None:
-    """After a search that found nothing: raise for the first name the archive lacks."""
+def check_search_names(client: Any, criteria: Mapping[str, Any]) -> None:
+    """After a search that found nothing: raise for the first name the archive lacks
+    (through ``client._check_names``, as the other queries)."""
     collections = criteria.get("collection")
     scope = [collections] if isinstance(collections, str) else list(collections or [])
     for keyword, parameter in _SEARCH_NAMES.items():

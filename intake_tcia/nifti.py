@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import atomic_path
 from .errors import import_optional
+from .retrieval.cache import atomic_path
 
 __all__ = ["LPS_TO_RAS", "nifti_affine", "write_nifti"]
 

@@ -9,9 +9,9 @@ import pytest
 import requests
 
 from intake_tcia import TCIAClient
-from intake_tcia._auth import ApiKeyAuth, TokenAuth, token_url
 from intake_tcia.config import Settings
 from intake_tcia.errors import TCIAAuthError
+from intake_tcia.nbia.auth import ApiKeyAuth, TokenAuth, token_url
 from intake_tcia.testing import ArchiveServer
 from intake_tcia.testing.server import SAMPLE_API_KEY
 

@@ -12,7 +12,7 @@ import pytest
 from filelock import Timeout
 from pydicom.data import get_testdata_file
 
-from intake_tcia.cache import (
+from intake_tcia.retrieval.cache import (
     LICENSE_NAME,
     RECORD_NAME,
     CachedInstance,

@@ -262,7 +262,7 @@ def test_missing_manifest_is_one_line_naming_it(run, tmp_path):
 
 
 def test_demo_keeps_the_cache_it_is_given(tmp_path, capsys):
-    from intake_tcia.cache import SeriesCache
+    from intake_tcia.retrieval.cache import SeriesCache
 
     cache = tmp_path / "cache"
     code = main(["demo", "-o", str(tmp_path / "demo.png"), "--cache-dir", str(cache)])
@@ -300,7 +300,7 @@ def test_verify_rehashes_the_cache_and_removes_a_damaged_series(run, server, tmp
     assert run("download", *uids, "-o", str(tmp_path / "out"), "-q")[0] == 0
     code, out, err = run("verify")
     assert (code, err) == (0, "") and "2 of 2 series verified" in out
-    from intake_tcia.cache import SeriesCache
+    from intake_tcia.retrieval.cache import SeriesCache
 
     victim = SeriesCache(tmp_cache).get(uids[1]).files[0]
     stat = victim.stat()

@@ -15,9 +15,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from intake_tcia.cache import LICENSE_NAME, RECORD_NAME
 from intake_tcia.client import TCIAClient
-from intake_tcia.download import extract_series, fetch_series
 from intake_tcia.errors import (
     DownloadError,
     TCIAConnectionError,
@@ -26,6 +24,8 @@ from intake_tcia.errors import (
     UnsafeArchiveError,
 )
 from intake_tcia.manifest import write_manifest
+from intake_tcia.nbia.getimage import extract_series
+from intake_tcia.retrieval.cache import LICENSE_NAME, RECORD_NAME
 from intake_tcia.testing import ArchiveServer
 
 CT_COLLECTION = "Pydicom-CT-Series"
@@ -200,7 +200,7 @@ def test_an_interrupt_mid_download_leaves_the_cache_consistent(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fetch_series(client, ct_uid, progress=interrupt)
+        client._router.fetch_series(ct_uid, progress=interrupt)
     _assert_cache_clean(client.cache_dir, ct_uid)
     with client.cache.lock(ct_uid, timeout=0):  # released
         pass
@@ -624,7 +624,7 @@ def test_download_clears_staging_left_by_dead_processes(
 _MEASURE_FETCH = """
 import sys
 from intake_tcia.client import TCIAClient
-import intake_tcia.download
+import intake_tcia.retrieval.download
 
 def hwm():
     for line in open("/proc/self/status"):

@@ -17,4 +17,6 @@ def test_all_matches_the_public_names():
 def test_every_exception_derives_from_the_base():
     for name in errors.__all__:
         value = getattr(errors, name)
-        assert issubclass(value, errors.TCIAError), name
+        base = UserWarning if issubclass(value, Warning) else errors.TCIAError
+        assert issubclass(value, base), name
+    assert not issubclass(errors.IDCFallbackWarning, errors.TCIAError)  # a warning, not raised

@@ -16,7 +16,7 @@ import requests
 from intake_tcia import TCIAClient
 from intake_tcia.cli import main
 from intake_tcia.config import Settings
-from intake_tcia.flavours import FLAVOURS, detect_flavour, flavour_for
+from intake_tcia.nbia.flavours import FLAVOURS, detect_flavour, flavour_for
 from intake_tcia.schema import SCHEMAS, frame_from_records, with_old_names
 from intake_tcia.sources import TCIAQuerySource
 from intake_tcia.testing import ArchiveServer
@@ -176,13 +176,13 @@ def test_api_version_setting_keyword_and_environment(monkeypatch, tmp_path):
     assert Settings.from_env().api_version == "v1"
     assert Settings.from_env(api_version="v4").api_version == "v4"
     with TCIAClient(cache_dir=tmp_path) as client:  # a v4 URL, but the setting says v1
-        assert {f.name for f in client._flavours.values()} == {"v1"}
+        assert {f.name for f in client._router.nbia.flavours.values()} == {"v1"}
 
 
 def test_each_host_has_its_own_flavour(tmp_path):
     with TCIAClient(api_url="https://services.cancerimagingarchive.net/nbia-api/services/v1/",
                     cache_dir=tmp_path) as client:
-        assert [f.name for f in client._flavours.values()] == ["v1", "v4"]
+        assert [f.name for f in client._router.nbia.flavours.values()] == ["v1", "v4"]
 
 
 def test_flavour_request_rewrites_paths_names_and_dates():
@@ -285,3 +285,10 @@ def test_cli_download_a_shared_cart(run, server, tmp_path):
             server.archive.instances(uid))
     code, _, err = run("download", "--shared-cart", "no-such-cart", "-o", str(tmp_path))
     assert code != 0 and "no-such-cart" in err
+
+
+def test_the_settings_know_every_flavour_by_name():
+    from intake_tcia.config import API_VERSIONS
+    from intake_tcia.nbia.flavours import FLAVOURS
+
+    assert list(API_VERSIONS) == list(FLAVOURS)

@@ -15,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from intake_tcia import TCIAClient
-from intake_tcia._http import MAX_REDIRECTS
 from intake_tcia.cli import main
 from intake_tcia.errors import (
     TCIAAuthError,
@@ -23,6 +22,7 @@ from intake_tcia.errors import (
     TCIAHTTPError,
     TCIAResponseError,
 )
+from intake_tcia.retrieval.transport import MAX_REDIRECTS
 
 PASSWORD = "pw-Hostile-7781"
 API_KEY = "key-Hostile-4410"

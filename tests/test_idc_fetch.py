@@ -21,9 +21,13 @@ import pytest
 
 from intake_tcia.cli import main
 from intake_tcia.client import TCIAClient
-from intake_tcia.errors import TCIAHTTPError, TCIAIntegrityError, TCIANotFoundError
+from intake_tcia.errors import (
+    IDCFallbackWarning,
+    TCIAHTTPError,
+    TCIAIntegrityError,
+    TCIANotFoundError,
+)
 from intake_tcia.fs import TCIAFileSystem
-from intake_tcia.idc_queries import IDCFallbackWarning
 from intake_tcia.sources import TCIASeriesSource
 from intake_tcia.testing import ArchiveServer, IDCBucketServer
 
@@ -381,7 +385,7 @@ def test_paged_listing_and_single_instances_with_faults(
 def test_a_listing_names_only_objects_under_the_series_prefix() -> None:
     import xml.etree.ElementTree as ET
 
-    from intake_tcia.idc_fetch import IDCLocation, _page
+    from intake_tcia.idc.bucket import IDCLocation, _page
 
     where = IDCLocation("1.2.3", "idc-open-data", "abc/", 2)
     contents = "".join(

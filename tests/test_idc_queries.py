@@ -23,14 +23,15 @@ from test_search import expected
 
 from intake_tcia import TCIAClient
 from intake_tcia.errors import (
+    IDCFallbackWarning,
     TCIABackendError,
     TCIAConnectionError,
     TCIAHTTPError,
     TCIANotFoundError,
     TCIAUnknownNameError,
 )
-from intake_tcia.idc_index import IDCIndex
-from intake_tcia.idc_queries import IDCFallbackWarning
+from intake_tcia.idc.index import IDCIndex
+from intake_tcia.idc.queries import answer
 from intake_tcia.schema import SCHEMAS, frame_from_records
 from intake_tcia.testing import ArchiveServer, write_idc_index
 from intake_tcia.testing.builder import parse_mdy
@@ -264,7 +265,7 @@ def test_what_the_index_cannot_answer_is_named(both, server, idc_index, tmp_cach
 
 def test_a_collection_is_read_from_its_cached_arrow_copy(server, tmp_cache, idc_index):
     index = IDCIndex(idc_index, tmp_cache)
-    first = index.answer("getSeries", {"Collection": "NLST"})
+    first = answer(index, "getSeries", {"Collection": "NLST"})
     (copy,) = tmp_cache.glob("idc-index/*/nlst.arrow")
     table = ipc.open_file(pa.memory_map(str(copy))).read_all()
     assert table.num_rows == len(first) > 0
@@ -276,7 +277,7 @@ def test_a_collection_is_read_from_its_cached_arrow_copy(server, tmp_cache, idc_
     with ipc.new_file(str(copy) + ".new", changed.schema) as out:
         out.write_table(changed)
     os.replace(str(copy) + ".new", copy)  # as the index writes it: the mapped file stays whole
-    again = IDCIndex(idc_index, tmp_cache).answer("getSeries", {"Collection": "nlst"})
+    again = answer(IDCIndex(idc_index, tmp_cache), "getSeries", {"Collection": "nlst"})
     assert set(again["SeriesDescription"]) == {"from the copy"}  # read from the copy
     pd.testing.assert_frame_equal(
         again.drop(columns="SeriesDescription"), first.drop(columns="SeriesDescription")
@@ -284,13 +285,13 @@ def test_a_collection_is_read_from_its_cached_arrow_copy(server, tmp_cache, idc_
 
 
 def test_a_changed_index_is_read_again(server, tmp_cache, idc_index):
-    index = IDCIndex(idc_index, tmp_cache)
-    before = index.answer("getSeries", {"Collection": "NLST"})
+    client = client_for(server, tmp_cache, "idc", idc_index=idc_index)
+    before = client.series(collection="NLST")
     path = idc_index / "idc_index.parquet"
     table = pq.read_table(path)
     gone = before["SeriesInstanceUID"].iloc[0]
     pq.write_table(table.filter(pa.compute.field("SeriesInstanceUID") != gone), path)
-    after = index.answer("getSeries", {"Collection": "NLST"})
+    after = client.series(collection="NLST")
     assert len(after) == len(before) - 1 and gone not in set(after["SeriesInstanceUID"])
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from intake_tcia.errors import TCIAIntegrityError, UnsafeArchiveError
-from intake_tcia.members import iter_members, name_problem
+from intake_tcia.nbia.members import iter_members, name_problem
 
 UID = "1.2.3"
 BODIES = {

@@ -12,9 +12,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from intake_tcia.cache import SeriesCache
 from intake_tcia.errors import TCIAIntegrityError, UnsafeArchiveError
-from intake_tcia.pipeline import SeriesWriter
+from intake_tcia.retrieval.cache import SeriesCache
+from intake_tcia.retrieval.pipeline import SeriesWriter
 
 SERIES = "1.2.826.0.1.3680043.8.498.1"
 
@@ -144,7 +144,7 @@ def test_a_non_dicom_file_is_corrupt_data_until_its_md5_confirms_it(cache: Serie
 def test_header_uids_agree_with_pydicom_on_its_test_files() -> None:
     from pydicom.data.data_manager import DATA_ROOT
 
-    from intake_tcia._dicomhead import header_uids
+    from intake_tcia.retrieval.dicomhead import header_uids
 
     read = 0
     for path in sorted(Path(DATA_ROOT, "test_files").rglob("*.dcm")):  # shipped, no download

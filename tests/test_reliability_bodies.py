@@ -13,8 +13,8 @@ import test_http
 from test_http import V4, answer
 
 from intake_tcia import TCIAClient
-from intake_tcia.cache import RECORD_NAME, SeriesCache
 from intake_tcia.errors import TCIAAuthError, TCIAResponseError
+from intake_tcia.retrieval.cache import RECORD_NAME, SeriesCache
 from intake_tcia.testing import ArchiveServer
 
 DEEP = b"[" * 200_000 + b"]" * 200_000

@@ -134,7 +134,7 @@ def test_an_api_key_goes_to_its_scheme_host_and_port_only(url, sent):
     # the policy itself, on the request as it is about to be sent.
     import requests
 
-    from intake_tcia._auth import ApiKeyAuth
+    from intake_tcia.nbia.auth import ApiKeyAuth
 
     key = ApiKeyAuth(API_KEY, ("https://nbia.example.org/nbia-api/services/v4/",))
     prepared = key(requests.Request("GET", url, headers={"api_key": "stale"}).prepare())

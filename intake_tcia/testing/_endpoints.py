@@ -10,18 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 
 import pandas as pd
 import pydicom
 
-from .builder import SERIES_COLUMNS, SampleArchive, parse_mdy
+from . import _search
+from ._hostview import ApiError, HostView, not_granted
+from .builder import SERIES_COLUMNS
 
-#: Filters compared case-insensitively (``UPPER(x) = UPPER(:p)``); UIDs are exact.
-CASE_INSENSITIVE = frozenset(
-    {"Collection", "PatientID", "Modality", "BodyPartExamined", "Manufacturer",
-     "ManufacturerModelName"}
-)
 PATIENT_COLUMNS = ("PatientId", "PatientName", "PatientSex", "EthnicGroup", "Collection",
                    "Phantom", "SpeciesCode", "SpeciesDescription", "Authorized")
 STUDY_COLUMNS = ("StudyInstanceUID", "StudyDate", "StudyDescription",
@@ -41,76 +37,6 @@ METADATA_COLUMNS = ("PatientID", "PatientName", "PatientSex", "EthnicGroup", "Ph
                     "ImageCount", "MaxSubmissionTimestamp", "LicenseName", "LicenseURI",
                     "DataDescriptionURI", "FileSize", "ReleasedStatus", "DateReleased",
                     "ThirdPartyAnalysis", "Authorized")
-
-
-class ApiError(Exception):
-    """An error answer: status and the server's plain text."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
-
-
-def not_granted(series_uid: str) -> ApiError:
-    """The 400 an unknown, private or wrong-host SeriesInstanceUID gets."""
-    return ApiError(
-        400,
-        "The user has not been granted the access to image with given SeriesInstanceUID,"
-        f"{series_uid}. Please contact System Admin to resolve this issue.",
-    )
-
-
-class HostView:
-    """One host's series rows, with cached upper-case columns and release dates."""
-
-    def __init__(self, archive: SampleArchive, host: str) -> None:
-        self.archive = archive
-        table = archive.table
-        self.table = table[table["host"] == host].reset_index(drop=True)
-        self._upper: dict[str, pd.Series] = {}
-
-    def upper(self, column: str) -> pd.Series:
-        """The column in upper case (cached)."""
-        if column not in self._upper:
-            self._upper[column] = self.table[column].str.upper()
-        return self._upper[column]
-
-    @cached_property
-    def released(self) -> pd.Series:
-        """DateReleased as datetimes."""
-        return pd.to_datetime(self.table["DateReleased"], format="%m-%d-%Y", errors="coerce")
-
-    @cached_property
-    def uids(self) -> frozenset[str]:
-        """Every SeriesInstanceUID on this host."""
-        return frozenset(self.table["SeriesInstanceUID"])
-
-    def select(
-        self, params: dict[str, str], *, names: dict[str, str] | None = None
-    ) -> pd.DataFrame:
-        """Rows matching the filter parameters present (param name -> column name)."""
-        mask = pd.Series(True, index=self.table.index)
-        for param, value in params.items():
-            column = (names or {}).get(param, param)
-            if column not in self.table.columns or value == "":
-                continue
-            if column in CASE_INSENSITIVE:
-                mask &= self.upper(column) == value.upper()
-            else:
-                mask &= self.table[column] == value
-        return self.table[mask.to_numpy(dtype=bool)]
-
-    def since(self, rows: pd.DataFrame, from_date: str, *, strict: bool) -> pd.DataFrame:
-        """Rows released after (``strict``) or on/after a ``MM-DD-YYYY`` date."""
-        try:
-            when = pd.Timestamp(parse_mdy(from_date))
-        except ValueError:
-            raise ApiError(
-                400, f"Invalid date: {from_date}. The expected format is MM-DD-YYYY."
-            ) from None
-        released = self.released.loc[rows.index]
-        return rows[(released > when) if strict else (released >= when)]
 
 
 def _values(rows: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -219,8 +145,6 @@ class Endpoint:
     formatted: bool = True  # honours ``format``
     answer: Answer | None = None  # answers a body of its own rather than a table
 
-
-from . import _search  # noqa: E402 - it builds on HostView and ApiError above
 
 ENDPOINTS: dict[str, Endpoint] = {e.name: e for e in (
     Endpoint("getCollectionValues", ("format",),

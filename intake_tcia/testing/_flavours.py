@@ -5,7 +5,7 @@ base path, endpoint names, how query dates are written, field names, date styles
 credentials asked for. So every flavour of the archive holds provably the same data.
 
 This table is written from the server's side (what each dialect sends and accepts), apart from
-the client's :mod:`intake_tcia.flavours`, so tests of the client against it check that table.
+the client's :mod:`intake_tcia.nbia.flavours`, so tests of the client against it check that table.
 It is stricter than the real old servers in one way: an unknown parameter is a 400 here too
 (NBIA v1/v2 ignore them), so a client that sends the wrong parameter notices.
 """

@@ -41,7 +41,7 @@ from typing import Any
 
 import pandas as pd
 
-from ._endpoints import ApiError, HostView
+from ._hostview import ApiError, HostView
 
 __all__ = ["simple_search", "manifest_for_simple_search", "collection_or_series_for_doi",
            "collection_descriptions"]

@@ -16,8 +16,8 @@ from typing import Any
 import pandas as pd
 import pydicom
 
-from ..idc_index import COLLECTIONS_FILE, INDEX_FILE, VERSIONS_FILE
-from ..search import description_text
+from ..idc.index import COLLECTIONS_FILE, INDEX_FILE, VERSIONS_FILE
+from ..nbia.search import description_text
 from .builder import SampleArchive
 from .idc import BUCKET, crdc_series_uuid, series_aws_url
 from .seeding import _LICENSES

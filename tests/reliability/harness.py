@@ -26,8 +26,8 @@ import pandas as pd
 import pydicom
 
 import intake_tcia
-from intake_tcia.cache import SeriesCache
 from intake_tcia.client import TCIAClient
+from intake_tcia.retrieval.cache import SeriesCache
 from intake_tcia.testing import ArchiveServer, SampleArchive
 
 #: The collection the synthetic series of :func:`build_archive` go into.

@@ -2,15 +2,15 @@
 
 IDC keeps each instance as its own object, ``s3://<aws_bucket>/<crdc_series_uuid>/<uuid>.dcm``
 (design.md, "Two backends"). Everything here goes through the package's one transport
-(:mod:`intake_tcia._http`), anonymously, path style on ``settings.idc_url``:
+(:mod:`intake_tcia.retrieval.transport`), anonymously, path style on ``settings.idc_url``:
 
 * :func:`list_objects`: ListObjectsV2 of the series' prefix, page after page.
 * :func:`fetch_series`: every object GET in parallel on pooled connections, all within one
-  :class:`~intake_tcia._http.RetryBudget` and the series' deadline; the object count must be
-  the index's ``instanceCount``, each body its listed size and, where the ETag is a plain MD5,
-  that MD5; each file DICOM of the series. The files are written, verified and published into
-  the series cache by :class:`~intake_tcia.pipeline.SeriesWriter`, the same cache NBIA
-  downloads go to.
+  :class:`~intake_tcia.retrieval.transport.RetryBudget` and the series' deadline; the object
+  count must be the index's ``instanceCount``, each body its listed size and, where the ETag is
+  a plain MD5, that MD5; each file DICOM of the series. The files are written, verified and
+  published into the series cache by :class:`~intake_tcia.retrieval.pipeline.SeriesWriter`,
+  the same cache NBIA downloads go to.
 * :func:`instances`: the SOPInstanceUID of every object, from ranged reads of the first bytes
   of each (kept in ``{cache_dir}/idc/{SeriesInstanceUID}.json``, so a series is listed once).
 * :func:`read_instance` and :func:`read_header`: one instance's bytes (one GET, verified), or
@@ -32,24 +32,28 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
-from ._validate import validate_uid
-from .cache import CachedSeries, atomic_path
-from .errors import (
+from .._validate import validate_uid
+from ..config import Settings
+from ..errors import (
     TCIAConnectionError,
     TCIAIntegrityError,
     TCIANotFoundError,
     TCIAResponseError,
     storage_errors,
 )
+from ..retrieval.cache import CachedSeries, SeriesCache, atomic_path
+from ..retrieval.pipeline import import_readers
+from ..retrieval.progress import Counter, ignore
+from ..retrieval.transport import Transport
 
 if TYPE_CHECKING:
     import pydicom
 
-    from ._http import RetryBudget
-    from .client import TCIAClient
+    from ..retrieval.transport import RetryBudget
+    from .index import IDCIndex
 
 __all__ = [
     "IDCLocation",
@@ -118,7 +122,18 @@ class IDCObject:
         return self.key.rpartition("/")[2]
 
 
-def locate(client: TCIAClient, series_uids: Iterable[str]) -> dict[str, IDCLocation]:
+
+class _Bucket(Protocol):
+    """What these functions use of :class:`~intake_tcia.idc.backend.IDCBackend`."""
+
+    settings: Settings
+    transport: Transport
+    cache: SeriesCache
+    cache_dir: Path
+
+    def location(self, series_uid: str) -> IDCLocation: ...
+
+def locate(index: IDCIndex, series_uids: Iterable[str]) -> dict[str, IDCLocation]:
     """The IDC locations of the series the index lists (one index scan for all of them).
 
     Returns
@@ -126,7 +141,7 @@ def locate(client: TCIAClient, series_uids: Iterable[str]) -> dict[str, IDCLocat
     dict of str to IDCLocation
         Unknown series are left out.
     """
-    frame = client.idc_index.series_locations(series_uids)
+    frame = index.series_locations(series_uids)
     found = {}
     for row in frame.to_dict("records"):
         count = row.get("instanceCount")
@@ -137,32 +152,26 @@ def locate(client: TCIAClient, series_uids: Iterable[str]) -> dict[str, IDCLocat
     return found
 
 
-def _located(client: TCIAClient, series_uid: str) -> IDCLocation:
-    found = locate(client, [series_uid]).get(series_uid)
-    if found is None:
-        raise TCIANotFoundError(404, f"the IDC index does not list series {series_uid}",
-                                str(client.idc_index.folder))
-    return found
 
 
-def _object_url(client: TCIAClient, bucket: str, key: str) -> str:
-    return f"{client.settings.idc_url}{quote(bucket)}/{quote(key)}"
+def _object_url(idc: _Bucket, bucket: str, key: str) -> str:
+    return f"{idc.settings.idc_url}{quote(bucket)}/{quote(key)}"
 
 
 # -- listing --------------------------------------------------------------------------------------
 
 
 def list_objects(
-    client: TCIAClient, where: IDCLocation, *, budget: RetryBudget | None = None,
+    idc: _Bucket, where: IDCLocation, *, budget: RetryBudget | None = None,
     max_keys: int | None = None,
 ) -> list[IDCObject]:
     """The objects under a series' prefix (ListObjectsV2, every page), sorted by key.
 
     ``max_keys`` stops after that many (one page asking for only them).
     """
-    transport = client._transport
+    transport = idc.transport
     budget = budget or transport.budget()
-    url = f"{client.settings.idc_url}{quote(where.bucket)}"
+    url = f"{idc.settings.idc_url}{quote(where.bucket)}"
     found: list[IDCObject] = []
     token = None
     tokens: set[str] = set()
@@ -173,7 +182,7 @@ def list_objects(
         if token:
             params["continuation-token"] = token
         try:
-            root = ET.fromstring(bytes(_read_all(client, url, params, budget)))
+            root = ET.fromstring(bytes(_read_all(idc, url, params, budget)))
             page = _page(root, where)
         except (ET.ParseError, ValueError) as exc:
             raise TCIAResponseError(f"{url}: not a ListObjectsV2 answer ({exc})") from exc
@@ -205,16 +214,16 @@ def _page(root: ET.Element, where: IDCLocation) -> list[IDCObject]:
     return found
 
 
-def _read_all(client: TCIAClient, url: str, params: dict[str, str] | None,
+def _read_all(idc: _Bucket, url: str, params: dict[str, str] | None,
               budget: RetryBudget, headers: dict[str, str] | None = None,
               limit: int | None = None) -> bytearray:
     """A whole (small) answer: at most ``limit`` (else ``max_answer_bytes``) bytes, within
     ``query_timeout``; a body cut off is asked again on ``budget``."""
-    transport = client._transport
-    limit = client.settings.max_answer_bytes if limit is None else limit
+    transport = idc.transport
+    limit = idc.settings.max_answer_bytes if limit is None else limit
 
     def attempt() -> bytearray:
-        deadline = time.monotonic() + client.settings.query_timeout
+        deadline = time.monotonic() + idc.settings.query_timeout
         data = bytearray()
         with transport.stream(url, params, budget=budget, headers=headers) as response:
             for chunk in transport.iter_body(response, deadline=deadline):
@@ -229,21 +238,21 @@ def _read_all(client: TCIAClient, url: str, params: dict[str, str] | None,
 # -- instance UIDs from ranged header reads -------------------------------------------------------
 
 
-def _listing_path(client: TCIAClient, series_uid: str) -> Path:
-    return client.cache_dir / LISTINGS_DIR / f"{series_uid}.json"
+def _listing_path(idc: _Bucket, series_uid: str) -> Path:
+    return idc.cache_dir / LISTINGS_DIR / f"{series_uid}.json"
 
 
-def _saved_listing(client: TCIAClient, series_uid: str) -> tuple[IDCLocation, list[IDCObject]]:
+def _saved_listing(idc: _Bucket, series_uid: str) -> tuple[IDCLocation, list[IDCObject]]:
     """The listing kept by :func:`instances`; FileNotFoundError or ValueError if none."""
-    record = json.loads(_listing_path(client, series_uid).read_text(encoding="utf-8"))
+    record = json.loads(_listing_path(idc, series_uid).read_text(encoding="utf-8"))
     if record.get("version") != _LISTING_VERSION or record.get("series_uid") != series_uid:
         raise ValueError("another listing")
     where = IDCLocation(**record["location"])
     return where, [IDCObject(**item) for item in record["objects"]]
 
 
-def _save_listing(client: TCIAClient, where: IDCLocation, objects: list[IDCObject]) -> None:
-    path = _listing_path(client, where.series_uid)
+def _save_listing(idc: _Bucket, where: IDCLocation, objects: list[IDCObject]) -> None:
+    path = _listing_path(idc, where.series_uid)
     record = {"version": _LISTING_VERSION, "series_uid": where.series_uid,
               "location": asdict(where), "objects": [asdict(o) for o in objects]}
     with storage_errors(where.series_uid):
@@ -252,44 +261,43 @@ def _save_listing(client: TCIAClient, where: IDCLocation, objects: list[IDCObjec
             temporary.write_text(json.dumps(record), encoding="utf-8")
 
 
-def instances(client: TCIAClient, series_uid: str) -> list[IDCObject]:
+def instances(idc: _Bucket, series_uid: str) -> list[IDCObject]:
     """A series' objects with the SOPInstanceUID of each, read from its first bytes.
 
     Each object's head is read with one ranged GET (in parallel); the answer is kept on disk,
     so later calls, in any process sharing the cache, make no request.
     """
-    return _listing(client, validate_uid(series_uid, "series_uid"))[1]
+    return _listing(idc, validate_uid(series_uid, "series_uid"))[1]
 
 
-def _listing(client: TCIAClient, uid: str) -> tuple[IDCLocation, list[IDCObject]]:
+def _listing(idc: _Bucket, uid: str) -> tuple[IDCLocation, list[IDCObject]]:
     """The kept listing of a series (see :func:`instances`), made first if there is none."""
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        return _saved_listing(client, uid)
-    from .backends import import_readers
+        return _saved_listing(idc, uid)
 
-    where = _located(client, uid)
-    budget = client._transport.budget()
-    objects = list_objects(client, where, budget=budget)
+    where = idc.location(uid)
+    budget = idc.transport.budget()
+    objects = list_objects(idc, where, budget=budget)
     import_readers()  # before the threads parse heads
 
     def read(obj: IDCObject) -> IDCObject:
-        head = _head(client, where.bucket, obj, budget, _sop_from_head)
+        head = _head(idc, where.bucket, obj, budget, _sop_from_head)
         return IDCObject(obj.key, obj.size, obj.md5, head)
 
-    with ThreadPoolExecutor(max(1, min(client.settings.workers, len(objects)))) as pool:
+    with ThreadPoolExecutor(max(1, min(idc.settings.workers, len(objects)))) as pool:
         read_objects = list(pool.map(read, objects))
-    _save_listing(client, where, read_objects)
+    _save_listing(idc, where, read_objects)
     return where, read_objects
 
 
-def _head(client: TCIAClient, bucket: str, obj: IDCObject, budget: RetryBudget,
+def _head(idc: _Bucket, bucket: str, obj: IDCObject, budget: RetryBudget,
           parse: Callable[[bytes, bool], Any]) -> Any:
     """``parse(first bytes, whole)`` of an object, reading more (x16) until it can."""
     want = _HEAD_BYTES
     while True:
         whole = want >= obj.size
         headers = None if whole else {"Range": f"bytes=0-{want - 1}"}
-        data = _read_all(client, _object_url(client, bucket, obj.key), None, budget, headers,
+        data = _read_all(idc, _object_url(idc, bucket, obj.key), None, budget, headers,
                          limit=max(want, obj.size) if whole else want)
         result = parse(bytes(data), whole or len(data) >= obj.size)
         if result is not None:
@@ -354,8 +362,8 @@ def tag_rows(ds: pydicom.Dataset) -> list[dict[str, str | None]]:
     return rows
 
 
-def _object_of(client: TCIAClient, series_uid: str, sop_uid: str) -> tuple[str, IDCObject]:
-    where, listing = _listing(client, series_uid)
+def _object_of(idc: _Bucket, series_uid: str, sop_uid: str) -> tuple[str, IDCObject]:
+    where, listing = _listing(idc, series_uid)
     for obj in listing:
         if obj.sop_instance_uid == sop_uid:
             return where.bucket, obj
@@ -363,19 +371,19 @@ def _object_of(client: TCIAClient, series_uid: str, sop_uid: str) -> tuple[str, 
                             f"s3://{where.bucket}/{where.prefix}")
 
 
-def read_instance(client: TCIAClient, series_uid: str, sop_instance_uid: str) -> bytes:
+def read_instance(idc: _Bucket, series_uid: str, sop_instance_uid: str) -> bytes:
     """One instance's bytes (one GET), checked: listed size, MD5 = ETag, its SOPInstanceUID.
 
     Uses the listing :func:`instances` keeps (made first if there is none).
     """
     series_uid = validate_uid(series_uid, "series_uid")
     sop_uid = validate_uid(sop_instance_uid, "sop_instance_uid")
-    bucket, obj = _object_of(client, series_uid, sop_uid)
-    budget = client._transport.budget()
-    url = _object_url(client, bucket, obj.key)
+    bucket, obj = _object_of(idc, series_uid, sop_uid)
+    budget = idc.transport.budget()
+    url = _object_url(idc, bucket, obj.key)
 
     def attempt() -> bytes:
-        data = bytes(_read_all(client, url, None, budget, limit=obj.size))
+        data = bytes(_read_all(idc, url, None, budget, limit=obj.size))
         problem = _problem(data, obj)
         if problem is not None:
             raise TCIAIntegrityError(f"series {series_uid}: {problem}")
@@ -395,19 +403,19 @@ def _problem(data: bytes, obj: IDCObject) -> str | None:
     return None
 
 
-def read_header(client: TCIAClient, series_uid: str) -> pydicom.Dataset:
+def read_header(idc: _Bucket, series_uid: str) -> pydicom.Dataset:
     """The header (no pixel data) of one instance of a series: one small listing, one ranged
     read; nothing else."""
     series_uid = validate_uid(series_uid, "series_uid")
     try:
-        where, listing = _saved_listing(client, series_uid)
+        where, listing = _saved_listing(idc, series_uid)
     except (OSError, ValueError, KeyError, TypeError):
-        where = _located(client, series_uid)
-        listing = list_objects(client, where, max_keys=1)
+        where = idc.location(series_uid)
+        listing = list_objects(idc, where, max_keys=1)
     if not listing:
         raise TCIANotFoundError(404, f"IDC holds no objects of series {series_uid}",
                                 f"s3://{where.bucket}/{where.prefix}")
-    return _head(client, where.bucket, listing[0], client._transport.budget(),
+    return _head(idc, where.bucket, listing[0], idc.transport.budget(),
                  _header_from_head)
 
 
@@ -415,7 +423,7 @@ def read_header(client: TCIAClient, series_uid: str) -> pydicom.Dataset:
 
 
 def fetch_series(
-    client: TCIAClient,
+    idc: _Bucket,
     where: IDCLocation,
     *,
     metadata: Mapping[str, str] | None = None,
@@ -426,7 +434,7 @@ def fetch_series(
 
     Parameters
     ----------
-    client : TCIAClient
+    idc : IDCBackend
         Its cache, transport (pooled connections), retries and ``series_timeout``.
     where : IDCLocation
         The series (from :func:`locate`).
@@ -446,14 +454,12 @@ def fetch_series(
     TCIAConnectionError, TCIAHTTPError
         The retries were spent.
     """
-    from .backends import import_readers
-    from .pipeline import SeriesWriter
-    from .retrieval import _Counter
+    from ..retrieval.pipeline import SeriesWriter
 
     import_readers()  # before the GET threads check files
 
     uid = where.series_uid
-    cache = client.cache
+    cache = idc.cache
     found = cache.get(uid)
     if found is not None:
         return found
@@ -461,15 +467,15 @@ def fetch_series(
         found = cache.get(uid)
         if found is not None:
             return found
-        budget = client._transport.budget()  # statuses, lost bodies and bad objects alike
-        deadline = time.monotonic() + client.settings.series_timeout  # retries included
-        objects = list_objects(client, where, budget=budget)
+        budget = idc.transport.budget()  # statuses, lost bodies and bad objects alike
+        deadline = time.monotonic() + idc.settings.series_timeout  # retries included
+        objects = list_objects(idc, where, budget=budget)
         if where.instance_count is not None and len(objects) != where.instance_count:
             raise TCIAIntegrityError(
                 f"series {uid}: the bucket lists {len(objects)} objects under "
                 f"s3://{where.bucket}/{where.prefix}, the IDC index says {where.instance_count}")
-        slots = slots or threading.Semaphore(client.settings.workers)
-        counter = _Counter(progress or _ignore)
+        slots = slots or threading.Semaphore(idc.settings.workers)
+        counter = Counter(progress or ignore)
         lock = threading.Lock()
 
         def count(n: int) -> None:
@@ -481,9 +487,9 @@ def fetch_series(
             with SeriesWriter(cache, uid, expected_count=len(objects),
                               size_limit=sum(o.size for o in objects),
                               metadata=dict(metadata or {})) as writer:
-                _run_all(lambda obj: _get_into(client, where.bucket, obj, writer, budget,
+                _run_all(lambda obj: _get_into(idc, where.bucket, obj, writer, budget,
                                                deadline, slots, count),
-                         objects, client.settings.workers)
+                         objects, idc.settings.workers)
                 return writer.publish()
 
         try:
@@ -493,8 +499,6 @@ def fetch_series(
             raise
 
 
-def _ignore(n: int) -> None:
-    """A progress callback that does nothing."""
 
 
 def _run_all(call: Callable[[IDCObject], None], objects: list[IDCObject], workers: int) -> None:
@@ -519,7 +523,7 @@ def _run_all(call: Callable[[IDCObject], None], objects: list[IDCObject], worker
         raise failed[0].exception()  # type: ignore[misc]
 
 
-def _get_into(client: TCIAClient, bucket: str, obj: IDCObject, writer: Any,
+def _get_into(idc: _Bucket, bucket: str, obj: IDCObject, writer: Any,
               budget: RetryBudget, deadline: float, slots: threading.Semaphore,
               progress: Callable[[int], None]) -> None:
     """GET one object into the writer: its listed size, its ETag as the expected MD5.
@@ -527,8 +531,8 @@ def _get_into(client: TCIAClient, bucket: str, obj: IDCObject, writer: Any,
     The slot and the connection are given back as soon as the last byte is in, before the
     writer checks the file, so the next GET starts meanwhile.
     """
-    transport = client._transport
-    url = _object_url(client, bucket, obj.key)
+    transport = idc.transport
+    url = _object_url(idc, bucket, obj.key)
     with contextlib.ExitStack() as held:
         held.enter_context(slots)
         response = held.enter_context(transport.stream(url, budget=budget))

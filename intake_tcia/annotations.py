@@ -13,14 +13,14 @@ Headers come from the cache when the series is there (its first file, no request
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
 from .errors import TCIANotFoundError
+from .retrieval.cache import CachedSeries, SeriesCache
 
 if TYPE_CHECKING:
-    from .client import TCIAClient
     from .segmentation import Segmentation
 
 __all__ = ["ANNOTATION_MODALITIES", "annotations", "read_annotation_series"]
@@ -29,6 +29,19 @@ ANNOTATION_MODALITIES = ("SEG", "RTSTRUCT", "RTDOSE")
 """tuple[str, ...]: Modalities :meth:`TCIAClient.annotations` looks for."""
 
 _SERIES_UID, _FRAME_UID = "(0020,000E)", "(0020,0052)"
+
+
+class _Archive(Protocol):
+    """What these functions use of :class:`~intake_tcia.client.TCIAClient`."""
+
+    cache: SeriesCache
+
+    def series(self, **filters: Any) -> pd.DataFrame: ...
+
+    def dicom_tags(self, series_uid: str, *, collection: str | None = None) -> pd.DataFrame: ...
+
+    def fetch_series(self, series_uid: str, *, collection: str | None = None
+                     ) -> CachedSeries: ...
 
 
 def _walk(ds: Any, depth: int = 0) -> Iterator[tuple[int, str, Any]]:
@@ -41,7 +54,7 @@ def _walk(ds: Any, depth: int = 0) -> Iterator[tuple[int, str, Any]]:
             yield depth, f"({elem.tag.group:04X},{elem.tag.element:04X})", elem.value
 
 
-def _header_references(client: TCIAClient, series_uid: str, collection: str | None
+def _header_references(client: _Archive, series_uid: str, collection: str | None
                        ) -> tuple[str | None, set[str]]:
     """A series' own Frame of Reference UID and the series UIDs its header names."""
     import pydicom
@@ -59,7 +72,7 @@ def _header_references(client: TCIAClient, series_uid: str, collection: str | No
     return frame, {v.strip() for d, tag, v in elements if d > 0 and tag == _SERIES_UID}
 
 
-def annotations(client: TCIAClient, series_uid: str, *, collection: str | None = None
+def annotations(client: _Archive, series_uid: str, *, collection: str | None = None
                 ) -> pd.DataFrame:
     """The SEG, RTSTRUCT and RTDOSE series of the image series' study that refer to it.
 
@@ -92,7 +105,7 @@ def annotations(client: TCIAClient, series_uid: str, *, collection: str | None =
     return out
 
 
-def read_annotation_series(client: TCIAClient, series_uid: str, *,
+def read_annotation_series(client: _Archive, series_uid: str, *,
                            collection: str | None = None, **options: Any) -> Segmentation:
     """A SEG or RTSTRUCT series and the image series it names, as a Segmentation.
 

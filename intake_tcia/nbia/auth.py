@@ -24,13 +24,14 @@ import math
 import threading
 import time
 from typing import Any
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 from requests.auth import AuthBase
 
-from .config import Settings
-from .errors import TCIAAuthError, TCIAConnectionError, TCIAHTTPError
+from ..config import Settings
+from ..errors import TCIAAuthError, TCIAConnectionError, TCIAHTTPError
+from ..retrieval.transport import conceal
 
 __all__ = [
     "ApiKeyAuth",
@@ -284,20 +285,8 @@ class _Both(AuthBase):
         return [s for auth in self._auths for s in auth.secrets()]
 
 
-_CONCEALED_LENGTH = 4
 
 
-def conceal(text: str, auth: object) -> str:
-    """``text`` (a server's message, to be shown in an error) with every secret ``auth`` holds
-    replaced by ``***``, as sent and URL-encoded: a server that echoes a request back cannot
-    put a password, api_key or token into errors, logs or the CLI's output. Secrets under
-    :data:`_CONCEALED_LENGTH` characters are left (they would mask ordinary words)."""
-    for secret in getattr(auth, "secrets", list)():
-        if len(secret) < _CONCEALED_LENGTH:
-            continue
-        for form in {secret, quote_plus(secret), quote(secret, safe="")}:
-            text = text.replace(form, "***")
-    return text
 
 
 def auth_for(

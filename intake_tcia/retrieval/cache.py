@@ -41,8 +41,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from ._validate import validate_uid
-from .errors import storage_errors
+from .._validate import validate_uid
+from ..errors import storage_errors
 
 __all__ = [
     "CachedInstance",

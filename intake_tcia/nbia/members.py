@@ -16,7 +16,6 @@ client or a connection: the input is any iterable of byte chunks.
 
 from __future__ import annotations
 
-import re
 import stat
 import struct
 import zipfile
@@ -25,15 +24,14 @@ from dataclasses import dataclass, field
 
 from isal import isal_zlib
 
-from ._validate import is_reserved_name
-from .errors import TCIAIntegrityError, TCIAResponseError, UnsafeArchiveError
+from .._validate import name_problem
+from ..errors import TCIAIntegrityError, TCIAResponseError, UnsafeArchiveError
 
 __all__ = [
     "ZipMember",
     "NotAZipError",
     "iter_members",
     "check_members",
-    "name_problem",
     "MAX_COMPRESSION_RATIO",
 ]
 
@@ -41,7 +39,6 @@ __all__ = [
 MAX_COMPRESSION_RATIO = 200
 #: Members smaller than this are not judged by their compression ratio.
 _RATIO_MIN_SIZE = 1 << 20
-_MAX_NAME_BYTES = 255  # a file name's limit on every common file system
 _READ = 1 << 18  # compressed bytes handed to the inflater at once
 _OUT = 1 << 18  # the most inflated bytes one step makes (a bomb cannot fill memory)
 _NAME_LIMIT = 1 << 16
@@ -456,22 +453,3 @@ def _member_problem(info: zipfile.ZipInfo, seen: set[str]) -> str | None:
         return f"inflates {info.compress_size} bytes to {info.file_size} (a zip bomb)"
     return None
 
-
-def name_problem(name: str) -> str | None:
-    """Why a member name cannot be a file of a series folder, or None for a plain file name.
-
-    Refused: absolute paths, ``..``, folders (a series is flat), hidden or empty names, NUL,
-    names over 255 bytes and names Windows reserves (``CON``, ``aux.txt``).
-    """
-    parts = re.split(r"[/\\]", name)
-    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
-        return "has an absolute path"
-    if ".." in parts:
-        return "has a '..' component"
-    if len(parts) > 1:
-        return "is in a folder (a series zip is flat)"
-    if not name or name.startswith(".") or "\0" in name:
-        return "is not a plain file name"
-    if len(name.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES or is_reserved_name(name):
-        return "cannot be a file name (over 255 bytes, or a name Windows reserves)"
-    return None

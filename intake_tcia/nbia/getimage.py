@@ -1,12 +1,12 @@
 """Fetching one series from NBIA: its getImage zip unpacked into the cache while it arrives.
 
 :func:`fetch_series` takes the series' lock, streams the zip (``IncludeMD5=Yes``) and hands each
-member to a :class:`~intake_tcia.pipeline.SeriesWriter` as soon as its header is in
-(:func:`intake_tcia.members.iter_members`): checked, inflated, hashed and written to staging
+member to a :class:`~intake_tcia.retrieval.pipeline.SeriesWriter` as soon as its header is in
+(:func:`intake_tcia.nbia.members.iter_members`): checked, inflated, hashed and written to staging
 while the next bytes are still on the wire. ``md5hashes.csv``, which comes last, is compared with
 the hashes already computed; only then is the series published. Lost connections, truncated
-zips and wrong MD5s are retried on one :class:`~intake_tcia._http.RetryBudget` with the
-statuses of the requests themselves, within ``series_timeout``; unsafe zips are not.
+zips and wrong MD5s are retried on one :class:`~intake_tcia.retrieval.transport.RetryBudget`
+with the statuses of the requests themselves, within ``series_timeout``; unsafe zips are not.
 """
 
 from __future__ import annotations
@@ -16,24 +16,35 @@ import io
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
-import pandas as pd
-
-from ._validate import validate_uid
-from .cache import CachedSeries
-from .errors import TCIAConnectionError, TCIAResponseError, UnsafeArchiveError, storage_errors
+from .._validate import validate_uid
+from ..config import Settings
+from ..errors import TCIAConnectionError, TCIAResponseError, UnsafeArchiveError, storage_errors
+from ..retrieval.cache import CachedSeries, SeriesCache
+from ..retrieval.layouts import LAYOUT_FIELDS, plain
+from ..retrieval.pipeline import MD5_MEMBER, SeriesFolder, SeriesWriter
+from ..retrieval.progress import Counter, Progress, ignore
+from ..retrieval.transport import RetryBudget, Transport
 from .members import iter_members
-from .pipeline import MD5_MEMBER, SeriesFolder, SeriesWriter
-from .schema import SCHEMAS
 
-if TYPE_CHECKING:
-    import pydicom
+__all__ = ["fetch_series", "extract_series", "write_zip"]
 
-    from ._http import RetryBudget
-    from .client import TCIAClient
+T = TypeVar("T")
 
-__all__ = ["fetch_series", "read_series", "extract_series", "write_zip", "LAYOUT_FIELDS"]
+
+class _Hosts(Protocol):
+    """What a getImage download uses of :class:`~intake_tcia.nbia.backend.NBIABackend`."""
+
+    settings: Settings
+    transport: Transport
+    cache: SeriesCache
+
+    def remember_collection(self, uid: str, collection: str) -> None: ...
+
+    def on_series_host(self, series_uid: str, call: Callable[[str], T]) -> T: ...
+
+    def series_size(self, series_uid: str) -> dict[str, int]: ...
 
 #: Bytes asked of the connection at once: small, as many series may be arriving at once.
 _STREAM_CHUNK = 1 << 18
@@ -42,16 +53,10 @@ _SIZE_TOLERANCE = 0.5
 _SIZE_SLACK = 1 << 20
 _MD5_TABLE_LIMIT = 16 << 20
 
-Progress = Callable[[int], None]
-
-#: The fields a layout may use: series metadata columns (getSeries and getSeriesMetadata).
-LAYOUT_FIELDS = frozenset(SCHEMAS["getSeries"].names) & frozenset(
-    SCHEMAS["getSeriesMetadata"].names
-)
 
 
 def fetch_series(
-    client: TCIAClient,
+    nbia: _Hosts,
     series_uid: str,
     *,
     collection: str | None = None,
@@ -62,12 +67,12 @@ def fetch_series(
 
     A per-series file lock makes threads and processes that want the same series wait for
     the one that downloads it. Truncated zips, MD5 mismatches, lost connections and retryable
-    statuses share ``client.settings.retries`` retries with exponential backoff; nothing
+    statuses share ``nbia.settings.retries`` retries with exponential backoff; nothing
     partial is ever left in the cache.
 
     Parameters
     ----------
-    client : TCIAClient
+    nbia : NBIABackend
         Its cache, transport, retry policy and host routing are used.
     series_uid : str
         The SeriesInstanceUID.
@@ -97,32 +102,32 @@ def fetch_series(
         If every attempt failed; the message names the series.
     """
     uid = validate_uid(series_uid, "series_uid")
-    cache = client.cache
+    cache = nbia.cache
     found = cache.get(uid)
     if found is not None:
         return found
     metadata = {k: plain(v) for k, v in (metadata or {}).items()}
     collection = collection or metadata.get("Collection")
     if collection:
-        client.remember_host(uid, client.settings.host_for(collection))
+        nbia.remember_collection(uid, collection)
     with storage_errors(uid, cache.root), cache.lock(uid):
         found = cache.get(uid)  # another thread or process may have fetched it meanwhile
         if found is not None:
             return found
-        limit, count = _size_limit(client, uid, metadata)
+        limit, count = _size_limit(nbia, uid, metadata)
         keep = {k: v for k, v in metadata.items() if k in LAYOUT_FIELDS}
-        budget = client._transport.budget()  # statuses, resets and bad zips alike
-        deadline = time.monotonic() + client.settings.series_timeout  # retries included
-        counter = _Counter(progress or _ignore)
+        budget = nbia.transport.budget()  # statuses, resets and bad zips alike
+        deadline = time.monotonic() + nbia.settings.series_timeout  # retries included
+        counter = Counter(progress or ignore)
 
         def attempt() -> CachedSeries:
             counter.take_back()  # what a failed attempt counted
             with SeriesWriter(
                 cache, uid, expected_count=count, size_limit=limit, metadata=keep
             ) as writer:
-                client.on_series_host(
+                nbia.on_series_host(
                     uid,
-                    lambda host: _receive(client, host, writer, limit, counter, budget, deadline),
+                    lambda host: _receive(nbia, host, writer, limit, counter, budget, deadline),
                 )
                 return writer.publish()
 
@@ -134,7 +139,7 @@ def fetch_series(
 
 
 def _receive(
-    client: TCIAClient,
+    nbia: _Hosts,
     host: str,
     writer: SeriesWriter,
     limit: int,
@@ -145,10 +150,10 @@ def _receive(
     """Stream one getImage zip from ``host`` into ``writer``; ``limit`` is the most bytes it may
     hold, ``deadline`` (monotonic seconds) when it must have arrived."""
     params = {"SeriesInstanceUID": writer.series_uid, "NewFileNames": "Yes", "IncludeMD5": "Yes"}
-    transport = client._transport
+    transport = nbia.transport
     with transport.stream(host + "getImage", params, budget=budget) as response:
         body = transport.iter_body(response, _STREAM_CHUNK, deadline=deadline)
-        timeout = client.settings.series_timeout
+        timeout = nbia.settings.series_timeout
         write_zip(writer, _watched(body, writer.series_uid, limit, progress, timeout), limit=limit)
 
 
@@ -180,8 +185,8 @@ def write_zip(target: SeriesFolder, chunks: Iterable[bytes], *, limit: int | Non
 
     ``md5hashes.csv`` gives the expected MD5s; ``LICENSE`` and the DICOM files become files.
     Returns once the zip's central directory has been read and checked; ``target`` is then
-    ready to be completed. Raises as :func:`~intake_tcia.members.iter_members` and
-    :meth:`~intake_tcia.pipeline.SeriesFolder.add` do.
+    ready to be completed. Raises as :func:`~intake_tcia.nbia.members.iter_members` and
+    :meth:`~intake_tcia.retrieval.pipeline.SeriesFolder.add` do.
     """
     for member in iter_members(chunks, target.series_uid, limit=limit):
         if member.name == MD5_MEMBER:
@@ -234,7 +239,7 @@ def extract_series(
     Raises
     ------
     UnsafeArchiveError, TCIAIntegrityError
-        As :func:`write_zip` and :meth:`~intake_tcia.pipeline.SeriesFolder.complete`.
+        As :func:`write_zip` and :meth:`~intake_tcia.retrieval.pipeline.SeriesFolder.complete`.
     """
     target = SeriesFolder(folder, uid, expected_count=max_files, size_limit=limit)
     with open(zip_path, "rb") as f:
@@ -242,52 +247,13 @@ def extract_series(
     return target.complete()
 
 
-class _Counter:
-    """Passes byte counts on to a progress callback, and can take back what it passed."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.total = 0
-
-    def __call__(self, n: int) -> None:
-        self.progress(n)
-        self.total += n
-
-    def take_back(self) -> None:
-        if self.total:
-            self.progress(-self.total)
-            self.total = 0
 
 
-def _size_limit(client: TCIAClient, uid: str, metadata: Mapping[str, Any]) -> tuple[int, int]:
+def _size_limit(nbia: _Hosts, uid: str, metadata: Mapping[str, Any]) -> tuple[int, int]:
     """The most bytes a series' zip may hold (getSeriesSize's promise plus a tolerance), and
     the number of DICOM files it promises."""
     size, count = metadata.get("FileSize"), metadata.get("ImageCount")
     if size is None or count is None:
-        promised = client.series_size(uid)
+        promised = nbia.series_size(uid)
         size, count = promised["TotalSizeInBytes"], promised["ObjectCount"]
     return int(int(size) * (1 + _SIZE_TOLERANCE)) + _SIZE_SLACK + 256 * int(count), int(count)
-
-
-def plain(value: Any) -> Any:
-    """A metadata value with missing values (NaN, NA, NaT) as None."""
-    try:
-        return None if pd.isna(value) else value
-    except (TypeError, ValueError):  # list-likes
-        return value
-
-
-def _ignore(n: int) -> None:
-    """A progress callback that does nothing."""
-
-
-def read_series(
-    client: TCIAClient, series_uid: str, *, collection: str | None = None
-) -> list[pydicom.Dataset]:
-    """The datasets of a series (fetched into the cache if needed), sorted along the normal."""
-    import pydicom
-
-    from .volume import sort_slices_by_position
-
-    series = client.fetch_series(series_uid, collection=collection)  # from NBIA or IDC
-    return sort_slices_by_position(pydicom.dcmread(path) for path in series.files)

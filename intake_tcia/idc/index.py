@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .errors import (
+from ..criteria import SPECIES
+from ..errors import (
     TCIABackendError,
     import_optional,
 )
-from .search import SPECIES
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -472,14 +472,6 @@ class IDCIndex:
         when = self.pa.scalar(datetime.strptime(from_date, "%m-%d-%Y"), self.pa.timestamp("ns"))
         compare = self.pc.greater if strict else self.pc.greater_equal
         return table.filter(self.pc.fill_null(compare(table["DateReleased"], when), False))
-
-    def answer(self, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
-        """The DataFrame NBIA's ``endpoint`` would answer to ``params`` (v4 names, validated);
-        see :func:`intake_tcia.idc_queries.answer`."""
-        from .idc_queries import answer
-
-        self.refresh()
-        return answer(self, endpoint, params)
 
     # -- for IDC retrieval -------------------------------------------------------------------
 

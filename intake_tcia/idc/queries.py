@@ -1,38 +1,31 @@
-"""NBIA's query endpoints answered from an :class:`~intake_tcia.idc_index.IDCIndex`, and the
-choice between NBIA and the index (:func:`routed`, ``settings.backend``).
+"""NBIA's query endpoints answered from an :class:`~intake_tcia.idc.index.IDCIndex`.
 
 Each answer is the DataFrame NBIA's endpoint gives (:mod:`intake_tcia.schema`), made from the
-index's v4 rows (:meth:`IDCIndex.rows <intake_tcia.idc_index.IDCIndex.rows>`) in Arrow and turned
+index's v4 rows (:meth:`IDCIndex.rows <intake_tcia.idc.index.IDCIndex.rows>`) in Arrow and turned
 into pandas once: value listings sorted with the missing value first, counts of patients per
 value, patients and studies one row each (first non-null values), search read from the same
-getSimpleSearch form NBIA is sent (:func:`intake_tcia.search.search_form`).
+getSimpleSearch form NBIA is sent (:func:`intake_tcia.nbia.search.search_form`).
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from .errors import (
-    MissingDependencyError,
+from ..errors import (
     TCIABackendError,
-    TCIAConnectionError,
-    TCIANotFoundError,
 )
-from .idc_index import _FOLDED, _ORDER, _READ, COLLECTIONS_FILE, _pandas_type
-from .schema import SCHEMAS
+from ..schema import SCHEMAS
+from .index import _FOLDED, _ORDER, _READ, COLLECTIONS_FILE, _pandas_type
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .client import TCIAClient
-    from .idc_index import IDCIndex
+    from .index import IDCIndex
 
-__all__ = ["answer", "routed", "IDCFallbackWarning"]
+__all__ = ["answer"]
 
 #: getSimpleSearch criteria that select values of a v4 column.
 _CRITERIA = {
@@ -58,8 +51,6 @@ _UNANSWERED = {
 }
 
 
-class IDCFallbackWarning(UserWarning):
-    """``backend="auto"``: NBIA could not be reached, the IDC index answered instead."""
 
 
 def answer(index: IDCIndex, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
@@ -288,7 +279,7 @@ class _Answers:
         )
 
     def _search(self, form: dict[str, str]) -> pa.Table:
-        """The series a getSimpleSearch form (:func:`intake_tcia.search.search_form`) selects,
+        """The series a getSimpleSearch form (:func:`intake_tcia.nbia.search.search_form`) selects,
         read as NBIA reads it: values of one criterion ORed, criteria ANDed, names folded."""
         pa, pc, ds = self.pa, self.pc, self.ds
         values: dict[str, list[str]] = {}
@@ -351,35 +342,3 @@ class _Answers:
             columns=_READ, filter=self.ds.field("SeriesInstanceUID").isin(uids)
         )
         return self.ix._v4(raw)
-
-
-def routed(
-    client: TCIAClient, endpoint: str, params: dict[str, str], ask: Callable[[], pd.DataFrame]
-) -> pd.DataFrame:
-    """``ask()`` (NBIA) or the index's answer, as ``client.settings.backend`` says.
-
-    ``"nbia"``: ``ask()``. ``"idc"``: the index, no request. ``"auto"``: ``ask()``, and when
-    NBIA cannot be reached (:class:`TCIAConnectionError`, after its retries; an HTTP error
-    status is an answer, not a fall-back) the index, with an :class:`IDCFallbackWarning`. If the
-    index cannot answer either, the connection error is raised.
-    """
-    backend = client.settings.backend
-    if backend == "idc":
-        return client.idc_index.answer(endpoint, params)
-    try:
-        return ask()
-    except TCIAConnectionError as exc:
-        if backend != "auto":
-            raise
-        try:
-            index = client.idc_index
-            frame = index.answer(endpoint, params)
-        except (TCIABackendError, MissingDependencyError, TCIANotFoundError):
-            raise exc from None
-        warnings.warn(
-            f"NBIA could not be reached ({exc}); {endpoint} answered from the IDC "
-            f"index at {str(index.folder)!r}",
-            IDCFallbackWarning,
-            stacklevel=3,
-        )
-        return frame

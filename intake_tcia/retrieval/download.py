@@ -1,11 +1,10 @@
 """Many series into a folder layout: what the cache lacks is fetched, then copied into ``dest``.
 
 :func:`download` fetches the series the cache lacks on a bounded pool of threads (each one
-series at a time, :func:`intake_tcia.retrieval.fetch_series`: streamed, checked, verified and
+series at a time, through the :class:`SeriesSource` it is given: streamed, checked, verified and
 published while it arrives), then fills a folder layout under ``dest`` from the cache with copies
 (reflinks where the file system has them; never hard links), and returns one status row per
-series. :func:`fetch_series`, :func:`read_series` and :func:`extract_series` are re-exported from
-:mod:`intake_tcia.retrieval`.
+series. It knows no backend: the client hands it its router.
 """
 
 from __future__ import annotations
@@ -15,57 +14,67 @@ import errno
 import json
 import logging
 import os
-import re
-import string
 import sys
 import threading
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pandas as pd
 
-from . import backends
-from ._validate import is_reserved_name, validate_uid
+from .._validate import validate_uid
+from ..config import Settings
+from ..errors import DownloadError, storage_errors
+from ..manifest import series_uid_values
 from .cache import (
     LICENSE_NAME,
     RECORD_NAME,
     CachedSeries,
+    SeriesCache,
     atomic_path,
     copy_file,
     read_series_folder,
     stamped,
 )
 from .cache import write_record as _write_record
-from .errors import DownloadError, storage_errors
-from .manifest import series_uid_values
-from .retrieval import LAYOUT_FIELDS, extract_series, fetch_series, plain, read_series
+from .layouts import DEFAULT_LAYOUT, LAYOUT_FIELDS, layout_fields, plain, series_folder
+from .pipeline import import_readers
+from .progress import Progress, ProgressBar
 
-if TYPE_CHECKING:
-    from .client import TCIAClient
-
-__all__ = [
-    "fetch_series",
-    "download",
-    "read_series",
-    "extract_series",
-    "DEFAULT_LAYOUT",
-    "FLAT_LAYOUT",
-    "LAYOUT_FIELDS",
-    "RESULT_COLUMNS",
-]
+__all__ = ["download", "SeriesSource", "RESULT_COLUMNS"]
 
 log = logging.getLogger("intake_tcia")
 
-#: Where :func:`download` puts each series under ``dest`` by default (as idc-index's dirTemplate).
-DEFAULT_LAYOUT = "{Collection}/{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}"
-#: One folder per series, named by its UID.
-FLAT_LAYOUT = "{SeriesInstanceUID}"
 #: The columns of the table :func:`download` returns.
 RESULT_COLUMNS = ("SeriesInstanceUID", "status", "path", "files", "bytes", "error")
 
-_UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._+=@,-]+")
+
+class SeriesSource(Protocol):
+    """What :func:`download` needs of whoever serves series (the client's router)."""
+
+    settings: Settings
+    cache: SeriesCache
+
+    def series_metadata(self, series_uids: list[str]) -> pd.DataFrame:
+        """getSeriesMetadata rows of these series."""
+        ...
+
+    def prepare(self, series_uids: Iterable[str]) -> None:
+        """Look up many series at once before they are fetched one by one."""
+        ...
+
+    def fetch_series(
+        self,
+        series_uid: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        progress: Progress | None = None,
+        slots: threading.Semaphore | None = None,
+    ) -> CachedSeries:
+        """A series from the cache, else fetched, verified and published there."""
+        ...
 
 
 class _Cancelled(Exception):
@@ -85,7 +94,7 @@ class _Request:
 
 
 def download(
-    client: TCIAClient,
+    source: SeriesSource,
     series: Any,
     dest: str | os.PathLike[str],
     *,
@@ -97,8 +106,8 @@ def download(
     """Download series into ``dest`` (see :meth:`TCIAClient.download`)."""
     if on_error not in ("raise", "return"):
         raise ValueError(f"on_error must be 'raise' or 'return', not {on_error!r}")
-    fields = _layout_fields(layout)
-    workers = client.settings.workers if workers is None else workers
+    fields = layout_fields(layout)
+    workers = source.settings.workers if workers is None else workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, not {workers!r}")
     root = Path(dest).expanduser().resolve()
@@ -108,29 +117,30 @@ def download(
         if progress:
             print("nothing to download: the selection names no series", file=sys.stderr)
         return _results_table([])
-    client.cache.clean_staging()  # what killed processes left behind
+    source.cache.clean_staging()  # what killed processes left behind
 
     for request in requests:
-        request.cached = client.cache.get(request.uid)
+        request.cached = source.cache.get(request.uid)
         if request.cached is not None:
             request.metadata = {**request.cached.metadata, **request.metadata}
-    _add_metadata(client, requests, fields - {"SeriesInstanceUID"})
+    _add_metadata(source, requests, fields - {"SeriesInstanceUID"})
     for request in requests:
         try:
-            request.path = _series_folder(root, layout, request)
+            request.path = series_folder(root, layout, request.uid, request.metadata)
         except ValueError as exc:  # e.g. a symbolic link of the user's leads out: this series only
             request.problem = str(exc)
     _refuse_shared_folders(requests, layout)
-    backends.locate_ahead(client, [r.uid for r in requests if r.cached is None])  # one scan
-    backends.import_readers()
+    source.prepare([r.uid for r in requests if r.cached is None])  # e.g. one index scan
+    import_readers()
 
-    bar = _ProgressBar(progress, requests)
+    bar = ProgressBar(progress, {r.uid: plain(r.metadata.get("FileSize")) for r in requests
+                                     if r.cached is None})
     # `workers` zips arrive at once, each unpacked as it arrives; or, from IDC, `workers`
     # objects at once in all, whatever their series
     slots = threading.Semaphore(workers)
     try:
         with ThreadPoolExecutor(max_workers=min(workers, len(requests))) as pool:
-            futures = [pool.submit(_download_one, client, r, bar, slots) for r in requests]
+            futures = [pool.submit(_download_one, source, r, bar, slots) for r in requests]
             try:
                 rows = [f.result() for f in futures]
             except BaseException:
@@ -170,7 +180,7 @@ def _results_table(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
 
 
 def _download_one(
-    client: TCIAClient, request: _Request, bar: _ProgressBar, slots: threading.Semaphore
+    source: SeriesSource, request: _Request, bar: ProgressBar, slots: threading.Semaphore
 ) -> tuple[Any, ...]:
     """One status row: the series made complete in its folder, or the reason it failed."""
     if request.problem is not None or request.path is None:
@@ -189,11 +199,11 @@ def _download_one(
         bar.advance(request.uid, received[0])
 
     try:
-        series = request.cached or backends.fetch_series(
-            client, request.uid, metadata=request.metadata, progress=on_bytes, slots=slots
+        series = request.cached or source.fetch_series(
+            request.uid, metadata=request.metadata, progress=on_bytes, slots=slots
         )
         status = "cached" if request.cached is not None else "downloaded"
-        with client.cache.read_lock(request.uid), storage_errors(request.uid, request.path):
+        with source.cache.read_lock(request.uid), storage_errors(request.uid, request.path):
             _place(series, request.path)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row; the caller raises
         log.debug("series %s failed", request.uid, exc_info=True)
@@ -289,36 +299,14 @@ def _requests(series: Any) -> list[_Request]:
     ]
 
 
-def _layout_fields(layout: str) -> set[str]:
-    """The fields of a layout template; ValueError for an unknown field or a format spec."""
-    if not isinstance(layout, str) or not layout.strip():
-        raise ValueError(f"layout must be a non-empty template string, not {layout!r}")
-    try:
-        parsed = list(string.Formatter().parse(layout))
-    except ValueError as exc:
-        raise ValueError(f"layout {layout!r} is not a valid template: {exc}") from None
-    fields = set()
-    for _, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if name not in LAYOUT_FIELDS or spec or conversion:
-            raise ValueError(
-                f"layout field {{{name}}} is not allowed; use plain fields among "
-                f"{sorted(LAYOUT_FIELDS)}"
-            )
-        fields.add(name)
-    if "SeriesInstanceUID" not in fields:
-        raise ValueError(f"layout {layout!r} must contain {{SeriesInstanceUID}}")
-    return fields
 
-
-def _add_metadata(client: TCIAClient, requests: list[_Request], fields: set[str]) -> None:
+def _add_metadata(source: SeriesSource, requests: list[_Request], fields: set[str]) -> None:
     """Fill the layout fields missing from what was given or cached, in as few requests as
     possible (getSeriesMetadata, thousands of UIDs per request)."""
     lacking = [r for r in requests if not fields <= r.metadata.keys()]
     if not lacking:
         return
-    found = client.series_metadata([r.uid for r in lacking])
+    found = source.series_metadata([r.uid for r in lacking])
     by_uid = {row["SeriesInstanceUID"]: row for row in found.to_dict("records")}
     for request in lacking:
         row = by_uid.get(request.uid, {})
@@ -328,80 +316,3 @@ def _add_metadata(client: TCIAClient, requests: list[_Request], fields: set[str]
                 request.metadata.setdefault(name, value)
 
 
-def _field_text(value: Any) -> str:
-    """A metadata value as a safe folder name part (no separators, no leading dots, no name
-    Windows reserves: ``CON`` becomes ``_CON``)."""
-    if value is None:
-        return "unknown"
-    if isinstance(value, pd.Timestamp):
-        value = value.strftime("%Y-%m-%d")
-    text = _UNSAFE_CHARACTERS.sub("_", str(value).strip()).lstrip(".")[:128]
-    return "_" + text if is_reserved_name(text) else text or "_"
-
-
-def _series_folder(root: Path, layout: str, request: _Request) -> Path:
-    """Where a series goes under ``root``, asserted to stay inside it."""
-    values = {name: _field_text(request.metadata.get(name)) for name in LAYOUT_FIELDS}
-    values["SeriesInstanceUID"] = request.uid
-    folder = (root / layout.format(**values)).resolve()
-    if folder == root or root not in folder.parents:
-        raise ValueError(f"series {request.uid}: layout {layout!r} gives {folder}, outside {root}")
-    return folder
-
-
-class _ProgressBar:
-    """A thread-safe tqdm byte bar over the series that need a transfer; ``cancel`` stops workers.
-
-    The bar appears with the first byte received (none for an empty selection, a fully cached
-    one, or one that fails before any transfer) and only moves forward: each series advances by
-    what arrived for it, at most to its expected size (FileSize), and to that size when it is
-    done; bytes a retry fetches again are not counted twice. A series that fails stays where
-    its bytes left it (the bar says how many failed), and after a cancel (Ctrl-C) the bar does
-    not move again: it never shows 100% for bytes that did not arrive.
-    """
-
-    def __init__(self, enabled: bool, requests: list[_Request]) -> None:
-        self.cancel = threading.Event()
-        self._enabled = enabled
-        self._lock = threading.Lock()
-        self._bar: Any = None
-        todo = [r for r in requests if r.cached is None]
-        self._expected = {r.uid: plain(r.metadata.get("FileSize")) for r in todo}
-        sizes = list(self._expected.values())
-        self._total = sum(int(s) for s in sizes) if None not in sizes else None
-        self._shown: dict[str, int] = dict.fromkeys(self._expected, 0)
-        self._failed = 0
-
-    def advance(self, uid: str, received: int) -> None:
-        """``received`` bytes of ``uid`` have arrived in its current attempt."""
-        expected = self._expected.get(uid)
-        self._show(uid, min(received, int(expected)) if expected is not None else received)
-
-    def finish(self, uid: str, *, failed: bool = False) -> None:
-        """``uid`` is done: count all of it; or it failed: count what arrived, and say so."""
-        if failed:
-            with self._lock:
-                self._failed += 1
-                if self._bar is not None:
-                    self._bar.set_postfix_str(f"{self._failed} failed", refresh=False)
-        elif uid in self._expected:
-            expected = self._expected[uid]
-            self._show(uid, int(expected) if expected is not None else self._shown[uid])
-
-    def _show(self, uid: str, target: int) -> None:
-        with self._lock:
-            step = target - self._shown.get(uid, target)
-            if step <= 0 or not self._enabled or self.cancel.is_set():
-                return
-            self._shown[uid] = target
-            if self._bar is None:
-                from tqdm.auto import tqdm
-
-                self._bar = tqdm(total=self._total, unit="B", unit_scale=True,
-                                 unit_divisor=1024, desc="series")
-            self._bar.update(step)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._bar is not None:
-                self._bar.close()

@@ -46,7 +46,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urljoin
 
-from .schema import SCHEMAS, EndpointSchema, with_old_names
+from ..schema import SCHEMAS, EndpointSchema, with_old_names
 
 __all__ = ["Flavour", "Route", "FLAVOURS", "flavour_for", "detect_flavour", "QUERY_DATE_FORMAT"]
 

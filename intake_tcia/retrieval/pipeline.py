@@ -1,6 +1,6 @@
 """Writing one series into the cache: staging, hashing, checking, verification, publishing.
 
-Any source of instances plugs in here: the NBIA zip (:mod:`intake_tcia.retrieval` hands over
+Any source of instances plugs in here: the NBIA zip (:mod:`intake_tcia.nbia.getimage` hands over
 each member while the zip arrives) or one object per instance (IDC, from parallel threads). A
 :class:`SeriesWriter` builds the series in a staging folder of the cache and publishes it only
 when it is complete and verified::
@@ -28,10 +28,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ._dicomhead import header_uids
+from .._validate import name_problem
+from ..errors import TCIAIntegrityError, TCIAStorageError, UnsafeArchiveError, storage_errors
 from .cache import LICENSE_NAME, CachedInstance, CachedSeries, SeriesCache, fsync_file
-from .errors import TCIAIntegrityError, TCIAStorageError, UnsafeArchiveError, storage_errors
-from .members import name_problem
+from .dicomhead import header_uids
 
 __all__ = ["SeriesWriter", "SeriesFolder", "MD5_MEMBER"]
 
@@ -388,3 +388,10 @@ def _header_uids_leniently(path: Path) -> tuple[str, str]:
     except Exception as exc:  # noqa: BLE001 - a file the archive holds but pydicom cannot read
         log.warning("%s: no SOPInstanceUID (%s)", path.name, exc)
         return "", ""
+
+
+def import_readers() -> None:
+    """Import pydicom's reader in this thread, before worker threads check files: several
+    threads importing it at once can see it half initialised (a circular-import error)."""
+    import pydicom.filereader  # noqa: F401
+

@@ -18,7 +18,7 @@ Bounds: the status line and headers must arrive within ``read_timeout`` in all (
 between two bytes); a metadata answer must arrive within ``query_timeout`` and hold at most
 ``max_answer_bytes``; an answer cut inside its headers is a lost connection, retried. Redirects
 are followed here, at most :data:`MAX_REDIRECTS`, and every hop is asked anew so the credential
-policy of :mod:`intake_tcia._auth` decides for its own URL.
+policy of :mod:`intake_tcia.nbia.auth` decides for its own URL.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, quote_plus, urljoin, urlsplit
 
 import requests
 import urllib3
@@ -40,11 +40,10 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.retry import Retry
 
-from . import __version__
-from ._auth import conceal
-from ._jsonrows import JSONRows
-from .config import Settings
-from .errors import (
+from .. import __version__
+from .._jsonrows import JSONRows
+from ..config import Settings
+from ..errors import (
     RETRY_STATUSES,
     TCIAAuthError,
     TCIAConnectionError,
@@ -69,7 +68,7 @@ _ERROR_HEAD = 200  # bytes of an unparsable answer quoted in the error
 _CHUNK = 1 << 20
 
 #: Rewrites a v4-style request (``base + endpoint``, v4 parameters) into what a server of
-#: another flavour expects (see :meth:`intake_tcia.flavours.Flavour.request`).
+#: another flavour expects (see :meth:`intake_tcia.nbia.flavours.Flavour.request`).
 Route = Callable[[str, Any], tuple[str, Any]]
 T = TypeVar("T")
 
@@ -241,6 +240,22 @@ class _Adapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+_CONCEALED_LENGTH = 4
+
+
+def conceal(text: str, auth: object) -> str:
+    """``text`` (a server's message, to be shown in an error) with every secret ``auth`` holds
+    replaced by ``***``, as sent and URL-encoded: a server that echoes a request back cannot
+    put a password, api_key or token into errors, logs or the CLI's output. Secrets under
+    :data:`_CONCEALED_LENGTH` characters are left (they would mask ordinary words)."""
+    for secret in getattr(auth, "secrets", list)():
+        if len(secret) < _CONCEALED_LENGTH:
+            continue
+        for form in {secret, quote_plus(secret), quote(secret, safe="")}:
+            text = text.replace(form, "***")
+    return text
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

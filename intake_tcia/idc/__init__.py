@@ -1,0 +1,1 @@
+"""The Imaging Data Commons backend: its index, queries answered from it, bucket objects."""

@@ -1,0 +1,135 @@
+"""The IDC backend: queries answered from the local index, files from the public buckets.
+
+Queries need no request: :mod:`intake_tcia.idc.queries` answers NBIA's endpoints from the index
+(:mod:`intake_tcia.idc.index`) in the same typed frames. A series' files are its bucket objects
+(:mod:`intake_tcia.idc.bucket`), listed, fetched in parallel, verified and published into the same
+cache as NBIA's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import Settings
+from ..errors import TCIANotFoundError
+from ..retrieval.cache import CachedSeries, SeriesCache
+from ..retrieval.layouts import LAYOUT_FIELDS
+from ..retrieval.transport import Transport
+from ..schema import SCHEMAS, frame_from_records
+from . import bucket
+from .bucket import IDCLocation
+from .index import IDCIndex, open_index
+from .queries import answer
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..backend import Progress
+
+__all__ = ["IDCBackend"]
+
+
+class IDCBackend:
+    """The Imaging Data Commons: its index and buckets (a :class:`~intake_tcia.backend.Backend`).
+
+    The index is opened when first needed (it needs the ``idc`` extra); the locations of series
+    already looked up are kept on this object, for the life of its client.
+    """
+
+    name = "idc"
+
+    def __init__(self, settings: Settings, transport: Transport, cache: SeriesCache) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.cache = cache
+        self._located: dict[str, IDCLocation | None] = {}
+        self._located_lock = threading.Lock()
+
+    @property
+    def cache_dir(self) -> Path:
+        """Path: the cache directory (the listings of IDC series are kept under it)."""
+        return self.settings.cache_dir
+
+    @cached_property
+    def index(self) -> IDCIndex:
+        """IDCIndex: the index of ``settings.idc_index``, opened once per process."""
+        return open_index(self.settings.idc_index, self.settings.cache_dir)
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def query(self, endpoint: str, params: Mapping[str, str], **where: Any) -> pd.DataFrame:
+        """NBIA's answer to ``endpoint``, from the index (``where`` hints are not needed)."""
+        self.index.refresh()
+        return answer(self.index, endpoint, dict(params))
+
+    def search(
+        self, form: Mapping[str, str], *, collections: Any = None, page_size: int
+    ) -> pd.DataFrame:
+        """getSimpleSearch read from the index (no paging: the index is local)."""
+        return self.query("getSimpleSearch", form)
+
+    # -- where series are ------------------------------------------------------------------------
+
+    def locate(self, series_uids: Iterable[str]) -> None:
+        """Look up many series in the index in one scan, kept for :meth:`location`."""
+        uids = [u for u in series_uids if u not in self._located]
+        if not uids:
+            return
+        found = bucket.locate(self.index, uids)
+        with self._located_lock:
+            self._located.update({uid: found.get(uid) for uid in uids})
+
+    def find(self, series_uid: str) -> IDCLocation | None:
+        """The series' location, or None where the index does not list it."""
+        if series_uid not in self._located:
+            self.locate([series_uid])
+        return self._located[series_uid]
+
+    def location(self, series_uid: str) -> IDCLocation:
+        """The series' location; :class:`TCIANotFoundError` where the index does not list it."""
+        found = self.find(series_uid)
+        if found is None:
+            raise TCIANotFoundError(404, f"the IDC index does not list series {series_uid}",
+                                    str(self.index.folder))
+        return found
+
+    def can_serve(self, series_uid: str) -> bool:
+        """Whether the index lists the series."""
+        return self.find(series_uid) is not None
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def fetch_series(
+        self,
+        series_uid: str,
+        *,
+        collection: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        progress: Progress | None = None,
+        slots: threading.Semaphore | None = None,
+    ) -> CachedSeries:
+        """The series' objects, fetched in parallel and verified into the cache
+        (:func:`intake_tcia.idc.bucket.fetch_series`)."""
+        keep = {k: str(v) for k, v in (metadata or {}).items()
+                if k in LAYOUT_FIELDS and v is not None}
+        return bucket.fetch_series(self, self.location(series_uid), metadata=keep,
+                                   progress=progress, slots=slots)
+
+    def instance_uids(self, series_uid: str, *, collection: str | None = None) -> list[str]:
+        """Read from the first bytes of each object, once (kept in the cache directory)."""
+        return [str(o.sop_instance_uid) for o in bucket.instances(self, series_uid)]
+
+    def instance(
+        self, series_uid: str, sop_instance_uid: str, *, collection: str | None = None
+    ) -> bytes:
+        """One GET of the instance's object, verified."""
+        return bucket.read_instance(self, series_uid, sop_instance_uid)
+
+    def header(self, series_uid: str, *, collection: str | None = None) -> pd.DataFrame:
+        """Read from the first bytes of one object."""
+        rows = bucket.tag_rows(bucket.read_header(self, series_uid))
+        return frame_from_records(rows, SCHEMAS["getDicomTags"])

@@ -1,0 +1,1 @@
+"""Source-agnostic retrieval: the transport, the publishing pipeline, the cache, layouts."""
