@@ -42,9 +42,10 @@ def test_the_wheel_holds_the_catalog_and_it_opens_from_the_install(env, tmp_path
         archive.extractall(tmp_path / "site")
     elsewhere = tmp_path / "elsewhere"  # no catalogs/ folder anywhere near
     elsewhere.mkdir()
+    site = str(tmp_path / "site")
     code = ("import intake, intake_tcia; p = intake_tcia.catalog_path(); "
-            "assert p.startswith(%r), p; cat = intake.open_catalog(p); "
-            "print(len(cat.collections.read()))" % str(tmp_path / "site"))
+            f"assert p.startswith({site!r}), p; cat = intake.open_catalog(p); "
+            "print(len(cat.collections.read()))")
     environ = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     done = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=environ,
                           capture_output=True, text=True, timeout=120)

@@ -1,4 +1,5 @@
-"""Where output goes: a manifest into a folder not made yet, a download into a file (refused once)."""
+"""Where output goes: a manifest into a folder not made yet, a download into a file (refused
+once), NLST's series and others' into one manifest each."""
 
 from __future__ import annotations
 
