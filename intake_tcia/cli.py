@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._validate import validate_uid
+from .cli_lock import add_lock_command, download_lock, is_lock_download, run_lock, verify_lock
 from .config import BACKENDS
 from .errors import TCIAError
 
@@ -214,10 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="series downloaded at once")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    add_lock_command(command, _lock)
+
     sub = command("manifest", _manifest, "write a .tcia manifest of series", selection=True)
     sub.add_argument("-o", "--output", default=".", metavar="PATH",  # str: keeps a trailing /
                      help="the .tcia file to write, or a folder to write it into (default: "
                      "the current folder, named as NBIA names manifests)")
+    sub.add_argument("--format", choices=("tcia", "s5cmd", "csv"), default="tcia",
+                     help="tcia (NBIA's), s5cmd (cp lines from IDC's bucket, one folder per "
+                     "series) or csv (every object's s3:// and https:// URL); default tcia")
 
     sub = command("cite", _cite, "DOIs and licences of series, formatted for a paper",
                   selection=True, output="text for a paper")
@@ -226,8 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("verify", _verify, "re-hash cached series against their MD5s; a damaged "
                   "series is removed, so it is fetched again when next used")
-    sub.add_argument("series_uids", nargs="*", metavar="UID", type=_uid,
-                     help="the series to check (default: every series in the cache)")
+    sub.add_argument("series_uids", nargs="*", metavar="UID",
+                     help="the series to check (default: every series in the cache); with "
+                     "--lock, the folder to check")
+    sub.add_argument("--lock", type=Path, metavar="LOCKFILE",
+                     help="instead, re-hash the files in a folder against a lockfile")
 
     sub = command("demo", _demo, "a tour of intake-tcia against the built-in sample archive "
                   "(offline; a temporary cache unless --cache-dir)")
@@ -258,6 +268,10 @@ def _connection_options() -> argparse.ArgumentParser:
                        help="the S3 endpoint of IDC's buckets (default https://s3.amazonaws.com)")
     group.add_argument("--idc-index", type=Path, metavar="DIR",
                        help="a folder laid out like idc-index-data (default: that package's)")
+    group.add_argument("--idc-mirror", choices=("aws", "gcs"),
+                       help="whose copy of IDC's buckets (default aws)")
+    group.add_argument("--idc-version", metavar="N",
+                       help="serve series as this IDC release had them (default: the index's)")
     group.add_argument("-v", "--verbose", action="store_true",
                        help="print retries and other progress messages on stderr")
     return parent
@@ -306,7 +320,7 @@ def _uid(value: str) -> str:
 
 
 def _series_argument(value: str) -> str:
-    return value if value.lower().endswith(".tcia") else _uid(value)
+    return value if value.lower().endswith((".tcia", ".lock")) else _uid(value)
 
 
 def _positive_int(value: str) -> int:
@@ -328,7 +342,8 @@ def _client(args: argparse.Namespace) -> TCIAClient:
 
     return TCIAClient(**{key: getattr(args, key, None)
                          for key in ("api_url", "nlst_api_url", "cache_dir", "datacite_url",
-                                     "backend", "idc_url", "idc_index")})
+                                     "backend", "idc_url", "idc_index", "idc_mirror",
+                                     "idc_version")})
 
 
 def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, str]:
@@ -424,6 +439,8 @@ def _search(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     """Download series; a summary, and exit status 1 when any series failed."""
+    if is_lock_download(args):
+        return download_lock(args, _client, UsageError)
     with _client(args) as client:
         series = _selection(client, args)
         layout = {"layout": args.layout} if args.layout else {}
@@ -438,10 +455,21 @@ def _download(args: argparse.Namespace) -> int:
     return 1 if len(failed) else 0
 
 
+def _lock(args: argparse.Namespace) -> int:
+    """Pin series to their bytes in a lockfile."""
+    return run_lock(args, _client, _selection)
+
+
 def _manifest(args: argparse.Namespace) -> int:
     """Write a .tcia manifest (two when NLST's series come with others)."""
     with _client(args) as client:
         series = _selection(client, args)
+        if args.format != "tcia":
+            if Path(args.output).is_dir() or args.output.endswith(("/", os.sep)):
+                raise UsageError(f"--format {args.format} needs a file to write, not a folder")
+            path = client.manifest(series, args.output, format=args.format)
+            print(f"wrote {len(series)} series to {path}")
+            return 0
     _write_manifests(series, args.output)
     return 0
 
@@ -479,6 +507,12 @@ def _verify(args: argparse.Namespace) -> int:
     from .config import Settings
     from .retrieval.cache import SeriesCache
 
+    if args.lock:
+        return verify_lock(args, UsageError)
+    try:
+        args.series_uids = [validate_uid(u, "UID") for u in args.series_uids]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     cache = SeriesCache(Settings.from_env(cache_dir=getattr(args, "cache_dir", None)).cache_dir)
     uids = args.series_uids or cache.series_uids()
     bad = 0

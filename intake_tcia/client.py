@@ -13,6 +13,7 @@ real names; the listings that check needs are asked for only then.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +26,10 @@ from .config import Settings
 from .hints import with_keyword_hints
 from .idc.backend import IDCBackend
 from .idc.index import IDCIndex
+from .idc.versions import ReleaseCache, release_cache
+from .manifest import as_series_uids
 from .nbia.backend import NBIABackend
-from .retrieval.cache import CachedSeries, SeriesCache
+from .retrieval.cache import CachedSeries
 from .retrieval.layouts import DEFAULT_LAYOUT
 from .routing import Router
 
@@ -100,11 +103,14 @@ class TCIAClient(QueryMethods):
         else:
             Settings.from_env(**given)  # rejects unknown keywords
             self.settings = settings.replace(**{k: v for k, v in given.items() if v is not None})
-        self.cache = SeriesCache(self.settings.cache_dir)
+        # with an older idc_version, that release's copies of series are cached apart
+        self.cache = release_cache(self.settings.cache_dir, self.settings.idc_version)
         nbia = NBIABackend(self.settings, session or requests.Session(), self.cache)
         self._transport = nbia.transport  # the one transport, shared by both backends
-        self._router = Router(self.settings, self.cache, nbia,
-                              IDCBackend(self.settings, self._transport, self.cache))
+        idc = IDCBackend(self.settings, self._transport, self.cache)
+        if isinstance(self.cache, ReleaseCache):
+            self.cache.idc = idc
+        self._router = Router(self.settings, self.cache, nbia, idc)
 
     def __repr__(self) -> str:
         return f"TCIAClient(api_url={self.settings.api_url!r}, cache_dir={str(self.cache_dir)!r})"
@@ -183,8 +189,11 @@ class TCIAClient(QueryMethods):
         ----------
         series : str, list of str, pandas.DataFrame or path
             One SeriesInstanceUID, several, a DataFrame with a ``SeriesInstanceUID`` column
-            (its other metadata columns, ``Collection`` above all, spare lookups), or the path
-            of a ``.tcia`` manifest.
+            (its other metadata columns, ``Collection`` above all, spare lookups), the path
+            of a ``.tcia`` manifest, or the path of a ``.lock`` lockfile (:meth:`lock`):
+            exactly its bytes, from whichever backend still serves them, each instance
+            verified against it; nothing is placed unless every series matches
+            (:class:`~intake_tcia.lockfile.LockMismatchError` names what changed).
         dest : str or Path
             The folder to fill.
         on_error : {"raise", "return"}
@@ -216,6 +225,13 @@ class TCIAClient(QueryMethods):
         --------
         >>> c.download(c.series(collection="LIDC-IDRI", modality="CT"), "data")  # doctest: +SKIP
         """
+        from .lockfile import is_lockfile, replay
+
+        if is_lockfile(series):  # exactly the locked bytes, or nothing
+            return replay(self, series, dest, layout=layout, workers=workers, progress=progress)
+        if isinstance(self.cache, ReleaseCache):  # where an older release's copies are: 1 scan
+            with contextlib.suppress(ValueError, TypeError):  # malformed UIDs: named below
+                self._router.prepare(as_series_uids(series))
         from .retrieval.download import download
 
         return download(
@@ -299,6 +315,60 @@ class TCIAClient(QueryMethods):
 
         files = self.fetch_series(series_uid, collection=collection).files
         return volume_from_files(files, lazy=lazy, **options)
+
+    # -- reproducible cohorts: IDC URLs, manifests, viewers, lockfiles ---------------------------
+
+    def urls(self, series: Any, mirror: str | None = None) -> pd.DataFrame:
+        """The IDC objects of series as URLs: one row per instance (ListObjectsV2 of each).
+
+        Columns ``SeriesInstanceUID``, ``SOPInstanceUID`` (null where neither a kept listing
+        nor the cache says which instance an object holds), ``s3_url`` and ``https_url`` (on
+        the configured endpoint, or ``mirror``'s public one); see
+        :func:`intake_tcia.idc.urls.urls`. ``mirror``: ``"aws"`` or ``"gcs"``.
+        """
+        from .idc.urls import check_mirror, urls
+
+        uids = as_series_uids(series)
+        return urls(self._router.idc, uids, None if mirror is None else check_mirror(mirror))
+
+    def manifest(self, series: Any, path: str | Path, format: str = "tcia", *,
+                 mirror: str | None = None) -> Path:
+        """Write the series into a manifest: ``"tcia"`` (NBIA's, :func:`write_manifest`),
+        ``"s5cmd"`` (``cp`` lines from IDC's bucket, one folder per series, relative to where
+        ``s5cmd run`` runs) or ``"csv"`` (:meth:`urls`). Returns the path written."""
+        from .idc.urls import check_mirror, write_s5cmd_manifest
+        from .manifest import write_manifest
+
+        kinds = ("tcia", "s5cmd", "csv")
+        if format not in kinds:
+            raise ValueError(f"format must be one of {', '.join(kinds)}, not {format!r}")
+        mirror = None if mirror is None else check_mirror(mirror)
+        if format == "tcia":
+            return write_manifest(series, path)
+        if format == "s5cmd":
+            return write_s5cmd_manifest(self._router.idc, as_series_uids(series), path, mirror)
+        self.urls(series, mirror).to_csv(path, index=False)
+        return Path(path)
+
+    def lock(self, series: Any, path: str | Path, *, workers: int | None = None) -> Any:
+        """Pin series to their exact bytes in a lockfile (JSON, ``docs/lockfile.md``).
+
+        Each series is fetched into the cache (or found there), verified, and locked with its
+        source (IDC release and ``crdc_series_uuid``, or NBIA and the date), DOI, licence and
+        the SOP Instance UID and MD5 of every instance. If any series fails, no lockfile is
+        written (:class:`~intake_tcia.errors.DownloadError` names them). Replay it with
+        ``download(path, dest)``. Returns the :class:`~intake_tcia.lockfile.Lockfile`.
+        """
+        from .lockfile import lock
+
+        return lock(self, series, path, workers=workers)
+
+    def viewer_url(self, uid: str) -> str:
+        """IDC's viewer URL of a series or a study: Slim when the study holds slide microscopy,
+        OHIF v3 otherwise (:func:`intake_tcia.idc.urls.viewer_url`); no request."""
+        from .idc.urls import viewer_url
+
+        return viewer_url(self._router.idc, validate_uid(uid, "uid"))
 
 
 with_keyword_hints(TCIAClient)

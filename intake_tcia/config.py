@@ -19,6 +19,8 @@ __all__ = [
     "SECRETS",
     "BACKENDS",
     "DEFAULT_IDC_URL",
+    "GCS_IDC_URL",
+    "IDC_MIRRORS",
     "is_nlst",
 ]
 
@@ -40,6 +42,8 @@ _ENVIRONMENT = {
     "backend": "INTAKE_TCIA_BACKEND",
     "idc_url": "INTAKE_TCIA_IDC_URL",
     "idc_index": "INTAKE_TCIA_IDC_INDEX",
+    "idc_mirror": "INTAKE_TCIA_IDC_MIRROR",
+    "idc_version": "INTAKE_TCIA_IDC_VERSION",
 }
 #: Settings that are secrets: never in repr, str, logs or pickles (re-read from the environment).
 SECRETS = ("api_key", "username", "password", "nlst_username", "nlst_password")
@@ -47,6 +51,10 @@ _URLS = ("api_url", "nlst_api_url", "datacite_url", "idc_url")
 #: Where data comes from (design.md, "Two backends").
 BACKENDS = ("nbia", "idc", "auto")
 DEFAULT_IDC_URL = "https://s3.amazonaws.com/"
+#: The endpoint of IDC's Google Cloud Storage mirror (S3-compatible, anonymous).
+GCS_IDC_URL = "https://storage.googleapis.com/"
+#: The copies of IDC's buckets: Amazon's (the default) and Google's.
+IDC_MIRRORS = ("aws", "gcs")
 _POSITIVE = ("connect_timeout", "read_timeout", "query_timeout", "series_timeout")
 
 
@@ -71,6 +79,14 @@ def _base_url(name: str, url: Any) -> str:
             f"{name} must be an http:// or https:// URL with a host name, not {text[:200]!r}"
         )
     return text if text.endswith("/") else text + "/"
+
+
+def _release(value: Any) -> int:
+    """An IDC release number (``21``, ``"21"``, ``"v21"``) as an int >= 1, else ValueError."""
+    text = str(value).strip().lower().removeprefix("v")
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"idc_version must be an IDC release number such as 21, not {value!r}")
+    return int(text)
 
 
 def _check_secret(name: str, value: str | None) -> str | None:
@@ -133,6 +149,12 @@ class Settings:
     idc_index : Path, optional
         A folder laid out like the ``idc-index-data`` package (``idc_index.parquet``,
         ``collections_index.parquet``); by default that installed package's folder.
+    idc_mirror : {"aws", "gcs"}
+        Whose copy of IDC's buckets: Amazon's, or Google Cloud Storage's (its bucket names, and
+        ``https://storage.googleapis.com/`` as ``idc_url`` unless one is given).
+    idc_version : int, optional
+        The IDC release to serve series as (an older one than the index's: each series as that
+        release had it); by default the index's own release.
 
     Notes
     -----
@@ -163,6 +185,8 @@ class Settings:
     backend: str = "auto"
     idc_url: str = DEFAULT_IDC_URL
     idc_index: Path | None = None
+    idc_mirror: str = "aws"
+    idc_version: int | None = None
 
     def __post_init__(self) -> None:
         for name in _URLS:
@@ -176,6 +200,15 @@ class Settings:
         object.__setattr__(self, "backend", backend)
         if self.idc_index is not None:
             object.__setattr__(self, "idc_index", Path(self.idc_index).expanduser())
+        mirror = str(self.idc_mirror).strip().lower()
+        if mirror not in IDC_MIRRORS:
+            raise ValueError(
+                f"idc_mirror must be one of {', '.join(IDC_MIRRORS)}, not {self.idc_mirror!r}")
+        object.__setattr__(self, "idc_mirror", mirror)
+        if self.idc_url in (DEFAULT_IDC_URL, GCS_IDC_URL):  # the default endpoint, or the other's
+            object.__setattr__(self, "idc_url", GCS_IDC_URL if mirror == "gcs" else DEFAULT_IDC_URL)
+        if self.idc_version is not None:
+            object.__setattr__(self, "idc_version", _release(self.idc_version))
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, not {self.retries}")
         if self.workers < 1:

@@ -183,6 +183,26 @@ def _from_idc(stack: contextlib.ExitStack, server: Any, row: pd.Series, volume: 
     echo(f"same voxels as from NBIA: {same}")
     if not same:
         raise AssertionError(f"series {uid}: IDC and NBIA gave different voxels")
+    _pinned(client, folder, uid, echo)
+
+
+def _pinned(client: Any, folder: Path, uid: str, echo: Callable[[str], Any]) -> None:
+    """Lock the series to its bytes, and replay the lockfile on a fresh cache."""
+    from .lockfile import check_folder
+
+    lock = folder / "cohort.lock"
+    _section(echo, "7. A pinned cohort", f"client.lock([{uid!r}], 'cohort.lock'); "
+             "TCIAClient(...).download('cohort.lock', 'replayed/')")
+    locked = client.lock([uid], lock)
+    series = locked.series[0]
+    echo(f"{lock.name}: {len(series.instances)} instances pinned by MD5, source {series.source}, "
+         f"IDC release {series.idc_version}, DOI {series.doi}")
+    reviewer = type(client)(settings=client.settings.replace(cache_dir=folder / "reviewer"))
+    with reviewer:
+        table = reviewer.download(lock, folder / "replayed", progress=False)
+    checked = check_folder(lock, folder / "replayed")
+    echo(f"replayed from {', '.join(sorted(set(table['source'])))}: "
+         f"{int((checked['status'] == 'ok').sum())} of {len(checked)} instances as locked")
 
 
 def _client_options(client: TCIAClient) -> dict[str, Any]:

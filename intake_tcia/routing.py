@@ -65,6 +65,13 @@ class Router:
         self.nbia = nbia
         self.idc = idc
 
+    def _policy(self) -> str:
+        """``settings.backend``; ``"idc"`` when the client serves an older IDC release
+        (``idc_version``): only IDC has that release's copies."""
+        from .idc.versions import pinned
+
+        return "idc" if pinned(self.idc) is not None else self.settings.backend
+
     # -- queries ---------------------------------------------------------------------------------
 
     def query(self, endpoint: str, params: Mapping[str, str], **where: Any) -> pd.DataFrame:
@@ -91,7 +98,7 @@ class Router:
         return series_size_of(frame, series_uid)
 
     def _answer(self, endpoint: str, ask: Callable[[Backend], pd.DataFrame]) -> pd.DataFrame:
-        backend = self.settings.backend
+        backend = self._policy()
         if backend == "idc":
             return ask(self.idc)
         try:
@@ -116,12 +123,13 @@ class Router:
     def prepare(self, series_uids: Iterable[str]) -> None:
         """Look up many series in the IDC index in one scan, before fetching them one by one."""
         uids = list(series_uids)
-        if self.settings.backend == "nbia" or not uids:
+        backend = self._policy()
+        if backend == "nbia" or not uids:
             return
         try:
             self.idc.locate(uids)
         except _NO_INDEX as exc:
-            if self.settings.backend == "idc":
+            if backend == "idc":
                 raise
             log.info("no IDC index (%s): series files from NBIA", exc)
 
@@ -134,7 +142,7 @@ class Router:
         ``ImageCount`` given, else getSeriesSize's ObjectCount), else NBIA first; a source that
         cannot serve the series (not in the index, unknown to NBIA) is left out.
         """
-        backend = self.settings.backend
+        backend = self._policy()
         if backend == "nbia":
             return [self.nbia]
         if backend == "idc":
@@ -195,7 +203,7 @@ class Router:
     def on_files(self, call: Callable[[Backend], T]) -> T:
         """``call`` on the backend ``settings.backend`` names; on ``"auto"`` NBIA, and IDC when
         NBIA cannot be reached (or does not hold the series)."""
-        backend = self.settings.backend
+        backend = self._policy()
         if backend == "nbia":
             return call(self.nbia)
         if backend == "idc":

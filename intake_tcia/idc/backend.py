@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
-from ..errors import TCIANotFoundError
 from ..retrieval.cache import CachedSeries, SeriesCache
 from ..retrieval.layouts import LAYOUT_FIELDS
 from ..retrieval.transport import Transport
 from ..schema import SCHEMAS, frame_from_records
-from . import bucket
+from . import bucket, versions
 from .bucket import IDCLocation
 from .index import IDCIndex, open_index
 from .queries import answer
+from .urls import mirror_bucket
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,6 +64,8 @@ class IDCBackend:
 
     def query(self, endpoint: str, params: Mapping[str, str], **where: Any) -> pd.DataFrame:
         """NBIA's answer to ``endpoint``, from the index (``where`` hints are not needed)."""
+        if versions.pinned(self) is not None:  # an older IDC release: as it had them
+            return versions.answer(self, endpoint, params)
         self.index.refresh()
         return answer(self.index, endpoint, dict(params))
 
@@ -79,7 +82,9 @@ class IDCBackend:
         uids = [u for u in series_uids if u not in self._located]
         if not uids:
             return
-        found = bucket.locate(self.index, uids)
+        mirror = self.settings.idc_mirror  # as the client's release had them, on its mirror
+        found = {uid: replace(where, bucket=mirror_bucket(where.bucket, mirror))
+                 for uid, where in bucket.locations(versions.series_locations(self, uids)).items()}
         with self._located_lock:
             self._located.update({uid: found.get(uid) for uid in uids})
 
@@ -93,8 +98,7 @@ class IDCBackend:
         """The series' location; :class:`TCIANotFoundError` where the index does not list it."""
         found = self.find(series_uid)
         if found is None:
-            raise TCIANotFoundError(404, f"the IDC index does not list series {series_uid}",
-                                    str(self.index.folder))
+            raise versions.not_listed(self, [series_uid])
         return found
 
     def can_serve(self, series_uid: str) -> bool:

@@ -59,6 +59,7 @@ __all__ = [
     "IDCLocation",
     "IDCObject",
     "locate",
+    "locations",
     "list_objects",
     "instances",
     "fetch_series",
@@ -97,6 +98,9 @@ class IDCLocation:
         The index's ``instanceCount``.
     collection : str or None
         TCIA's collection name.
+    release : int or None
+        For an older IDC release's copy of the series (``idc_version``), that release; None
+        for the current copy.
     """
 
     series_uid: str
@@ -104,6 +108,7 @@ class IDCLocation:
     prefix: str
     instance_count: int | None = None
     collection: str | None = None
+    release: int | None = None
 
 
 @dataclass(frozen=True)
@@ -141,15 +146,27 @@ def locate(index: IDCIndex, series_uids: Iterable[str]) -> dict[str, IDCLocation
     dict of str to IDCLocation
         Unknown series are left out.
     """
-    frame = index.series_locations(series_uids)
+    return locations(index.series_locations(series_uids))
+
+
+def locations(frame: Any) -> dict[str, IDCLocation]:
+    """The IDC locations of the rows of a :meth:`IDCIndex.series_locations` frame."""
     found = {}
     for row in frame.to_dict("records"):
-        count = row.get("instanceCount")
         found[row["SeriesInstanceUID"]] = IDCLocation(
             row["SeriesInstanceUID"], str(row["aws_bucket"]), f"{row['crdc_series_uuid']}/",
-            None if count is None or count != count else int(count), row.get("Collection"),
+            _whole(row.get("instanceCount")), row.get("Collection"),
+            _whole(row.get("idc_version")) if row.get("prior") else None,
         )
     return found
+
+
+def _whole(value: Any) -> int | None:
+    """An int, or None for a missing value (None, NaN, pandas' NA)."""
+    try:
+        return None if value is None or value != value else int(value)
+    except TypeError:  # pandas.NA
+        return None
 
 
 
@@ -239,7 +256,9 @@ def _read_all(idc: _Bucket, url: str, params: dict[str, str] | None,
 
 
 def _listing_path(idc: _Bucket, series_uid: str) -> Path:
-    return idc.cache_dir / LISTINGS_DIR / f"{series_uid}.json"
+    release = idc.settings.idc_version  # listings of an older release are kept apart
+    folder = idc.cache_dir / LISTINGS_DIR
+    return (folder / f"v{release}" if release else folder) / f"{series_uid}.json"
 
 
 def _saved_listing(idc: _Bucket, series_uid: str) -> tuple[IDCLocation, list[IDCObject]]:

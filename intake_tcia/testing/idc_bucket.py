@@ -2,7 +2,9 @@
 
 A moto ``ThreadedMotoServer`` holds bucket ``idc-open-data`` (anonymous ListObjectsV2 and GET
 allowed by a bucket policy, as IDC's public buckets), one object per instance at
-``<crdc_series_uuid>/<crdc_instance_uuid>.dcm`` (:mod:`intake_tcia.testing.idc`). Clients talk
+``<crdc_series_uuid>/<crdc_instance_uuid>.dcm`` (:mod:`intake_tcia.testing.idc`), and the
+buckets of :mod:`intake_tcia.testing.idc_releases` (older copies of a few series, a series in
+IDC's ``cr`` bucket, each under its AWS and its Google Cloud Storage name). Clients talk
 to a small HTTP/1.1 front (keep-alive, as S3) that forwards each read to moto and injects the
 faults of its :class:`S3FaultPlan`, a latency and a per-connection bandwidth cap, the same way
 :class:`~intake_tcia.testing.ArchiveServer` does for NBIA. The front is read-only: writes are
@@ -225,6 +227,9 @@ class IDCBucketServer:
         self._thread.start()
         self._create_bucket()
         self.sync()
+        from .idc_releases import upload_history
+
+        self._uploaded.update(upload_history(self))  # older copies; Google's bucket names
         return self
 
     def stop(self) -> None:
