@@ -77,16 +77,23 @@ def _files_in(folder: Path) -> dict[str, int]:
     return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
 
 
-def _run_idc_index(args: argparse.Namespace, uids: list[str], dest: Path) -> dict[str, Any]:
+def idc_index_client(idc_url: str, index_folder: str | Path, scratch: Path, workers: int) -> Any:
+    """idc-index's IDCClient pointed at the loopback bucket and the sample archive's index,
+    its s5cmd given ``--numworkers workers``."""
     import pandas as pd
     from idc_index import index
 
-    index.aws_endpoint_url = args.idc_url.rstrip("/")
+    index.aws_endpoint_url = idc_url.rstrip("/")
     client = index.IDCClient()
-    ours = pd.read_parquet(Path(args.index) / "idc_index.parquet")
+    ours = pd.read_parquet(Path(index_folder) / "idc_index.parquet")
     ours["crdc_series_uuid"] = ours["series_aws_url"].str.split("/").str[3]
     client.index = ours  # the sample archive's series, not the real index's
-    client.s5cmdPath = str(_s5cmd_with_workers(dest, args.workers))
+    client.s5cmdPath = str(_s5cmd_with_workers(scratch, workers))
+    return client
+
+
+def _run_idc_index(args: argparse.Namespace, uids: list[str], dest: Path) -> dict[str, Any]:
+    client = idc_index_client(args.idc_url, args.index, dest, args.workers)
     start = time.perf_counter()
     client.download_from_selection(downloadDir=str(dest / "files"), seriesInstanceUID=uids,
                                    quiet=True, show_progress_bar=False)

@@ -202,16 +202,26 @@ class TCIASeriesSource(_ClientSource, DataSource):
             Back the voxels with dask (one chunk per slice) instead of numpy.
         **options
             ``stack``, ``rtol``, ``allow_tilt`` of :func:`intake_tcia.volume.volume_from_files`.
+
+        Lazy on backend ``"idc"``, nothing is fetched here but the heads of the series'
+        objects: each chunk GETs its own object where it is computed
+        (:func:`intake_tcia.bucket_volume.bucket_volume`).
         """
         from .volume import volume_from_files
 
+        if lazy and self.client.settings.backend == "idc":
+            from .bucket_volume import bucket_volume
+
+            return bucket_volume(self.client, self.series_uid, **options)
         return volume_from_files(self._files(), lazy=lazy, **options)
 
     def to_dask(self, **options: Any) -> Any:
         """The voxels as a lazy dask array ``(z, y, x)``, one chunk per slice.
 
         The series is fetched (or found in the cache) now, as slice order and geometry come
-        from the headers; pixels are decoded and rescaled only when chunks are computed.
+        from the headers; pixels are decoded and rescaled only when chunks are computed. On
+        backend ``"idc"`` only the heads of its objects are read now, and each chunk GETs its
+        own object from the bucket when computed, on whichever dask worker computes it.
 
         Parameters
         ----------

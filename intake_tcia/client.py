@@ -14,6 +14,7 @@ real names; the listings that check needs are asked for only then.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -252,6 +253,59 @@ class TCIAClient(QueryMethods):
 
         series = self.fetch_series(series_uid, collection=collection)
         return DatasetList(sort_slices_by_position(pydicom.dcmread(p) for p in series.files))
+
+    # -- cohorts -----------------------------------------------------------------------------------
+
+    def map_series(self, func: Callable[[Any], Any], series: Any, *, client: Any = None,
+                   results: str | Path | None = None, pass_files: bool = False,
+                   **options: Any) -> pd.DataFrame:
+        """``func`` applied to every series, each fetched, verified and read where its task runs.
+
+        Parameters
+        ----------
+        func : callable
+            Called with one series' :class:`~intake_tcia.volume.Volume` (``.array``,
+            ``.affine``, ``.spacing``, ``.metadata``), or with ``pass_files=True`` the list of
+            its file paths; its return value is the row's ``result``.
+        series : str, list of str, pandas.DataFrame or path
+            As :meth:`download` takes them (same errors).
+        client : distributed.Client, optional
+            Spread one task per series over its workers; without one, threads of this process.
+        results : str or Path, optional
+            A folder keeping each row as it lands (parquet, ``result`` as JSON text): a
+            re-run skips the series done there (their rows come from it); the ``result``
+            column is then what the JSON holds, in this run as in later ones. Read the folder
+            with :func:`intake_tcia.cohort.read_results`.
+        pass_files : bool
+            Give ``func`` the file paths instead of a Volume.
+        **options
+            ``cache`` (``"worker"``: a folder per dask worker, the default with a client;
+            ``"settings"``: ``cache_dir``), ``retries`` (dask's, of a task that raised
+            outside ``func``; default 2: a task whose worker died is rerun by the scheduler,
+            up to ``distributed.scheduler.allowed-failures`` times), ``workers`` (threads
+            without a client), ``progress`` (a tqdm bar over series), ``volume_options``
+            (``stack``, ``rtol``, ``allow_tilt``), ``keep`` (default True; False: each task
+            removes from its cache the series it fetched once ``func`` is done, so a cohort
+            larger than the workers' disks goes through).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per series, in the order given: SeriesInstanceUID, status (``"done"`` or
+            ``"failed"``), result, error (``"TypeName: message"``), worker (the dask worker's
+            address, or ``"local"``), seconds.
+
+        Raises
+        ------
+        TypeError
+            ``func`` cannot be pickled for the workers of ``client`` (before any task).
+        ValueError
+            Malformed series, as :meth:`download` (before any task).
+        """
+        from .cohort import map_series
+
+        return map_series(self, func, series, client=client, results=results,
+                          pass_files=pass_files, **options)
 
     def annotations(self, series_uid: str, *, collection: str | None = None) -> pd.DataFrame:
         """The SEG, RTSTRUCT and RTDOSE series that refer to an image series.

@@ -61,7 +61,7 @@ def shape(node: Any) -> list[tuple[str, str, list[tuple[Any, ...]]]]:
 def test_there_are_notebooks():
     assert [nb.name for nb in NOTEBOOKS] == [
         "01-browse.ipynb", "02-series-to-volume.ipynb", "03-mix-catalogs.ipynb",
-        "04-segmentation-on-image.ipynb",
+        "04-segmentation-on-image.ipynb", "06-cohort-on-dask.ipynb",
     ]
 
 

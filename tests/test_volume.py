@@ -598,7 +598,7 @@ def test_distributed_reduction_over_lazy_volumes(tmp_path: Path) -> None:
     expected = [int(volume_from_files(paths).array.astype(np.int64).sum()) for paths in folders]
     with (
         distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                 dashboard_address=None, silence_logs=40) as cluster,
+                                 dashboard_address=":0", silence_logs=40) as cluster,
         distributed.Client(cluster) as client,
     ):
         totals = client.compute([a.astype(np.int64).sum() for a in lazy], sync=True)

@@ -88,6 +88,12 @@ class IDCBackend:
         with self._located_lock:
             self._located.update({uid: found.get(uid) for uid in uids})
 
+    def remember(self, located: Mapping[str, IDCLocation | None]) -> None:
+        """Locations looked up elsewhere (another process' one scan for a whole cohort), kept
+        for :meth:`location` as if this object had found them (None: not in the index)."""
+        with self._located_lock:
+            self._located.update(located)
+
     def find(self, series_uid: str) -> IDCLocation | None:
         """The series' location, or None where the index does not list it."""
         if series_uid not in self._located:
