@@ -140,6 +140,10 @@ class TCIACatalog(_ClientSource, Catalog):
         except KeyError as exc:
             if isinstance(exc, TCIAError) or not isinstance(key, str):
                 raise
+            if self.level == "collection":  # an IDC collection id: the entry of TCIA's name
+                name = self.client._collection_name(key)
+                if name != key:
+                    return self[name]
             parent = _LEVELS[_LEVELS.index(self.level) - 1]
             where = "the archive" if self.level == "collection" else f"{parent} {self.name!r}"
             raise TCIAUnknownNameError(self.level, key, list(self._entries), self.name,

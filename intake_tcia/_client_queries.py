@@ -72,11 +72,22 @@ class QueryMethods:
         uid: str | None = None,
     ) -> pd.DataFrame:
         """The answer of the backend the router picks (NBIA: the host that may hold it). No
-        rows: a name filter the archive lacks is an error."""
+        rows: a name filter the archive lacks is an error. An IDC collection id (``lidc_idri``)
+        is asked as TCIA's name (:meth:`_collection_name`)."""
+        if "Collection" in params:
+            collection = self._collection_name(params["Collection"])
+            params = {**params, "Collection": collection}
         frame = self._router.query(endpoint, params, collection=collection, uid=uid)
         if frame.empty:
             self._check_names(params, endpoint)
         return frame
+
+    def _collection_name(self, collection: Any) -> Any:
+        """TCIA's name of a collection given as an IDC id (``lidc_idri``) or as TCIA's name (one
+        or several); see :mod:`intake_tcia.idc.names`."""
+        from .idc.names import collection_names
+
+        return collection_names(self.settings, collection)
 
     def _every_host(
         self, endpoint: str, params: dict[str, str], *, collection: str | None = None
@@ -276,6 +287,8 @@ class QueryMethods:
             raise ValueError(f"page_size must be a whole number >= 1, not {page_size!r}")
         check_keywords(criteria, inspect.signature(search_form).parameters,
                        "TCIAClient.search()")
+        if "collection" in criteria:
+            criteria["collection"] = self._collection_name(criteria["collection"])
         form = search_form(**criteria)
         frame = self._router.search(form, collections=criteria.get("collection"),
                                     page_size=page_size)
@@ -286,8 +299,9 @@ class QueryMethods:
     def collection_descriptions(self, collection: str | None = None) -> pd.DataFrame:
         """collectionName, description (HTML, as kept by NBIA), descriptionURI, id, and
         descriptionText (the description as plain text), of one collection or of all."""
-        params = {} if collection is None else {"collectionName": validate_text(
-            collection, "collection")}
+        if collection is not None:
+            collection = self._collection_name(validate_text(collection, "collection"))
+        params = {} if collection is None else {"collectionName": collection}
         frame = self._every_host("getCollectionDescriptions", params, collection=collection)
         frame["descriptionText"] = frame["description"].map(description_text).astype(
             frame["description"].dtype)

@@ -34,7 +34,7 @@ PROG = "intake-tcia"
 
 #: Query filters: option name -> help. Options ending in ``uid`` take a DICOM UID.
 FILTERS = {
-    "collection": "collection name, e.g. LIDC-IDRI",
+    "collection": "collection name or IDC collection id, e.g. LIDC-IDRI or lidc_idri",
     "patient_id": "PatientID",
     "study_uid": "StudyInstanceUID",
     "series_uid": "SeriesInstanceUID",
@@ -246,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: %(default)s)")
     sub.add_argument("--collection", metavar="TEXT",
                      help="the collection to take a CT series from (needed with --api-url)")
+
+    from .cli_idc import register
+
+    register(command, _client, _print_frame)
     return parser
 
 
@@ -268,6 +272,9 @@ def _connection_options() -> argparse.ArgumentParser:
                        help="the S3 endpoint of IDC's buckets (default https://s3.amazonaws.com)")
     group.add_argument("--idc-index", type=Path, metavar="DIR",
                        help="a folder laid out like idc-index-data (default: that package's)")
+    group.add_argument("--idc-index-url", metavar="URL",
+                       help="where supplementary indices are fetched from (default: "
+                       "idc-index-data's GitHub release folder)")
     group.add_argument("--idc-mirror", choices=("aws", "gcs"),
                        help="whose copy of IDC's buckets (default aws)")
     group.add_argument("--idc-version", metavar="N",
@@ -342,8 +349,8 @@ def _client(args: argparse.Namespace) -> TCIAClient:
 
     return TCIAClient(**{key: getattr(args, key, None)
                          for key in ("api_url", "nlst_api_url", "cache_dir", "datacite_url",
-                                     "backend", "idc_url", "idc_index", "idc_mirror",
-                                     "idc_version")})
+                                     "backend", "idc_url", "idc_index", "idc_index_url",
+                                     "idc_mirror", "idc_version")})
 
 
 def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, str]:

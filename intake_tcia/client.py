@@ -126,8 +126,11 @@ class TCIAClient(QueryMethods):
         self.close()
 
     def close(self) -> None:
-        """Close pooled connections."""
+        """Close pooled connections (and the SQL engine's connection, if one was opened)."""
         self._transport.close()
+        engine = self.__dict__.get("_idc_sql_engine")
+        if engine is not None:
+            engine.close()
 
     @property
     def cache_dir(self) -> Path:
@@ -369,6 +372,55 @@ class TCIAClient(QueryMethods):
 
         files = self.fetch_series(series_uid, collection=collection).files
         return volume_from_files(files, lazy=lazy, **options)
+
+    # -- IDC as itself: SQL over its tables, its supplementary indices, clinical data -------------
+
+    def sql(self, query: str) -> pd.DataFrame:
+        """The answer to one SQL ``SELECT`` over IDC's index tables, as a DataFrame (DuckDB).
+
+        Tables go by idc-index's names: ``index`` (``idc_index.parquet``), ``collections_index``,
+        ``prior_versions_index``, ``analysis_results_index``, ``version_metadata_index``, and the
+        supplementary ones once fetched (:meth:`fetch_index`); whatever the backend. A query that
+        would write is refused; errors are :class:`~intake_tcia.errors.TCIASQLError` (see
+        :mod:`intake_tcia.idc.sql`).
+
+        Examples
+        --------
+        >>> c.sql("SELECT collection_id, COUNT(*) AS n FROM index GROUP BY ALL")  # doctest: +SKIP
+        """
+        from .idc.sql import engine_of
+
+        return engine_of(self).query(query)
+
+    def indices(self) -> pd.DataFrame:
+        """IDC's tables: table, rows (null when absent), columns, present, source (``"package"``,
+        ``"folder"``, ``"fetched"``; null when absent)."""
+        from .idc.supplementary import indices
+
+        return indices(self.settings)
+
+    def fetch_index(self, name: str) -> Path:
+        """Fetch a supplementary index (``"sm_index"``, ...) into the cache, once, verified
+        against the schema idc-index-data ships; returns its parquet file (nothing is fetched
+        for a table already present). See :mod:`intake_tcia.idc.supplementary`."""
+        from .idc.supplementary import fetch_index
+
+        return fetch_index(self.settings, self._transport, name).path
+
+    def clinical(self, collection: str, *, table: str | None = None) -> Any:
+        """IDC's clinical data of a collection (given by TCIA name or IDC id).
+
+        Returns
+        -------
+        dict of str to pandas.DataFrame, or pandas.DataFrame
+            Each clinical table of the collection (``clinical_index`` says which), or the one
+            ``table`` named; ``PatientID`` (IDC's ``dicom_patient_id``) first, only the
+            collection's patients' rows. Fetched once into the cache from the bucket
+            ``idc-open-metadata`` on ``idc_url`` (see :mod:`intake_tcia.idc.clinical`).
+        """
+        from .idc.clinical import clinical
+
+        return clinical(self._router.idc, collection, table)
 
     # -- reproducible cohorts: IDC URLs, manifests, viewers, lockfiles ---------------------------
 

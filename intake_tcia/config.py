@@ -19,6 +19,7 @@ __all__ = [
     "SECRETS",
     "BACKENDS",
     "DEFAULT_IDC_URL",
+    "IDC_INDEX_RELEASES",
     "GCS_IDC_URL",
     "IDC_MIRRORS",
     "is_nlst",
@@ -42,6 +43,7 @@ _ENVIRONMENT = {
     "backend": "INTAKE_TCIA_BACKEND",
     "idc_url": "INTAKE_TCIA_IDC_URL",
     "idc_index": "INTAKE_TCIA_IDC_INDEX",
+    "idc_index_url": "INTAKE_TCIA_IDC_INDEX_URL",
     "idc_mirror": "INTAKE_TCIA_IDC_MIRROR",
     "idc_version": "INTAKE_TCIA_IDC_VERSION",
 }
@@ -51,6 +53,8 @@ _URLS = ("api_url", "nlst_api_url", "datacite_url", "idc_url")
 #: Where data comes from (design.md, "Two backends").
 BACKENDS = ("nbia", "idc", "auto")
 DEFAULT_IDC_URL = "https://s3.amazonaws.com/"
+#: Where idc-index fetches the supplementary indices of an idc-index-data version from.
+IDC_INDEX_RELEASES = "https://github.com/ImagingDataCommons/idc-index-data/releases/download/"
 #: The endpoint of IDC's Google Cloud Storage mirror (S3-compatible, anonymous).
 GCS_IDC_URL = "https://storage.googleapis.com/"
 #: The copies of IDC's buckets: Amazon's (the default) and Google's.
@@ -68,6 +72,16 @@ def is_nlst(collection: str | None) -> bool:
 
 def _default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("intake-tcia", appauthor=False))
+
+
+def _default_idc_index_url() -> str | None:
+    """The release folder of the installed idc-index-data version (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{IDC_INDEX_RELEASES}{version('idc-index-data')}/"
+    except PackageNotFoundError:
+        return None
 
 
 def _base_url(name: str, url: Any) -> str:
@@ -149,6 +163,9 @@ class Settings:
     idc_index : Path, optional
         A folder laid out like the ``idc-index-data`` package (``idc_index.parquet``,
         ``collections_index.parquet``); by default that installed package's folder.
+    idc_index_url : str, optional
+        The folder the supplementary indices are fetched from (``{idc_index_url}{name}.parquet``);
+        by default idc-index-data's GitHub release folder for the installed version.
     idc_mirror : {"aws", "gcs"}
         Whose copy of IDC's buckets: Amazon's, or Google Cloud Storage's (its bucket names, and
         ``https://storage.googleapis.com/`` as ``idc_url`` unless one is given).
@@ -185,6 +202,7 @@ class Settings:
     backend: str = "auto"
     idc_url: str = DEFAULT_IDC_URL
     idc_index: Path | None = None
+    idc_index_url: str | None = None
     idc_mirror: str = "aws"
     idc_version: int | None = None
 
@@ -200,6 +218,9 @@ class Settings:
         object.__setattr__(self, "backend", backend)
         if self.idc_index is not None:
             object.__setattr__(self, "idc_index", Path(self.idc_index).expanduser())
+        url = self.idc_index_url if self.idc_index_url is not None else _default_idc_index_url()
+        if url is not None:
+            object.__setattr__(self, "idc_index_url", _base_url("idc_index_url", url))
         mirror = str(self.idc_mirror).strip().lower()
         if mirror not in IDC_MIRRORS:
             raise ValueError(

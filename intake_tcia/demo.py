@@ -10,6 +10,7 @@ then fetches the same series the Imaging Data Commons way (the sample IDC bucket
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import tempfile
 import time
 from collections.abc import Callable
@@ -184,6 +185,12 @@ def _from_idc(stack: contextlib.ExitStack, server: Any, row: pd.Series, volume: 
     if not same:
         raise AssertionError(f"series {uid}: IDC and NBIA gave different voxels")
     _pinned(client, folder, uid, echo)
+    query = "SELECT collection_id, Modality, COUNT(*) AS series FROM index GROUP BY ALL ORDER BY ALL"
+    _section(echo, "8. IDC in its own terms: SQL over its index", f"client.sql({query!r})")
+    if importlib.util.find_spec("duckdb") is None:
+        echo("(needs DuckDB: pip install 'intake-tcia[idc]')")
+    else:
+        echo(client.sql(query).to_string(index=False))
 
 
 def _pinned(client: Any, folder: Path, uid: str, echo: Callable[[str], Any]) -> None:

@@ -20,6 +20,9 @@ Every exception the package raises on purpose derives from :class:`TCIAError`, w
     ├── DownloadError                       one or more series of a download failed; ``.results``
     ├── TCIABackendError                    the chosen backend cannot answer this (the IDC index
     │                                       has no shared carts, ...); names why
+    ├── TCIASQLError (also ValueError)      SQL over the IDC index that cannot run: a syntax
+    │                                       error, an unknown table or column, a writing
+    │                                       statement, an absent or unreadable table file
     └── MissingDependencyError (also ImportError)
                                             an optional extra is not installed
 """
@@ -44,6 +47,7 @@ __all__ = [
     "TCIAStorageError",
     "DownloadError",
     "TCIABackendError",
+    "TCIASQLError",
     "IDCFallbackWarning",
     "MissingDependencyError",
 ]
@@ -224,6 +228,32 @@ class DownloadError(TCIAError):
 class TCIABackendError(TCIAError):
     """The backend in use cannot answer this call (say, a shared cart from the IDC index); the
     message names what is missing and which backend can answer."""
+
+
+class TCIASQLError(TCIAError, ValueError):
+    """SQL over the IDC index (:meth:`TCIAClient.sql <intake_tcia.TCIAClient.sql>`) that cannot
+    run: the message is DuckDB's (or says which table is absent and how to fetch it, or which
+    file cannot be read), followed by the tables there are.
+
+    Attributes
+    ----------
+    reason : str
+        DuckDB's own message, or ours when DuckDB was not asked.
+    tables : list of str
+        The tables a query can name now.
+    path : str or None
+        The file that could not be read, when that is the trouble.
+    """
+
+    def __init__(self, reason: str, tables: Iterable[str] = (), path: str | None = None) -> None:
+        self.reason = reason
+        self.tables = sorted(tables)
+        self.path = path
+        listed = ", ".join(self.tables) or "none"
+        super().__init__(f"{reason}\n(tables: {listed})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.reason, self.tables, self.path)
 
 
 class MissingDependencyError(TCIAError, ImportError):

@@ -55,7 +55,8 @@ def test_what_a_notebook_uses_is_in_the_notebooks_install(notebook, hidden_modul
     imported = set(re.findall(r"^\s*(?:import|from) (\w+)", code, re.MULTILINE))
     used = imported | {module for call, module in (
         (".to_xarray(", "xarray"), (".to_dask(", "dask"), (".plot(", "matplotlib"),
-        ("read_segmentation(", "highdicom"), ("to_nifti(", "nibabel")) if call in code}
+        ("read_segmentation(", "highdicom"), ("to_nifti(", "nibabel"), (".sql(", "duckdb"))
+        if call in code}
     hidden = set(hidden_modules(["notebooks"]))
     assert not used & hidden, f"{notebook.name} uses {sorted(used & hidden)}"
-    assert {"ipykernel", "ipywidgets", "highdicom", "xarray", "dask"}.isdisjoint(hidden)
+    assert {"ipykernel", "ipywidgets", "highdicom", "xarray", "dask", "duckdb"}.isdisjoint(hidden)
