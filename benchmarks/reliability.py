@@ -1,5 +1,5 @@
 """The reliability tables of the README: faults injected, operations run, data lost, corrupt
-files; then the attacks of issue #13 by class, tried and held.
+files; then the attacks by class (NBIA and IDC), tried and held.
 
 Runs the scenarios of the reliability suite (``tests/reliability``) at full size against the
 sample archive on loopback, checks every file left in caches and download folders against the
@@ -216,6 +216,10 @@ ATTACKS: dict[str, tuple[str, list[str]]] = {
             "test_an_unknown_host_fails_at_once",
             "test_a_base_url_without_scheme_or_host_is_refused_when_the_client_is_made",
             "test_nonsense_numbers_are_refused_when_the_client_is_made")]
+        + [f"tests/reliability/test_hostile_nbia.py::{t}" for t in (
+            "test_an_answer_cut_after_a_header_line_is_retried_not_read_as_empty",
+            "test_a_redirect_chain_makes_at_most_two_plus_retries_requests",
+            "test_an_endless_csv_answer_is_cut_near_what_was_asked")]
         + ["tests/test_download.py::test_a_slow_zip_meets_series_timeout",
            "tests/test_reliability_bodies.py",
            "tests/reliability/test_hostile.py::test_a_hostile_server_gives_a_clear_error_within_the_timeout"],
@@ -236,7 +240,45 @@ ATTACKS: dict[str, tuple[str, list[str]]] = {
         + ["tests/test_cli.py::test_verify_rehashes_the_cache_and_removes_a_damaged_series",
            "tests/reliability/test_hostile.py::test_hostile_zips_are_refused_and_nothing_is_written",
            "tests/reliability/test_hostile.py::test_a_full_size_zip_bomb_is_refused",
-           "tests/reliability/test_hostile.py::test_a_zip_far_beyond_its_series_size_is_refused"],
+           "tests/reliability/test_hostile.py::test_a_zip_far_beyond_its_series_size_is_refused",
+           "tests/reliability/test_hostile_nbia.py::"
+           "test_a_zip_member_with_a_wrong_crc_is_refused_though_its_md5_matches"],
+    ),
+    "hostile IDC listings": (
+        "a ListObjectsV2 that never ends, one page of 3 million keys, entity declarations, "
+        "keys with a line break, 503 SlowDown",
+        [f"tests/reliability/test_hostile_idc.py::{t}" for t in (
+            "test_a_listing_that_never_ends_is_cut_after_the_series_count",
+            "test_one_listing_page_of_millions_of_keys_is_parsed_as_it_streams",
+            "test_a_listing_declaring_entities_is_refused",
+            "test_a_key_holding_a_line_break_is_refused",
+            "test_slow_down_on_the_listing_names_the_series")],
+    ),
+    "hostile IDC objects": (
+        "bodies that never end, headers that never end, objects cut at their source (size and "
+        "ETag agreeing), a gzip bomb, 32 MB of noise, DICOM stubs, one instance under two "
+        "keys, an instance of another study, a bucket trickling 20 B/s, 503 SlowDown",
+        [f"tests/reliability/test_hostile_idc.py::{t}" for t in (
+            "test_an_object_whose_body_never_ends_is_refused_before_it_is_fetched",
+            "test_header_reads_are_capped",
+            "test_an_object_truncated_at_its_source_is_not_published",
+            "test_a_gzip_bomb_listed_at_its_inflated_size_is_stopped_by_its_ratio",
+            "test_a_large_non_dicom_object_is_refused_at_once",
+            "test_a_dicom_stub_is_not_an_instance",
+            "test_one_instance_under_two_keys_is_refused",
+            "test_an_instance_of_another_study_is_refused",
+            "test_a_trickling_bucket_meets_the_series_deadline",
+            "test_slow_down_names_the_series_and_the_object")],
+    ),
+    "hostile IDC indices": (
+        "instanceCount null or 0, a series 2,000x its series_size_MB, NaN/inf/null/negative "
+        "sizes, text and fractional counts, a broken idc_index.parquet, an unlisted series",
+        [f"tests/reliability/test_hostile_idc.py::{t}" for t in (
+            "test_a_count_the_index_cannot_vouch_for_is_not_complete",
+            "test_a_series_far_larger_than_its_index_size_is_refused",
+            "test_hostile_index_values_give_an_error_naming_file_and_column",
+            "test_a_broken_index_file_gives_an_error_naming_it",
+            "test_a_series_the_index_does_not_list_is_said_so")],
     ),
     "hostile names and layouts": (
         "folder layouts two series share, names leading out of dest (metadata, symlinks, "

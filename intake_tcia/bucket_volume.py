@@ -149,7 +149,7 @@ def bucket_volume(
     import_readers()  # before the threads parse heads
 
     def head(obj: IDCObject) -> Any:
-        return bucket._head(idc, where.bucket, obj, budget, _head_and_frames)
+        return bucket._head(idc, where, obj, budget, _head_and_frames)
 
     with ThreadPoolExecutor(max(1, min(client.settings.workers, len(objects)))) as pool:
         found = list(pool.map(head, objects))
@@ -207,7 +207,7 @@ def _get_object(idc: IDCBackend, ref: _ObjectRef) -> bytes:
         data = bytes(bucket._read_all(idc, url, None, budget, limit=ref.obj.size))
         problem = bucket._problem(data, ref.obj)
         if problem is not None:
-            raise TCIAIntegrityError(problem)
+            raise TCIAIntegrityError(f"object {ref.obj.key}: {problem}")
         return data
 
     return budget.run(attempt)

@@ -47,6 +47,16 @@ _ENVIRONMENT = {
     "idc_mirror": "INTAKE_TCIA_IDC_MIRROR",
     "idc_version": "INTAKE_TCIA_IDC_VERSION",
 }
+#: Numeric settings read from the environment too: the bounds on what servers send.
+_NUMERIC_ENVIRONMENT = {
+    "max_answer_bytes": ("INTAKE_TCIA_MAX_ANSWER_BYTES", int),
+    "max_header_bytes": ("INTAKE_TCIA_MAX_HEADER_BYTES", int),
+    "max_decompression_ratio": ("INTAKE_TCIA_MAX_DECOMPRESSION_RATIO", float),
+    "min_transfer_rate": ("INTAKE_TCIA_MIN_TRANSFER_RATE", float),
+    "idc_max_objects": ("INTAKE_TCIA_IDC_MAX_OBJECTS", int),
+    "idc_max_listing_page_bytes": ("INTAKE_TCIA_IDC_MAX_LISTING_PAGE_BYTES", int),
+    "idc_size_factor": ("INTAKE_TCIA_IDC_SIZE_FACTOR", float),
+}
 #: Settings that are secrets: never in repr, str, logs or pickles (re-read from the environment).
 SECRETS = ("api_key", "username", "password", "nlst_username", "nlst_password")
 _URLS = ("api_url", "nlst_api_url", "datacite_url", "idc_url")
@@ -135,6 +145,24 @@ class Settings:
     max_answer_bytes : int
         Bytes a metadata answer may hold, as sent and as parsed into columns (default 1 GiB;
         getSeries of 150,000 NLST series is about 116 MB, and holds less once parsed).
+    max_header_bytes : int
+        Bytes a ranged read of an object's first bytes (its DICOM header) may grow to (default
+        16 MiB: real headers, large private elements included, hold far less).
+    max_decompression_ratio : float
+        The most an answer sent compressed (``Content-Encoding``) may inflate, once past 1 MiB
+        (default 200; deflate's own limit is about 1032).
+    min_transfer_rate : float
+        Bytes per second below which an IDC series is given up: its deadline is ``read_timeout``
+        plus its listed bytes at this rate (default 64 kB/s), at most ``series_timeout``.
+    idc_max_objects : int
+        The most objects one IDC series listing may hold (default 100,000; fewer where the
+        index gives ``instanceCount``).
+    idc_max_listing_page_bytes : int
+        Bytes one ListObjectsV2 page may hold, parsed as it arrives (default 16 MiB; a page of
+        1,000 keys is about 350 kB).
+    idc_size_factor : float
+        An IDC series' listed objects may hold at most this many times the index's
+        ``series_size_MB``, plus 64 kB (default 2).
     retries : int
         How many times a request is retried on 429, 5xx and connection errors.
     backoff_factor, max_backoff : float
@@ -188,6 +216,12 @@ class Settings:
     query_timeout: float = 600.0
     series_timeout: float = 6 * 3600.0
     max_answer_bytes: int = 1 << 30
+    max_header_bytes: int = 16 << 20
+    max_decompression_ratio: float = 200.0
+    min_transfer_rate: float = 65536.0
+    idc_max_objects: int = 100_000
+    idc_max_listing_page_bytes: int = 16 << 20
+    idc_size_factor: float = 2.0
     retries: int = 5
     backoff_factor: float = 0.5
     max_backoff: float = 60.0
@@ -234,8 +268,14 @@ class Settings:
             raise ValueError(f"retries must be >= 0, not {self.retries}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, not {self.workers}")
-        if self.max_answer_bytes < 1:
-            raise ValueError(f"max_answer_bytes must be >= 1, not {self.max_answer_bytes}")
+        for name in ("max_answer_bytes", "max_header_bytes", "idc_max_objects",
+                     "idc_max_listing_page_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
+        for name in ("max_decompression_ratio", "min_transfer_rate", "idc_size_factor"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, not {value}")
         for name in _POSITIVE:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -278,6 +318,13 @@ class Settings:
         for name, variable in _ENVIRONMENT.items():
             if name not in values and os.environ.get(variable):
                 values[name] = os.environ[variable]
+        for name, (variable, kind) in _NUMERIC_ENVIRONMENT.items():
+            if name not in values and os.environ.get(variable):
+                try:
+                    values[name] = kind(os.environ[variable])
+                except ValueError:
+                    raise ValueError(f"{variable} must be a number, not "
+                                     f"{os.environ[variable][:40]!r}") from None
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:

@@ -260,6 +260,29 @@ class MissingDependencyError(TCIAError, ImportError):
     """An optional dependency is missing; the message names the extra that provides it."""
 
 
+def in_series(exc: TCIAError, series_uid: str, key: str | None = None) -> TCIAError:
+    """The same error saying which series (and object ``key``) it is about; ``exc`` itself when
+    it says so already, or cannot be made again with another message."""
+    missing = [f"series {series_uid}"] if series_uid not in str(exc) else []
+    if key is not None and key not in str(exc):
+        missing.append(f"object {key}")
+    if not missing:
+        return exc
+    where, text = ", ".join(missing), str(exc)
+    if text.startswith(f"series {series_uid}: "):  # "series X, object K: ..."
+        where, text = f"series {series_uid}, {where}", text[len(f"series {series_uid}: "):]
+    try:
+        if isinstance(exc, TCIAHTTPError):
+            made: TCIAError = type(exc)(exc.status, f"{where}: {exc.text}", exc.url,
+                                        exc.retry_after)
+        else:
+            made = type(exc)(f"{where}: {text}")
+    except TypeError:  # an error class of its own signature
+        return exc
+    made.retryable = exc.retryable
+    return made
+
+
 def import_optional(module: str, extra: str, feature: str) -> Any:
     """Import ``module``, or raise :class:`MissingDependencyError` naming the extra to install."""
     import importlib

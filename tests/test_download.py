@@ -530,13 +530,31 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
 DICOM_LIKE = b"\0" * 128 + b"DICM" + b"\0" * 40  # the DICOM prefix, no SOPInstanceUID
 
 
+def _dicom(n: int = 1) -> bytes:
+    """A small complete DICOM instance (no pixels) of series 1.2.3, SOPInstanceUID 1.2.3.n."""
+    import io
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = f"1.2.3.{n}"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2", "1.2.3"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
 def _md5_csv(members: dict[str, bytes]) -> bytes:
     rows = [f"{name},{hashlib.md5(body).hexdigest()}" for name, body in members.items()]
     return ("Filename,MD5Hash\n" + "\n".join(rows) + "\n").encode()
 
 
 def test_a_zip_without_md5s_or_with_missing_files_is_refused(tmp_path: Path) -> None:
-    body = DICOM_LIKE
+    body = _dicom()
     bare = _zip(tmp_path / "a.zip", {"LICENSE": b"x", "1-1.dcm": body})
     with pytest.raises(TCIAIntegrityError, match="md5hashes.csv"):
         extract_series(bare, tmp_path / "a", "1.2.3", limit=10**6)
@@ -556,7 +574,7 @@ def test_a_zip_without_md5s_or_with_missing_files_is_refused(tmp_path: Path) -> 
 
 
 def test_md5hashes_listing_the_license_is_accepted(tmp_path: Path) -> None:
-    files = {"1-1.dcm": DICOM_LIKE, "LICENSE": b"CC BY 4.0"}
+    files = {"1-1.dcm": _dicom(), "LICENSE": b"CC BY 4.0"}
     made = _zip(tmp_path / "a.zip", {**files, "md5hashes.csv": _md5_csv(files)})
     series = extract_series(made, tmp_path / "a", "1.2.3", limit=10**6)
     assert series.license_text == "CC BY 4.0" and len(series.instances) == 1
@@ -570,7 +588,7 @@ def test_a_non_dicom_member_with_a_matching_md5_is_refused(tmp_path: Path) -> No
 
 
 def test_more_files_than_promised_are_refused(tmp_path: Path) -> None:
-    files = {f"1-{i}.dcm": DICOM_LIKE for i in range(3)}
+    files = {f"1-{i}.dcm": _dicom(i) for i in range(3)}
     made = _zip(tmp_path / "a.zip", {**files, "md5hashes.csv": _md5_csv(files)})
     with pytest.raises(UnsafeArchiveError, match="promised 2"):
         extract_series(made, tmp_path / "a", "1.2.3", limit=10**6, max_files=2)

@@ -30,6 +30,7 @@ from intake_tcia.errors import (
 from intake_tcia.fs import TCIAFileSystem
 from intake_tcia.sources import TCIASeriesSource
 from intake_tcia.testing import ArchiveServer, IDCBucketServer
+from intake_tcia.testing.idc import crdc_series_uuid
 
 CATALOGS = Path(__file__).resolve().parent.parent / "catalogs"
 
@@ -340,7 +341,8 @@ def test_an_object_that_stays_altered_is_refused_and_nothing_is_cached(
     server: ArchiveServer, bucket: IDCBucketServer, idc_index: Path, tmp_cache: Path, ct_uid: str
 ) -> None:
     bucket.faults.add("alter", series=ct_uid, times=1000)
-    with pytest.raises(TCIAIntegrityError, match=f"series {ct_uid}: MD5"):
+    key = f"{crdc_series_uuid(ct_uid)}/"
+    with pytest.raises(TCIAIntegrityError, match=f"series {ct_uid}, object {key}.*: MD5"):
         _fetch(server, bucket, idc_index, tmp_cache, ct_uid)
     assert not (tmp_cache / "series" / ct_uid).exists()
     assert not any((tmp_cache / "staging").iterdir())
@@ -383,9 +385,8 @@ def test_paged_listing_and_single_instances_with_faults(
 
 
 def test_a_listing_names_only_objects_under_the_series_prefix() -> None:
-    import xml.etree.ElementTree as ET
-
-    from intake_tcia.idc.bucket import IDCLocation, _page
+    from intake_tcia.idc.listing import _Page
+    from intake_tcia.idc.location import IDCLocation
 
     where = IDCLocation("1.2.3", "idc-open-data", "abc/", 2)
     contents = "".join(
@@ -393,8 +394,9 @@ def test_a_listing_names_only_objects_under_the_series_prefix() -> None:
         for key, etag in [("abc/1.dcm", '"0123456789abcdef0123456789abcdef"'),
                           ("abc/2.dcm", '"0123456789abcdef0123456789abcdef-3"'),
                           ("other/3.dcm", '"00"'), ("abc/../../x.dcm", '"00"')])
-    root = ET.fromstring('<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-                         f"{contents}</ListBucketResult>")
-    page = _page(root, where)
-    assert [(o.key, o.md5) for o in page] == [("abc/1.dcm", "0123456789abcdef0123456789abcdef"),
-                                              ("abc/2.dcm", None)]  # a multipart ETag: no MD5
+    page = _Page(where, lambda: None)
+    page.feed(f'<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{contents}'
+              "</ListBucketResult>".encode(), last=True)
+    assert [(o.key, o.md5) for o in page.objects] == [
+        ("abc/1.dcm", "0123456789abcdef0123456789abcdef"),
+        ("abc/2.dcm", None)]  # a multipart ETag: no MD5

@@ -141,23 +141,43 @@ def test_a_non_dicom_file_is_corrupt_data_until_its_md5_confirms_it(cache: Serie
         assert not confirmed.value.retryable
 
 
-def test_header_uids_agree_with_pydicom_on_its_test_files() -> None:
+def test_check_instance_agrees_with_pydicom_on_its_test_files() -> None:
     from pydicom.data.data_manager import DATA_ROOT
 
-    from intake_tcia.retrieval.dicomhead import header_uids
+    from intake_tcia.retrieval.dicomhead import check_instance
 
-    read = 0
+    read, cut = 0, set()
     for path in sorted(Path(DATA_ROOT, "test_files").rglob("*.dcm")):  # shipped, no download
         data = Path(path).read_bytes()
-        found = header_uids(data[:65536], whole=len(data) <= 65536)
+        found = check_instance(data[:65536], len(data), lambda at, n, d=data: d[at : at + n])
         if found is None:
+            continue
+        if found.problem is not None:
+            if "cut short" in found.problem:
+                cut.add(path.name)
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # noqa: BLE001 - files pydicom itself refuses are not compared
             continue
-        assert found == (str(ds.get("SOPInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))), (
-            path
-        )
+        assert (found.sop, found.series, found.study) == tuple(
+            str(ds.get(k, "")) for k in ("SOPInstanceUID", "SeriesInstanceUID",
+                                         "StudyInstanceUID")), path
         read += 1
     assert read > 50  # most files are read by the fast path
+    assert {"MR_truncated.dcm", "rtplan_truncated.dcm"} <= cut
+
+
+@pytest.mark.parametrize(
+    ("cut", "complete"),
+    [(0, True), (100, True), (1000, False)],
+    ids=["whole", "cut in the trailing padding", "cut in the pixel data"],
+)
+def test_bytes_after_whole_pixel_data_are_kept_and_a_cut_before_is_not(cut, complete) -> None:
+    from intake_tcia.retrieval.dicomhead import check_instance
+
+    whole = Path(get_testdata_file("CT_small.dcm")).read_bytes()  # Pixel Data, then padding
+    data = whole[: len(whole) - cut] if cut else whole + b"\x00 junk after the data"
+    found = check_instance(data, len(data), lambda at, n: data[at : at + n])
+    assert found is not None and found.sop
+    assert (found.problem is None) is complete, found.problem

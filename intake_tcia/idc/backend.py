@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
+from ..errors import TCIABackendError, in_series
 from ..retrieval.cache import CachedSeries, SeriesCache
 from ..retrieval.layouts import LAYOUT_FIELDS
 from ..retrieval.transport import Transport
@@ -23,6 +24,7 @@ from ..schema import SCHEMAS, frame_from_records
 from . import bucket, versions
 from .bucket import IDCLocation
 from .index import IDCIndex, open_index
+from .location import index_errors, locations
 from .queries import answer
 from .urls import mirror_bucket
 
@@ -47,7 +49,7 @@ class IDCBackend:
         self.settings = settings
         self.transport = transport
         self.cache = cache
-        self._located: dict[str, IDCLocation | None] = {}
+        self._located: dict[str, IDCLocation | TCIABackendError | None] = {}
         self._located_lock = threading.Lock()
 
     @property
@@ -64,10 +66,11 @@ class IDCBackend:
 
     def query(self, endpoint: str, params: Mapping[str, str], **where: Any) -> pd.DataFrame:
         """NBIA's answer to ``endpoint``, from the index (``where`` hints are not needed)."""
-        if versions.pinned(self) is not None:  # an older IDC release: as it had them
-            return versions.answer(self, endpoint, params)
-        self.index.refresh()
-        return answer(self.index, endpoint, dict(params))
+        with index_errors(self.index):
+            if versions.pinned(self) is not None:  # an older IDC release: as it had them
+                return versions.answer(self, endpoint, params)
+            self.index.refresh()
+            return answer(self.index, endpoint, dict(params))
 
     def search(
         self, form: Mapping[str, str], *, collections: Any = None, page_size: int
@@ -83,8 +86,14 @@ class IDCBackend:
         if not uids:
             return
         mirror = self.settings.idc_mirror  # as the client's release had them, on its mirror
-        found = {uid: replace(where, bucket=mirror_bucket(where.bucket, mirror))
-                 for uid, where in bucket.locations(versions.series_locations(self, uids)).items()}
+        try:
+            with index_errors(self.index):
+                rows = versions.series_locations(self, uids)
+            found: dict[str, Any] = {
+                uid: replace(where, bucket=mirror_bucket(where.bucket, mirror))
+                for uid, where in locations(rows, self.index.path).items()}
+        except TCIABackendError as exc:  # an unreadable file: each series fails with it
+            found = dict.fromkeys(uids, exc)
         with self._located_lock:
             self._located.update({uid: found.get(uid) for uid in uids})
 
@@ -95,13 +104,18 @@ class IDCBackend:
             self._located.update(located)
 
     def find(self, series_uid: str) -> IDCLocation | None:
-        """The series' location, or None where the index does not list it."""
+        """The series' location, or None where the index does not list it
+        (:class:`TCIABackendError` where the index file cannot be read)."""
         if series_uid not in self._located:
             self.locate([series_uid])
-        return self._located[series_uid]
+        found = self._located[series_uid]
+        if isinstance(found, TCIABackendError):
+            raise in_series(found, series_uid)
+        return found
 
     def location(self, series_uid: str) -> IDCLocation:
-        """The series' location; :class:`TCIANotFoundError` where the index does not list it."""
+        """The series' location; a :class:`TCIANotFoundError` where the index does not list
+        it."""
         found = self.find(series_uid)
         if found is None:
             raise versions.not_listed(self, [series_uid])

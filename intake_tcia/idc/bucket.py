@@ -4,15 +4,20 @@ IDC keeps each instance as its own object, ``s3://<aws_bucket>/<crdc_series_uuid
 (design.md, "Two backends"). Everything here goes through the package's one transport
 (:mod:`intake_tcia.retrieval.transport`), anonymously, path style on ``settings.idc_url``:
 
-* :func:`list_objects`: ListObjectsV2 of the series' prefix, page after page.
+* :func:`list_objects` (:mod:`intake_tcia.idc.listing`): ListObjectsV2 of the series' prefix,
+  bounded, parsed as it streams.
 * :func:`fetch_series`: every object GET in parallel on pooled connections, all within one
-  :class:`~intake_tcia.retrieval.transport.RetryBudget` and the series' deadline; the object
-  count must be the index's ``instanceCount``, each body its listed size and, where the ETag is
-  a plain MD5, that MD5; each file DICOM of the series. The files are written, verified and
+  :class:`~intake_tcia.retrieval.transport.RetryBudget` and the series' deadline
+  (``read_timeout`` plus its listed bytes at ``min_transfer_rate``); the index must vouch for
+  the series (an ``instanceCount`` above 0, a ``series_size_MB``), the object count must be
+  that count, the listed bytes at most ``idc_size_factor`` times that size, each body its
+  listed size and, where the ETag is a plain MD5, that MD5; each file a complete DICOM
+  instance of the series and study, each instance once. The files are written, verified and
   published into the series cache by :class:`~intake_tcia.retrieval.pipeline.SeriesWriter`,
-  the same cache NBIA downloads go to.
+  the same cache NBIA downloads go to. Every error names the series, and the object at fault.
 * :func:`instances`: the SOPInstanceUID of every object, from ranged reads of the first bytes
-  of each (kept in ``{cache_dir}/idc/{SeriesInstanceUID}.json``, so a series is listed once).
+  of each (kept in ``{cache_dir}/idc/{SeriesInstanceUID}.json``, so a series is listed once);
+  a header read grows to at most ``max_header_bytes``.
 * :func:`read_instance` and :func:`read_header`: one instance's bytes (one GET, verified), or
   one header (a ranged read) of a series that is not in the cache.
 """
@@ -23,13 +28,11 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,22 +41,25 @@ from urllib.parse import quote
 from .._validate import validate_uid
 from ..config import Settings
 from ..errors import (
-    TCIAConnectionError,
+    TCIAError,
     TCIAIntegrityError,
     TCIANotFoundError,
     TCIAResponseError,
+    in_series,
     storage_errors,
 )
 from ..retrieval.cache import CachedSeries, SeriesCache, atomic_path
+from ..retrieval.dicomhead import check_instance
 from ..retrieval.pipeline import import_readers
 from ..retrieval.progress import Counter, ignore
 from ..retrieval.transport import Transport
+from .listing import IDCObject, list_objects
+from .location import IDCLocation, locate, locations
 
 if TYPE_CHECKING:
     import pydicom
 
     from ..retrieval.transport import RetryBudget
-    from .index import IDCIndex
 
 __all__ = [
     "IDCLocation",
@@ -73,59 +79,13 @@ log = logging.getLogger("intake_tcia")
 
 #: Where the listing and instance UIDs of IDC series are kept, under the cache directory.
 LISTINGS_DIR = "idc"
-_S3 = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-_PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
 #: Bytes of an object read first for its header; grown (x16) until the header is in them.
 _HEAD_BYTES = 16 * 1024
 _GET_CHUNK = 1 << 18
+#: Bytes a series may hold beyond idc_size_factor x series_size_MB (the index rounds sizes).
+_SIZE_SLACK = 64 << 10
 _LISTING_VERSION = 1
 _PIXEL_DATA_LE = b"\xe0\x7f\x10\x00"  # (7FE0,0010) in little-endian byte order
-
-
-@dataclass(frozen=True)
-class IDCLocation:
-    """Where IDC keeps a series.
-
-    Attributes
-    ----------
-    series_uid : str
-        The SeriesInstanceUID.
-    bucket : str
-        ``aws_bucket`` (``idc-open-data``).
-    prefix : str
-        ``<crdc_series_uuid>/``, the folder of its objects.
-    instance_count : int or None
-        The index's ``instanceCount``.
-    collection : str or None
-        TCIA's collection name.
-    release : int or None
-        For an older IDC release's copy of the series (``idc_version``), that release; None
-        for the current copy.
-    """
-
-    series_uid: str
-    bucket: str
-    prefix: str
-    instance_count: int | None = None
-    collection: str | None = None
-    release: int | None = None
-
-
-@dataclass(frozen=True)
-class IDCObject:
-    """One object of a series: its key, size, MD5 (from a plain-MD5 ETag, else None) and, once
-    its header has been read, its SOPInstanceUID."""
-
-    key: str
-    size: int
-    md5: str | None
-    sop_instance_uid: str | None = None
-
-    @property
-    def name(self) -> str:
-        """str: the file name the object gets in the cache (the key's last part)."""
-        return self.key.rpartition("/")[2]
-
 
 
 class _Bucket(Protocol):
@@ -138,97 +98,9 @@ class _Bucket(Protocol):
 
     def location(self, series_uid: str) -> IDCLocation: ...
 
-def locate(index: IDCIndex, series_uids: Iterable[str]) -> dict[str, IDCLocation]:
-    """The IDC locations of the series the index lists (one index scan for all of them).
-
-    Returns
-    -------
-    dict of str to IDCLocation
-        Unknown series are left out.
-    """
-    return locations(index.series_locations(series_uids))
-
-
-def locations(frame: Any) -> dict[str, IDCLocation]:
-    """The IDC locations of the rows of a :meth:`IDCIndex.series_locations` frame."""
-    found = {}
-    for row in frame.to_dict("records"):
-        found[row["SeriesInstanceUID"]] = IDCLocation(
-            row["SeriesInstanceUID"], str(row["aws_bucket"]), f"{row['crdc_series_uuid']}/",
-            _whole(row.get("instanceCount")), row.get("Collection"),
-            _whole(row.get("idc_version")) if row.get("prior") else None,
-        )
-    return found
-
-
-def _whole(value: Any) -> int | None:
-    """An int, or None for a missing value (None, NaN, pandas' NA)."""
-    try:
-        return None if value is None or value != value else int(value)
-    except TypeError:  # pandas.NA
-        return None
-
-
-
 
 def _object_url(idc: _Bucket, bucket: str, key: str) -> str:
     return f"{idc.settings.idc_url}{quote(bucket)}/{quote(key)}"
-
-
-# -- listing --------------------------------------------------------------------------------------
-
-
-def list_objects(
-    idc: _Bucket, where: IDCLocation, *, budget: RetryBudget | None = None,
-    max_keys: int | None = None,
-) -> list[IDCObject]:
-    """The objects under a series' prefix (ListObjectsV2, every page), sorted by key.
-
-    ``max_keys`` stops after that many (one page asking for only them).
-    """
-    transport = idc.transport
-    budget = budget or transport.budget()
-    url = f"{idc.settings.idc_url}{quote(where.bucket)}"
-    found: list[IDCObject] = []
-    token = None
-    tokens: set[str] = set()
-    while True:
-        params = {"list-type": "2", "prefix": where.prefix}
-        if max_keys is not None:
-            params["max-keys"] = str(max_keys - len(found))
-        if token:
-            params["continuation-token"] = token
-        try:
-            root = ET.fromstring(bytes(_read_all(idc, url, params, budget)))
-            page = _page(root, where)
-        except (ET.ParseError, ValueError) as exc:
-            raise TCIAResponseError(f"{url}: not a ListObjectsV2 answer ({exc})") from exc
-        found += page
-        token = root.findtext(f"{_S3}NextContinuationToken")
-        truncated = (root.findtext(f"{_S3}IsTruncated") or "").lower() == "true"
-        if not (truncated and token) or (max_keys is not None and len(found) >= max_keys):
-            break
-        if token in tokens or not page:
-            raise TCIAResponseError(f"{url}: the listing of {where.prefix} does not move on "
-                                    f"(continuation token {token[:40]!r} again, or an empty page)")
-        tokens.add(token)
-    return sorted({o.key: o for o in found}.values(), key=lambda o: o.key)
-
-
-def _page(root: ET.Element, where: IDCLocation) -> list[IDCObject]:
-    """The objects of one ListObjectsV2 page that are the series' (under its prefix, no deeper);
-    ValueError for a size that is no number."""
-    found = []
-    for item in root.iter(f"{_S3}Contents"):
-        key = item.findtext(f"{_S3}Key") or ""
-        if not key.startswith(where.prefix) or "/" in key[len(where.prefix):]:
-            log.warning("series %s: the listing names %.80r, not an object of the series; "
-                        "left out", where.series_uid, key)
-            continue
-        etag = (item.findtext(f"{_S3}ETag") or "").strip().strip('"').lower()
-        found.append(IDCObject(key, int(item.findtext(f"{_S3}Size") or 0),
-                               etag if _PLAIN_MD5.fullmatch(etag) else None))
-    return found
 
 
 def _read_all(idc: _Bucket, url: str, params: dict[str, str] | None,
@@ -300,7 +172,7 @@ def _listing(idc: _Bucket, uid: str) -> tuple[IDCLocation, list[IDCObject]]:
     import_readers()  # before the threads parse heads
 
     def read(obj: IDCObject) -> IDCObject:
-        head = _head(idc, where.bucket, obj, budget, _sop_from_head)
+        head = _head(idc, where, obj, budget, _sop_from_head)
         return IDCObject(obj.key, obj.size, obj.md5, head)
 
     with ThreadPoolExecutor(max(1, min(idc.settings.workers, len(objects)))) as pool:
@@ -309,21 +181,33 @@ def _listing(idc: _Bucket, uid: str) -> tuple[IDCLocation, list[IDCObject]]:
     return where, read_objects
 
 
-def _head(idc: _Bucket, bucket: str, obj: IDCObject, budget: RetryBudget,
+def _head(idc: _Bucket, where: IDCLocation, obj: IDCObject, budget: RetryBudget,
           parse: Callable[[bytes, bool], Any]) -> Any:
-    """``parse(first bytes, whole)`` of an object, reading more (x16) until it can."""
-    want = _HEAD_BYTES
-    while True:
-        whole = want >= obj.size
-        headers = None if whole else {"Range": f"bytes=0-{want - 1}"}
-        data = _read_all(idc, _object_url(idc, bucket, obj.key), None, budget, headers,
-                         limit=max(want, obj.size) if whole else want)
-        result = parse(bytes(data), whole or len(data) >= obj.size)
-        if result is not None:
-            return result
-        if whole:
-            raise TCIAIntegrityError(f"{obj.key} in {bucket} is not a DICOM instance")
-        want *= 16
+    """``parse(first bytes, whole)`` of an object, reading more (x16) until it can, at most
+    ``max_header_bytes``; errors name the series and the object."""
+    cap = idc.settings.max_header_bytes
+    want = min(_HEAD_BYTES, cap)
+    try:
+        while True:
+            whole = want >= obj.size
+            headers = None if whole else {"Range": f"bytes=0-{want - 1}"}
+            data = _read_all(idc, _object_url(idc, where.bucket, obj.key), None, budget,
+                             headers, limit=obj.size if whole else want)
+            if len(data) >= 134 and data[128:134] != b"DICM\x02\x00":  # file meta next
+                raise TCIAIntegrityError("is not DICOM (no DICM prefix and file meta)",
+                                         retryable=False)
+            result = parse(bytes(data), whole or len(data) >= obj.size)
+            if result is not None:
+                return result
+            if whole:
+                raise TCIAIntegrityError("is not a DICOM instance", retryable=False)
+            if want >= cap:
+                raise TCIAIntegrityError(
+                    f"holds no DICOM header within its first {cap} bytes (max_header_bytes)",
+                    retryable=False)
+            want = min(want * 16, cap)
+    except TCIAError as exc:
+        raise in_series(exc, where.series_uid, obj.key) from exc
 
 
 def sop_instance_uid_of(data: bytes) -> str | None:
@@ -381,11 +265,11 @@ def tag_rows(ds: pydicom.Dataset) -> list[dict[str, str | None]]:
     return rows
 
 
-def _object_of(idc: _Bucket, series_uid: str, sop_uid: str) -> tuple[str, IDCObject]:
+def _object_of(idc: _Bucket, series_uid: str, sop_uid: str) -> tuple[IDCLocation, IDCObject]:
     where, listing = _listing(idc, series_uid)
     for obj in listing:
         if obj.sop_instance_uid == sop_uid:
-            return where.bucket, obj
+            return where, obj
     raise TCIANotFoundError(404, f"series {series_uid} has no instance {sop_uid} in IDC",
                             f"s3://{where.bucket}/{where.prefix}")
 
@@ -397,28 +281,33 @@ def read_instance(idc: _Bucket, series_uid: str, sop_instance_uid: str) -> bytes
     """
     series_uid = validate_uid(series_uid, "series_uid")
     sop_uid = validate_uid(sop_instance_uid, "sop_instance_uid")
-    bucket, obj = _object_of(idc, series_uid, sop_uid)
+    where, obj = _object_of(idc, series_uid, sop_uid)
     budget = idc.transport.budget()
-    url = _object_url(idc, bucket, obj.key)
+    url = _object_url(idc, where.bucket, obj.key)
 
     def attempt() -> bytes:
         data = bytes(_read_all(idc, url, None, budget, limit=obj.size))
         problem = _problem(data, obj)
         if problem is not None:
-            raise TCIAIntegrityError(f"series {series_uid}: {problem}")
+            raise TCIAIntegrityError(problem)
+        found = check_instance(data, len(data), lambda at, n: data[at : at + n])
+        if found is not None and found.problem is not None:
+            raise TCIAIntegrityError(found.problem, retryable=False)
         if _sop_from_head(data, True) != sop_uid:
-            raise TCIAIntegrityError(f"{obj.key} does not hold instance {sop_uid}",
-                                     retryable=False)
+            raise TCIAIntegrityError(f"does not hold instance {sop_uid}", retryable=False)
         return data
 
-    return budget.run(attempt)
+    try:
+        return budget.run(attempt)
+    except TCIAError as exc:
+        raise in_series(exc, series_uid, obj.key) from exc
 
 
 def _problem(data: bytes, obj: IDCObject) -> str | None:
     if len(data) != obj.size:
-        return f"{obj.key}: {len(data)} bytes received, {obj.size} listed"
+        return f"{len(data)} bytes received, {obj.size} listed"
     if obj.md5 is not None and hashlib.md5(data, usedforsecurity=False).hexdigest() != obj.md5:
-        return f"{obj.key}: MD5 differs from its ETag"
+        return "MD5 differs from its ETag"
     return None
 
 
@@ -434,8 +323,7 @@ def read_header(idc: _Bucket, series_uid: str) -> pydicom.Dataset:
     if not listing:
         raise TCIANotFoundError(404, f"IDC holds no objects of series {series_uid}",
                                 f"s3://{where.bucket}/{where.prefix}")
-    return _head(idc, where.bucket, listing[0], idc.transport.budget(),
-                 _header_from_head)
+    return _head(idc, where, listing[0], idc.transport.budget(), _header_from_head)
 
 
 # -- whole series ---------------------------------------------------------------------------------
@@ -468,8 +356,10 @@ def fetch_series(
     Raises
     ------
     TCIAIntegrityError
-        The bucket lists another number of objects than the index, or an object stays
-        different from its listing (size, MD5) or is not DICOM of this series.
+        The index cannot vouch for the series (``instanceCount`` null or 0, a bad value), the
+        bucket lists another number of objects than the index, or more bytes than
+        ``idc_size_factor`` times ``series_size_MB``, or an object stays different from its
+        listing (size, MD5) or is no complete instance of this series.
     TCIAConnectionError, TCIAHTTPError
         The retries were spent.
     """
@@ -486,13 +376,24 @@ def fetch_series(
         found = cache.get(uid)
         if found is not None:
             return found
+        count, size_mb = where.vouched()
+        settings = idc.settings
         budget = idc.transport.budget()  # statuses, lost bodies and bad objects alike
-        deadline = time.monotonic() + idc.settings.series_timeout  # retries included
         objects = list_objects(idc, where, budget=budget)
-        if where.instance_count is not None and len(objects) != where.instance_count:
+        if count is not None and len(objects) != count:  # None: an older release's copy
             raise TCIAIntegrityError(
                 f"series {uid}: the bucket lists {len(objects)} objects under "
-                f"s3://{where.bucket}/{where.prefix}, the IDC index says {where.instance_count}")
+                f"s3://{where.bucket}/{where.prefix}, the IDC index says {count}")
+        total = sum(o.size for o in objects)
+        bound = settings.idc_size_factor * size_mb * 1e6 + _SIZE_SLACK
+        if total > bound:
+            raise TCIAIntegrityError(
+                f"series {uid}: the bucket lists {total} bytes under "
+                f"s3://{where.bucket}/{where.prefix}, over {bound:.0f} (idc_size_factor "
+                f"{settings.idc_size_factor:g} x the index's series_size_MB {size_mb:g}, plus "
+                f"{_SIZE_SLACK} bytes)", retryable=False)
+        deadline = time.monotonic() + min(  # retries included; a trickle cannot hold for hours
+            settings.series_timeout, settings.read_timeout + total / settings.min_transfer_rate)
         slots = slots or threading.Semaphore(idc.settings.workers)
         counter = Counter(progress or ignore)
         lock = threading.Lock()
@@ -503,9 +404,9 @@ def fetch_series(
 
         def attempt() -> CachedSeries:
             counter.take_back()  # what a failed attempt counted
-            with SeriesWriter(cache, uid, expected_count=len(objects),
-                              size_limit=sum(o.size for o in objects),
-                              metadata=dict(metadata or {})) as writer:
+            with SeriesWriter(cache, uid, expected_count=len(objects), size_limit=total,
+                              metadata=dict(metadata or {}), study_uid=where.study_uid,
+                              promised_by="the IDC index's instanceCount") as writer:
                 _run_all(lambda obj: _get_into(idc, where.bucket, obj, writer, budget,
                                                deadline, slots, count),
                          objects, idc.settings.workers)
@@ -554,16 +455,15 @@ def _get_into(idc: _Bucket, bucket: str, obj: IDCObject, writer: Any,
     url = _object_url(idc, bucket, obj.key)
     with contextlib.ExitStack() as held:
         held.enter_context(slots)
-        response = held.enter_context(transport.stream(url, budget=budget))
-        chunks = transport.iter_body(response, _GET_CHUNK, deadline=deadline)
         try:
+            response = held.enter_context(transport.stream(url, budget=budget))
+            chunks = transport.iter_body(response, _GET_CHUNK, deadline=deadline)
             md5 = writer.add(obj.name, _counted(chunks, obj, progress, held.close),
                              expected_md5=obj.md5)
-        except (TCIAConnectionError, TCIAResponseError) as exc:
-            raise type(exc)(f"series {writer.series_uid}: {exc}",
-                            retryable=exc.retryable) from exc
-    if obj.md5 is None:  # a multipart ETag is no MD5: the size and the header are checked
-        writer.expect_md5s({obj.name: md5})
+            if obj.md5 is None:  # a multipart ETag is no MD5: the size and the header are checked
+                writer.expect_md5s({obj.name: md5})
+        except TCIAError as exc:
+            raise in_series(exc, writer.series_uid, obj.key) from exc
 
 
 def _counted(chunks: Iterable[bytes], obj: IDCObject, progress: Callable[[int], None],
@@ -574,9 +474,9 @@ def _counted(chunks: Iterable[bytes], obj: IDCObject, progress: Callable[[int], 
     for chunk in chunks:
         received += len(chunk)
         if received > obj.size:
-            raise TCIAIntegrityError(f"{obj.key}: more than the {obj.size} bytes listed")
+            raise TCIAIntegrityError(f"more than the {obj.size} bytes listed")
         progress(len(chunk))
         yield chunk
     if received != obj.size:
-        raise TCIAIntegrityError(f"{obj.key}: {received} bytes received, {obj.size} listed")
+        raise TCIAIntegrityError(f"{received} bytes received, {obj.size} listed")
     done()

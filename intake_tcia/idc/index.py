@@ -73,6 +73,7 @@ _SPECIES = {
 #: Where the locations of series come from, for IDC retrieval (:meth:`IDCIndex.series_locations`).
 LOCATION_COLUMNS = [
     "SeriesInstanceUID",
+    "StudyInstanceUID",
     "collection_id",
     "Collection",
     "aws_bucket",
@@ -252,18 +253,9 @@ class IDCIndex:
         pa, pc = self.pa, self.pc
         text = pa.large_string()
         have = set(raw.column_names)
-        same = [
-            "SeriesInstanceUID",
-            "StudyInstanceUID",
-            "Modality",
-            "SeriesDescription",
-            "BodyPartExamined",
-            "PatientID",
-            "PatientSex",
-            "PatientAge",
-            "Manufacturer",
-            "ManufacturerModelName",
-        ]
+        same = ["SeriesInstanceUID", "StudyInstanceUID", "Modality", "SeriesDescription",
+                "BodyPartExamined", "PatientID", "PatientSex", "PatientAge", "Manufacturer",
+                "ManufacturerModelName"]
         out = {name: raw[name] for name in same if name in have}
         derived: dict[str, tuple[str, Callable[[Any], Any]]] = {
             "SeriesDate": ("SeriesDate", self._date),
@@ -290,7 +282,11 @@ class IDCIndex:
         }
         for name, (source, build) in derived.items():
             if source in have:
-                out[name] = build(raw[source])
+                try:
+                    out[name] = build(raw[source])
+                except (pa.ArrowException, TypeError, ValueError) as exc:  # a hostile column
+                    raise TCIABackendError(f"the IDC index file {self.path}: column {source} "
+                                           f"holds values that are no {name} ({exc})") from exc
         if "collection_id" in have:
             ids = raw["collection_id"]
             out["collection_id"] = ids
@@ -487,7 +483,7 @@ class IDCIndex:
         -------
         pandas.DataFrame
             One row per series the index lists, in the order given (unknown UIDs left out):
-            SeriesInstanceUID, collection_id, Collection (TCIA's name), aws_bucket,
+            SeriesInstanceUID, StudyInstanceUID, collection_id, Collection, aws_bucket,
             crdc_series_uuid, series_aws_url (``s3://<bucket>/<crdc_series_uuid>/*``),
             instanceCount (Int64), series_size_MB (Float64).
         """
@@ -514,6 +510,7 @@ class IDCIndex:
 #: The index columns :meth:`IDCIndex.series_locations` reads, one at a time.
 _LOCATION_READ = [
     "SeriesInstanceUID",
+    "StudyInstanceUID",
     "collection_id",
     "aws_bucket",
     "crdc_series_uuid",

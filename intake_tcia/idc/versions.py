@@ -33,6 +33,7 @@ import pandas as pd
 
 from ..errors import TCIABackendError, TCIANotFoundError
 from ..retrieval.cache import SeriesCache
+from .location import NotInIndexError
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -306,8 +307,8 @@ def not_listed(idc: IDCBackend, uids: list[str]) -> TCIANotFoundError:
     if version is not None:
         return lacking(idc, version, uids)
     more = f" ... ({len(uids)} in all)" if len(uids) > 5 else ""
-    return TCIANotFoundError(404, "the IDC index does not list series " + ", ".join(uids[:5])
-                             + more, str(idc.index.folder))
+    return NotInIndexError(404, "the IDC index does not list series " + ", ".join(uids[:5])
+                           + more, str(idc.index.folder))
 
 
 # -- viewer ---------------------------------------------------------------------------------------

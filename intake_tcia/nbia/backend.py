@@ -41,6 +41,9 @@ T = TypeVar("T")
 
 #: getSeriesMetadata takes at most this many UIDs a request (as the NBIA clients chunk).
 METADATA_CHUNK = 10_000
+#: What getSeriesMetadata's CSV may hold: a header and this many bytes a series asked (rows are
+#: about 600 bytes), so an endless answer stops near what was asked, not at max_answer_bytes.
+_CSV_ROW_BYTES, _CSV_SLACK = 16 << 10, 1 << 20
 
 
 class NBIABackend:
@@ -183,7 +186,8 @@ class NBIABackend:
         for start in range(0, len(uids), METADATA_CHUNK):
             batch = ",".join(uids[start : start + METADATA_CHUNK])
             body, content_type = self.transport.fetch(
-                "POST", host + "getSeriesMetadata", data={"list": batch}
+                "POST", host + "getSeriesMetadata", data={"list": batch},
+                limit=_CSV_SLACK + _CSV_ROW_BYTES * len(uids[start : start + METADATA_CHUNK]),
             )
             text = body.decode("utf-8", "replace")
             if text.strip() and "SeriesInstanceUID" not in text.partition("\n")[0]:

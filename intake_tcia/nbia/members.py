@@ -1,7 +1,8 @@
 """Zip members as they arrive: a streaming reader of local headers, and the checks on members.
 
 NBIA writes getImage zips with Java's streaming ``ZipOutputStream``: each member is a local
-header, its deflate data and a data descriptor with the CRC and sizes; the central directory
+header, its deflate data and a data descriptor with the CRC and sizes (each checked against the
+bytes streamed, the CRC-32 too, computed as they pass); the central directory
 comes last. :func:`iter_members` reads such a stream front to back and hands over each member's
 inflated bytes while the next ones are still on the wire, so nothing waits for the last byte. It
 also reads members whose sizes are in the local header (zips written to a seekable file), STORED
@@ -133,6 +134,7 @@ class _Local:
     zip64: bool
     streamed_size: int = 0  # uncompressed bytes handed over
     streamed_compressed: int = 0
+    streamed_crc: int = 0  # CRC-32 of the uncompressed bytes handed over
 
 
 def iter_members(
@@ -231,11 +233,22 @@ def _member_data(stream: _Stream, local: _Local) -> Iterator[bytes]:
         pieces = _stored(stream, local)
     for piece in pieces:
         local.streamed_size += len(piece)
+        local.streamed_crc = isal_zlib.crc32(piece, local.streamed_crc)
         yield piece
     if not described and local.streamed_size != local.size:
         raise TCIAIntegrityError(
             f"series {stream.uid}: zip member {local.name} holds {local.streamed_size} bytes, "
             f"declares {local.size}"
+        )
+    if not described:
+        _check_crc(stream, local, local.crc)
+
+
+def _check_crc(stream: _Stream, local: _Local, declared: int) -> None:
+    if declared != local.streamed_crc:
+        raise TCIAIntegrityError(
+            f"series {stream.uid}: zip member {local.name} has CRC-32 {local.streamed_crc:08x}, "
+            f"its zip entry declares {declared:08x}"
         )
 
 
@@ -331,6 +344,7 @@ def _read_descriptor(stream: _Stream, local: _Local) -> None:
             f"{local.name} holds {local.streamed_size} bytes ({local.streamed_compressed} "
             f"compressed), its data descriptor says {size} ({csize})"
         )
+    _check_crc(stream, local, crc)
     local.crc, local.compressed_size, local.size = crc, csize, size
 
 
@@ -380,7 +394,9 @@ def _read_central(stream: _Stream, seen: list[_Local], limit: int | None) -> Non
         )
         infos.append(info)
     check_members(stream.uid, infos, limit)
-    if [(i.filename, i.file_size) for i in infos] != [(m.name, m.streamed_size) for m in seen]:
+    if [(i.filename, i.file_size, i.CRC) for i in infos] != [
+        (m.name, m.streamed_size, m.streamed_crc) for m in seen
+    ]:
         raise stream.truncated("its central directory does not list the members it holds")
     if signature == _END64:
         size64 = struct.unpack("<Q", stream.read(8, "the zip64 end record"))[0]

@@ -26,7 +26,7 @@ import pandas as pd
 
 from .._validate import validate_uid
 from ..config import Settings
-from ..errors import DownloadError, storage_errors
+from ..errors import DownloadError, TCIAError, storage_errors
 from ..manifest import series_uid_values
 from .cache import (
     LICENSE_NAME,
@@ -123,12 +123,21 @@ def download(
         request.cached = source.cache.get(request.uid)
         if request.cached is not None:
             request.metadata = {**request.cached.metadata, **request.metadata}
-    _add_metadata(source, requests, fields - {"SeriesInstanceUID"})
+    try:
+        _add_metadata(source, requests, fields - {"SeriesInstanceUID"})
+    except TCIAError as exc:  # no metadata, no folder: each series lacking it fails
+        if on_error == "raise":
+            raise
+        for request in requests:
+            if not fields - {"SeriesInstanceUID"} <= request.metadata.keys():
+                request.problem = f"{type(exc).__name__}: {exc}"
     for request in requests:
+        if request.problem is not None:
+            continue
         try:
             request.path = series_folder(root, layout, request.uid, request.metadata)
         except ValueError as exc:  # e.g. a symbolic link of the user's leads out: this series only
-            request.problem = str(exc)
+            request.problem = f"ValueError: {exc}"
     _refuse_shared_folders(requests, layout)
     source.prepare([r.uid for r in requests if r.cached is None])  # e.g. one index scan
     import_readers()
@@ -185,7 +194,7 @@ def _download_one(
     """One status row: the series made complete in its folder, or the reason it failed."""
     if request.problem is not None or request.path is None:
         bar.finish(request.uid, failed=True)
-        return (request.uid, "failed", None, 0, 0, f"ValueError: {request.problem}")
+        return (request.uid, "failed", None, 0, 0, request.problem)
     placed = read_series_folder(request.path, request.uid)
     if placed is not None:
         bar.finish(request.uid)

@@ -31,7 +31,7 @@ from typing import Any
 from .._validate import name_problem
 from ..errors import TCIAIntegrityError, TCIAStorageError, UnsafeArchiveError, storage_errors
 from .cache import LICENSE_NAME, CachedInstance, CachedSeries, SeriesCache, fsync_file
-from .dicomhead import header_uids
+from .dicomhead import Instance, check_instance
 
 __all__ = ["SeriesWriter", "SeriesFolder", "MD5_MEMBER"]
 
@@ -78,15 +78,23 @@ class SeriesFolder:
         :meth:`complete`).
     size_limit : int
         The most bytes all files may hold together (a zip bomb stops there).
+    study_uid : str, optional
+        The StudyInstanceUID every file must have (default: that of the first file).
+    promised_by : str
+        What promised ``expected_count``, for messages (``"getSeriesSize"``).
     """
 
     def __init__(
-        self, folder: Path, series_uid: str, *, expected_count: int | None, size_limit: int
+        self, folder: Path, series_uid: str, *, expected_count: int | None, size_limit: int,
+        study_uid: str | None = None, promised_by: str = "getSeriesSize",
     ) -> None:
         self.folder = folder
         self.series_uid = series_uid
         self.expected_count = expected_count
         self.size_limit = size_limit
+        self.study_uid = study_uid
+        self.promised_by = promised_by
+        self._sops: dict[str, str] = {}  # SOPInstanceUID -> the file holding it
         self._lock = threading.Lock()
         self._names: set[str] = set()
         self._files: dict[str, _File] = {}
@@ -114,7 +122,7 @@ class SeriesFolder:
                 self._dicom_names += 1
                 if self.expected_count is not None and self._dicom_names > self.expected_count:
                     raise UnsafeArchiveError(
-                        f"series {self.series_uid}: getSeriesSize promised "
+                        f"series {self.series_uid}: {self.promised_by} promised "
                         f"{self.expected_count} files, {name!r} is one more; refusing it"
                     )
 
@@ -165,16 +173,31 @@ class SeriesFolder:
                 if len(head) < _HEAD:
                     head += chunk[: _HEAD - len(head)]
         md5 = digest.hexdigest()
-        sop, problem = "", None
-        if name != LICENSE_NAME:
-            sop, problem = _instance_problem(path, head, size, self.series_uid)
-        entry = _File(name, size, md5, sop, problem, _flush_later(path))
+        found = Instance() if name == LICENSE_NAME else _instance_of(path, head, size)
         with self._lock:
+            problem = found.problem if name == LICENSE_NAME else self._belongs(name, found)
+            entry = _File(name, size, md5, found.sop, problem, _flush_later(path))
             self._files[name] = entry
             if expected_md5 is not None:
                 self._expected[name] = expected_md5.strip().lower()
             self._judge(entry)
         return md5
+
+    def _belongs(self, name: str, found: Instance) -> str | None:
+        """Why a file is no complete instance of this series, once in it (lock held)."""
+        if found.problem is not None:
+            return found.problem
+        if found.series != self.series_uid:
+            return (f"is an instance of series {found.series}" if found.series
+                    else "has no Series Instance UID")
+        if self.study_uid is None:
+            self.study_uid = found.study
+        elif found.study != self.study_uid:
+            return f"is an instance of study {found.study}, the series is of {self.study_uid}"
+        other = self._sops.setdefault(found.sop, name)
+        if other != name:
+            return f"holds instance {found.sop}, as {other} does (one instance twice)"
+        return None
 
     def expect_md5s(self, md5s: Mapping[str, str]) -> None:
         """The MD5 (hex) of each file the series must hold (NBIA's ``md5hashes.csv``); files
@@ -235,7 +258,7 @@ class SeriesFolder:
             )
         if self.expected_count is not None and len(dicom) < self.expected_count:
             raise TCIAIntegrityError(
-                f"series {uid}: {len(dicom)} files arrived, getSeriesSize promised "
+                f"series {uid}: {len(dicom)} files arrived, {self.promised_by} promised "
                 f"{self.expected_count}"
             )
         try:
@@ -275,6 +298,8 @@ class SeriesWriter(SeriesFolder):
         The most bytes the files may hold together.
     metadata : mapping, optional
         Series metadata to keep in the cache record (layout fields).
+    study_uid, promised_by
+        As :class:`SeriesFolder`.
     """
 
     def __init__(
@@ -285,19 +310,22 @@ class SeriesWriter(SeriesFolder):
         expected_count: int | None,
         size_limit: int,
         metadata: Mapping[str, Any] | None = None,
+        study_uid: str | None = None,
+        promised_by: str = "getSeriesSize",
     ) -> None:
         self.cache = cache
         self.series_uid = series_uid
         self.metadata = {k: str(v) for k, v in (metadata or {}).items() if v is not None}
         self._staging: Any = None
-        self._pending = (series_uid, expected_count, size_limit)
+        self._pending = (series_uid, expected_count, size_limit, study_uid, promised_by)
 
     def __enter__(self) -> SeriesWriter:
-        uid, count, limit = self._pending
+        uid, count, limit, study, promised_by = self._pending
         self._staging = self.cache.staging(uid)
         folder = self._staging.__enter__()
         try:
-            super().__init__(folder / "series", uid, expected_count=count, size_limit=limit)
+            super().__init__(folder / "series", uid, expected_count=count, size_limit=limit,
+                             study_uid=study, promised_by=promised_by)
         except BaseException:
             self._staging.__exit__(None, None, None)
             raise
@@ -337,57 +365,49 @@ class SeriesWriter(SeriesFolder):
             )
 
 
-def _instance_problem(
-    path: Path, head: bytes, size: int, series_uid: str
-) -> tuple[str, str | None]:
-    """A written file's (0008,0018) *SOP Instance UID* ("" when it has none), and why it is no
-    instance of the series (None when it is); ``head`` holds its first bytes."""
-    sop, series = header_uids(head, whole=size <= len(head)) or _header_uids(path)
-    if not sop and head[128:132] != b"DICM":  # no DICOM prefix (PS3.10 section 7.1)
-        return "", "is not DICOM"
-    if series and series != series_uid:
-        return sop, f"is an instance of series {series}"
-    return sop, None
+class _ReadAt:
+    """``read_at(offset, n)`` of a written file, opened on first use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file: Any = None
+
+    def __call__(self, offset: int, n: int) -> bytes:
+        if self.file is None:
+            self.file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        self.file.seek(offset)
+        return self.file.read(n)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
-def _header_uids(path: Path) -> tuple[str, str]:
-    """(0008,0018) *SOP Instance UID* and (0020,000E) *Series Instance UID* of a DICOM file
-    ("" for each it lacks).
-
-    The header is read only up to the series UID; files that this fast path cannot parse are
-    read again leniently.
-    """
-    from pydicom.filereader import read_partial
-
+def _instance_of(path: Path, head: bytes, size: int) -> Instance:
+    """What a written file is (its UIDs) and why it is no complete instance; ``head`` holds its
+    first bytes. Walked without reading its values (:func:`check_instance`); pydicom reads
+    what that walk leaves to it."""
+    reader = _ReadAt(path)
     try:
-        with open(path, "rb") as f:
-            ds = read_partial(f, stop_when=_after_series_uid)
-        if ds.get("SOPInstanceUID"):
-            return str(ds.SOPInstanceUID), str(ds.get("SeriesInstanceUID") or "")
-    except Exception:  # noqa: BLE001 - any oddity: take the lenient path below
-        pass
-    return _header_uids_leniently(path)
+        found = check_instance(head, size, reader)
+    finally:
+        reader.close()
+    return found if found is not None else _instance_by_pydicom(path)
 
 
-def _after_series_uid(tag: Any, vr: Any, length: int) -> bool:
-    return tag > 0x0020000E
-
-
-def _header_uids_leniently(path: Path) -> tuple[str, str]:
+def _instance_by_pydicom(path: Path) -> Instance:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(
-            path,
-            stop_before_pixels=True,
-            force=True,
-            specific_tags=["SOPInstanceUID", "SeriesInstanceUID"],
-        )
-        sop = ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID", "")
-        return str(sop), str(ds.get("SeriesInstanceUID") or "")
-    except Exception as exc:  # noqa: BLE001 - a file the archive holds but pydicom cannot read
-        log.warning("%s: no SOPInstanceUID (%s)", path.name, exc)
-        return "", ""
+        ds = pydicom.dcmread(path)
+        found = Instance(str(ds.get("SOPInstanceUID") or ""),
+                         str(ds.get("SeriesInstanceUID") or ""),
+                         str(ds.get("StudyInstanceUID") or ""))
+    except Exception as exc:  # noqa: BLE001 - a file pydicom cannot read to its end
+        return Instance(problem=f"cannot be read to its end ({exc})")
+    if not found.sop:
+        found.problem = "has no SOP Instance UID"
+    return found
 
 
 def import_readers() -> None:

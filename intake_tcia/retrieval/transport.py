@@ -16,13 +16,17 @@ the ``intake_tcia`` logger.
 
 Bounds: the status line and headers must arrive within ``read_timeout`` in all (not only
 between two bytes); a metadata answer must arrive within ``query_timeout`` and hold at most
-``max_answer_bytes``; an answer cut inside its headers is a lost connection, retried. Redirects
-are followed here, at most :data:`MAX_REDIRECTS`, and every hop is asked anew so the credential
-policy of :mod:`intake_tcia.nbia.auth` decides for its own URL.
+``max_answer_bytes``; an answer cut inside its headers (even after a complete header line) is a
+lost connection, retried; a body sent compressed may inflate at most
+``max_decompression_ratio`` times. Redirects are followed here: one hop is part of a request,
+each further one spends a retry (a chain makes at most ``2 + retries`` requests, and at most
+:data:`MAX_REDIRECTS` hops), a hop back to a URL already asked is refused as a loop; every hop is
+asked anew so the credential policy of :mod:`intake_tcia.nbia.auth` decides for its own URL.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import socket
 import threading
@@ -49,6 +53,7 @@ from ..errors import (
     TCIAConnectionError,
     TCIAError,
     TCIAHTTPError,
+    TCIAIntegrityError,
     TCIANotFoundError,
     TCIAResponseError,
 )
@@ -66,6 +71,7 @@ _NOT_FOUND_MARKERS = ("not been granted the access", "is not in public domain")
 _ERROR_BODY_LIMIT = 64 * 1024
 _ERROR_HEAD = 200  # bytes of an unparsable answer quoted in the error
 _CHUNK = 1 << 20
+_RATIO_FROM = 1 << 20  # bytes inflated before the ratio is judged
 
 #: Rewrites a v4-style request (``base + endpoint``, v4 parameters) into what a server of
 #: another flavour expects (see :meth:`intake_tcia.nbia.flavours.Flavour.request`).
@@ -226,12 +232,45 @@ class _HeaderDeadline:
         return response
 
 
+class _LastLine:
+    """A response's file, remembering the last line read (to tell headers cut short)."""
+
+    def __init__(self, fp: Any) -> None:
+        self.fp, self.last = fp, b"\r\n"
+
+    def readline(self, limit: int = -1) -> bytes:
+        self.last = self.fp.readline(limit)
+        return self.last
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fp, name)
+
+
+class _WholeHeaders(http.client.HTTPResponse):
+    """http.client's response, refusing headers that end with the connection instead of a
+    blank line (http.client takes them as complete: an empty 200 for a cut answer)."""
+
+    def begin(self) -> None:
+        fp = self.fp
+        self.fp = _LastLine(fp)
+        try:
+            super().begin()
+            cut = self.fp.last == b""
+        finally:
+            self.fp = fp
+        if cut:
+            self.close()
+            raise http.client.RemoteDisconnected("the answer ended inside its headers")
+
+
 class _HTTPPool(HTTPConnectionPool):
-    ConnectionCls = type("_Connection", (_HeaderDeadline, HTTPConnection), {})
+    ConnectionCls = type("_Connection", (_HeaderDeadline, HTTPConnection),
+                         {"response_class": _WholeHeaders})
 
 
 class _HTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = type("_SConnection", (_HeaderDeadline, HTTPSConnection), {})
+    ConnectionCls = type("_SConnection", (_HeaderDeadline, HTTPSConnection),
+                         {"response_class": _WholeHeaders})
 
 
 class _Adapter(HTTPAdapter):
@@ -329,7 +368,7 @@ class Transport:
 
         def once() -> requests.Response:
             try:
-                response = self._follow(method, url, params, data, headers)
+                response = self._follow(method, url, params, data, headers, budget)
             except requests.RequestException as exc:
                 raise self._connection_error(exc, url, params) from exc
             if response.status_code >= 400:
@@ -345,10 +384,14 @@ class Transport:
         params: Mapping[str, str] | None,
         data: Mapping[str, str] | None,
         headers: Mapping[str, str] | None = None,
+        budget: RetryBudget | None = None,
     ) -> requests.Response:
         """One answer that is no redirect: redirects are followed here, each hop a new request
-        (so credentials are chosen for its own URL), at most :data:`MAX_REDIRECTS`."""
-        first = url
+        (so credentials are chosen for its own URL), at most :data:`MAX_REDIRECTS`. The first
+        hop is part of the request; each further one spends a retry of ``budget`` (so a chain
+        makes at most ``2 + retries`` requests), and a hop back to a URL already asked is a
+        loop, refused at once."""
+        first, asked = url, {_full_url(url, params)}
         for _ in range(MAX_REDIRECTS + 1):
             response = self.session.request(
                 method, url, params=params, data=data, headers=headers, stream=True,
@@ -364,6 +407,15 @@ class Transport:
                 return response
             response.close()
             url, params = urljoin(response.url, location), None
+            spent = len(asked) > 1 and budget is not None and budget.spend() is None
+            if url in asked or spent:
+                raise TCIAHTTPError(
+                    response.status_code,
+                    f"redirects that {'loop' if url in asked else 'go on'}: {len(asked)} "
+                    f"request(s) made, at most 2 + retries; last to {url}",
+                    _full_url(first, None),
+                )
+            asked.add(url)
             if response.status_code in (301, 302, 303) and method != "GET":
                 method, data = "GET", None
         raise TCIAHTTPError(
@@ -433,17 +485,28 @@ class Transport:
         chunk_size: int = _CHUNK,
         *,
         deadline: float | None = None,
+        max_ratio: float | None = None,
     ) -> Iterator[bytes]:
         """Yield the body of a streamed response as it arrives, mapping transport failures to
         TCIA errors.
 
         Each read returns what is there (at most ``chunk_size`` bytes), so ``deadline``
         (monotonic seconds; :class:`TCIAResponseError` once passed) holds however slowly the
-        bytes come.
+        bytes come. A body sent compressed may inflate at most ``max_ratio`` (default
+        ``settings.max_decompression_ratio``) times, once past 1 MiB
+        (:class:`TCIAIntegrityError`, a decompression bomb).
         """
         raw = response.raw
+        ratio = self.settings.max_decompression_ratio if max_ratio is None else max_ratio
+        inflated = 0
         try:
             while chunk := raw.read1(chunk_size, decode_content=True):
+                inflated += len(chunk)
+                if inflated > _RATIO_FROM and inflated > ratio * max(raw.tell(), 1):
+                    raise TCIAIntegrityError(
+                        f"{response.url} sent {raw.tell()} bytes compressed that inflate to over "
+                        f"{inflated} (a decompression bomb; max_decompression_ratio {ratio:g})",
+                        retryable=False)
                 yield chunk
                 if deadline is not None and time.monotonic() > deadline:
                     raise TCIAResponseError(f"{response.url} was still sending at its deadline")
@@ -457,9 +520,12 @@ class Transport:
         *,
         params: Mapping[str, str] | None = None,
         data: Mapping[str, str] | None = None,
+        limit: int | None = None,
     ) -> tuple[bytearray, str]:
-        """The whole body and content type of an answer (see :meth:`_receive`)."""
-        received, content_type = self._receive(method, url, params, data, _Bytes)
+        """The whole body and content type of an answer (see :meth:`_receive`); at most
+        ``limit`` bytes where the caller knows what the answer can hold (never more than
+        ``max_answer_bytes``)."""
+        received, content_type = self._receive(method, url, params, data, _Bytes, limit)
         return received.sink, content_type
 
     def get_json(
@@ -492,14 +558,18 @@ class Transport:
         params: Mapping[str, str] | None,
         data: Mapping[str, str] | None,
         sink: Callable[[], _Sink],
+        bound: int | None = None,
     ) -> tuple[_Head, str]:
         """Feed a whole answer into a new ``sink()``, asking again when a body is cut off mid-way.
 
         Each answer must arrive within ``settings.query_timeout`` seconds in all and hold at
-        most ``settings.max_answer_bytes`` bytes, as sent and as parsed.
+        most ``settings.max_answer_bytes`` bytes (or ``bound``, when lower), as sent and as
+        parsed.
         """
         budget = self.budget()
-        limit = self.settings.max_answer_bytes
+        limit = min(self.settings.max_answer_bytes, bound or self.settings.max_answer_bytes)
+        what = "max_answer_bytes" if limit == self.settings.max_answer_bytes else (
+            "all that was asked for can hold")
 
         def once() -> tuple[_Head, str]:
             response = self._send(method, url, params, data, budget)
@@ -510,8 +580,7 @@ class Transport:
                     target.feed(chunk)
                     if target.size > limit:
                         raise TCIAResponseError(
-                            f"{response.url} sent more than {limit} bytes (max_answer_bytes); "
-                            "giving up"
+                            f"{response.url} sent more than {limit} bytes ({what}); giving up"
                         )
                     if target.held > limit:
                         raise TCIAResponseError(
