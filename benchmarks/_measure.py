@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -41,13 +43,25 @@ def current_rss_mb() -> float:
 
 
 def run_contender(script: str, args: Sequence[str]) -> dict[str, Any]:
-    """Run ``python script args`` and return the JSON object it prints on its last line."""
-    done = subprocess.run(
-        [sys.executable, script, *args], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """Run ``python script args`` in a fresh process and return the JSON object it prints on its
+    last line, with ``process_cpu_s`` (user + system CPU seconds of that whole process and the
+    children it waited for: the interpreter's start, its imports and the work, as a user pays
+    them) and ``process_s`` (its wall time, start to exit) added."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        process = subprocess.Popen([sys.executable, script, *args], stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode(errors="replace")
+    if process.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{stderr[-3000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["process_cpu_s"] = usage.ru_utime + usage.ru_stime
+    result["process_s"] = wall
+    return result
 
 
 def run_contender_cpu(script: str, args: Sequence[str]) -> dict[str, Any]:
@@ -147,16 +161,39 @@ def replayed(url: str, requests: Sequence[str]) -> Iterator[str]:
         httpd.server_close()
 
 
-def run_command(command: Sequence[str]) -> tuple[float, float]:
-    """Run ``command``; its seconds and its peak resident memory (MB), from its own rusage."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
+def run_command(command: Sequence[str]) -> dict[str, Any]:
+    """Run ``command`` (a program that is no Python of ours, such as curl) and measure it: its
+    wall ``seconds``, ``cpu_s`` (user + system, from its rusage), ``peak_mb`` (its resident
+    memory polled every 10 ms: ``ru_maxrss`` would carry over this process' figure through fork
+    and exec) and its ``stdout``."""
+    import psutil
+
+    with tempfile.TemporaryFile() as out:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out)
+        watched, peak = psutil.Process(process.pid), 0
+        while True:
+            with contextlib.suppress(psutil.NoSuchProcess):  # a zombie: waited for below
+                peak = max(peak, watched.memory_info().rss)
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            time.sleep(0.01)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        stdout = out.read().decode()
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"{command[0]} exited with {process.returncode}")
-    return seconds, usage.ru_maxrss / 1024
+    return {"seconds": seconds, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_mb": peak / 2**20, "stdout": stdout}
+
+
+def median(values: Sequence[float]) -> float:
+    """float: the middle value (the mean of the two middle ones for an even count)."""
+    ordered = sorted(values)
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
 
 
 def print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:

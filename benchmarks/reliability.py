@@ -228,7 +228,7 @@ ATTACKS: dict[str, tuple[str, list[str]]] = {
         "files edited in dest or in the cache, zips with short, extra, non-DICOM, "
         "over-long, escaping or linked members, bombs",
         [f"tests/test_download.py::{t}" for t in (
-            "test_editing_a_downloaded_file_leaves_the_verified_cache_alone",
+            "test_editing_a_downloaded_file_never_changes_a_verified_series",
             "test_a_cached_file_changed_in_place_is_noticed_and_fetched_again",
             "test_a_zip_without_md5s_or_with_missing_files_is_refused",
             "test_md5hashes_listing_the_license_is_accepted",

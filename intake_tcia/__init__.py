@@ -1,5 +1,6 @@
 """intake-tcia: The Cancer Imaging Archive as catalogs, DataFrames and a tcia:// filesystem."""
 
+import typing
 import warnings
 
 __version__ = "0.1.0"
@@ -15,11 +16,31 @@ warnings.filterwarnings(
     module="intake.catalog.utils",
 )
 
-from . import errors  # noqa: E402
-from .client import TCIAClient  # noqa: E402
+from . import errors  # noqa: E402  (the standard library only)
 from .errors import *  # noqa: E402, F403  (the exception family, listed in errors.__all__)
 
 __all__ = ["TCIAClient", "catalog_path", "__version__", *errors.__all__]
+
+if typing.TYPE_CHECKING:
+    from .client import TCIAClient
+
+#: Public names imported when first used (PEP 562), so that ``import intake_tcia``, the
+#: ``tcia://`` entry point and ``intake-tcia --help`` do not pay for pandas, pyarrow or pydicom.
+_LAZY = {"TCIAClient": "client"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def catalog_path() -> str:

@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import date
 from typing import Any
 
-import pandas as pd
-
+from ._lazy import pandas as pd
 from ._validate import format_query_date, validate_date, validate_text, validate_uid
 from .criteria import PAGE_SIZE, doi_url, search_form
 from .errors import TCIAUnknownNameError

@@ -26,7 +26,10 @@ from .schema import EndpointSchema, raw_frame, typed_frame
 
 __all__ = ["JSONFrame"]
 
-_BATCH_BYTES = 4 << 20
+_BATCH_BYTES = 1 << 20  # the Python objects of one batch live at once: a few MB
+#: Arrow memory for the columns comes from malloc, which hands freed batches back to the next
+#: ones; Arrow's default pool (mimalloc) kept about 20 MB more of a 100,000-row answer.
+_POOL = pa.system_memory_pool()
 _PYTHON = {"str": str, "date": str, "int": int, "float": float, "bool": bool}
 _ARROW = {
     "str": pa.large_string(),  # what pandas' str dtype holds: no copy on the way
@@ -62,6 +65,8 @@ class _Layout:
         for key, name in keys.items():
             spellings.setdefault(name, []).append(key)
         fields, rename, self.plain, self.spelled = [], {}, [], []
+        self.dates = [i for i, (key, name) in enumerate(
+            (k, n) for k, n in keys.items() if len(spellings[n]) == 1) if kinds[name] == "date"]
         for i, (key, name) in enumerate(keys.items()):
             field, kind = f"f{i}", kinds[name]
             rename[field] = key
@@ -85,7 +90,10 @@ class _Layout:
         columns, names = [], []
         if self.plain:
             values = map(self.values, rows)  # each row's tuple goes as soon as it is read
-            columns = pa.array(values, type=self.struct, size=len(rows)).flatten()
+            columns = pa.array(values, type=self.struct, size=len(rows),
+                               memory_pool=_POOL).flatten(_POOL)
+            for i in self.dates:
+                columns[i] = _dates(columns[i])
             names = [key for _, key, _ in self.plain]
         used: set[str] = set()
         for field, key, arrow, name in self.spelled:
@@ -99,10 +107,37 @@ class _Layout:
             names.append(key)
             if missing:
                 values = [None if v is msgspec.UNSET else v for v in values]
-            columns.append(pa.array(values, arrow))
+            columns.append(pa.array(values, arrow, memory_pool=_POOL))
         if not columns:  # rows of no fields: only pandas keeps their number
             raise _Unfit("no columns")
         return pa.Table.from_arrays(columns, names=names)
+
+
+def _dates(column: pa.Array) -> pa.Array:
+    """NBIA v4's dates (``"05-27-2015"``) as timestamps, parsed in Arrow; the text itself where
+    any value has another form, is no real day, or falls outside what ``datetime64[ns]`` holds
+    (those are parsed later, form by form, by :func:`~intake_tcia.schema.parse_dates`, to the
+    same values)."""
+    import pyarrow.compute as pc
+
+    pool = {"memory_pool": _POOL}
+    try:
+        form = pc.match_substring_regex(column, r"^[0-9]{2}-[0-9]{2}-[0-9]{4}$", **pool)
+        if (pc.sum(form).as_py() or 0) != len(column) - column.null_count:
+            return column
+        parsed = pc.strptime(column, format="%m-%d-%Y", unit="ns", error_is_null=True, **pool)
+        if parsed.null_count != column.null_count:
+            return column
+        # strptime rolls an impossible day over ("02-30-2015" is March 2nd): each day must stay
+        day = pc.cast(pc.utf8_slice_codeunits(column, 3, 5, **pool), pa.int64(), **pool)
+        if pc.any(pc.not_equal(day, pc.day(parsed, **pool), **pool)).as_py():
+            return column
+        years = pc.min_max(pc.year(parsed, **pool)).as_py()
+    except pa.ArrowException:
+        return column
+    if years["min"] is not None and not 1678 <= years["min"] <= years["max"] <= 2261:
+        return column
+    return parsed
 
 
 @functools.lru_cache(maxsize=64)
@@ -140,13 +175,20 @@ class JSONFrame(ArrayBatches):
         self.held += int(frame.memory_usage(index=False, deep=True).sum())
 
     def _result(self) -> pd.DataFrame:
+        parts, self._parts = self._parts, []
+        groups = [list(group) for _, group in itertools.groupby(parts, _same_columns)]
+        del parts
         frames = []
-        for _, group in itertools.groupby(self._parts, _same_columns):
-            first, *rest = group
-            if isinstance(first, pa.Table):
-                first = pa.concat_tables([first, *rest]).to_pandas(types_mapper=_PANDAS.get)
-            frames.append(first)
-        self._parts = []
+        while groups:
+            group = groups.pop(0)
+            if isinstance(group[0], pa.Table):
+                table = pa.concat_tables(group, memory_pool=_POOL)
+                del group  # the table alone holds the batches: each column goes once converted
+                frames.append(table.to_pandas(types_mapper=_PANDAS.get, memory_pool=_POOL,
+                                              self_destruct=True, split_blocks=True))
+                del table
+            else:
+                frames.extend(group)
         if len(frames) != 1:
             frames = [
                 pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()

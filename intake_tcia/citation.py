@@ -13,8 +13,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import pandas as pd
-
+from ._lazy import pandas as pd
 from .errors import TCIAError
 from .schema import STRING_DTYPE
 

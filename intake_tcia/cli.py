@@ -524,8 +524,8 @@ def _verify(args: argparse.Namespace) -> int:
     uids = args.series_uids or cache.series_uids()
     bad = 0
     for uid in uids:
-        if uid not in cache:
-            print(f"{args.prog}: not in the cache (or changed since): {uid}", file=sys.stderr)
+        if not cache.series_path(uid).is_dir():
+            print(f"{args.prog}: not in the cache: {uid}", file=sys.stderr)
         elif not cache.verify(uid):
             print(f"{args.prog}: damaged, removed from the cache: {uid}", file=sys.stderr)
         else:

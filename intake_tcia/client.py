@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import requests
 
 from ._client_queries import QueryMethods
+from ._lazy import pandas as pd
 from ._validate import validate_uid
 from .config import Settings
 from .hints import with_keyword_hints

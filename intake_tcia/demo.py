@@ -185,7 +185,8 @@ def _from_idc(stack: contextlib.ExitStack, server: Any, row: pd.Series, volume: 
     if not same:
         raise AssertionError(f"series {uid}: IDC and NBIA gave different voxels")
     _pinned(client, folder, uid, echo)
-    query = "SELECT collection_id, Modality, COUNT(*) AS series FROM index GROUP BY ALL ORDER BY ALL"
+    query = ("SELECT collection_id, Modality, COUNT(*) AS series FROM index "
+             "GROUP BY ALL ORDER BY ALL")
     _section(echo, "8. IDC in its own terms: SQL over its index", f"client.sql({query!r})")
     if importlib.util.find_spec("duckdb") is None:
         echo("(needs DuckDB: pip install 'intake-tcia[idc]')")

@@ -29,13 +29,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from fsspec import AbstractFileSystem
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.implementations.local import LocalFileOpener
 from fsspec.spec import make_instance
 from fsspec.utils import isfilelike, tokenize
 
+from ._lazy import pandas as pd
 from ._validate import validate_uid
 from .client import TCIAClient
 from .config import SECRETS, Settings

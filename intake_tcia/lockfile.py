@@ -41,8 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
+from ._lazy import pandas as pd
 from ._validate import validate_uid
 from .errors import DownloadError, TCIAError, TCIAIntegrityError, storage_errors
 from .manifest import as_series_uids

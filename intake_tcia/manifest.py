@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import pandas as pd
-
+from ._lazy import pandas as pd
 from ._validate import validate_file_name, validate_uid
 from .config import is_nlst
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import version as _version
 from typing import Any
 
-import numpy as np
-import pandas as pd
+from ._lazy import numpy as np
+from ._lazy import pandas as pd
 
 __all__ = [
     "EndpointSchema",
@@ -34,7 +35,9 @@ __all__ = [
     "with_old_names",
 ]
 
-STRING_DTYPE: Any = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
+#: pandas' dtype of text columns: ``str`` from pandas 3 (read from its metadata, so that
+#: importing this module does not import pandas).
+STRING_DTYPE: Any = "str" if int(_version("pandas").split(".")[0]) >= 3 else object
 _DTYPES: dict[str, Any] = {
     "str": STRING_DTYPE,
     "int": "Int64",

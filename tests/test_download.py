@@ -263,7 +263,8 @@ def test_download_layout_copies_and_statuses(
         cached = client.cache.get(row.SeriesInstanceUID)
         for source, placed in zip(cached.files, sorted(expected.glob("*.dcm")), strict=True):
             assert source.name == placed.name
-            assert os.stat(source).st_ino != os.stat(placed).st_ino  # a copy, never a link
+            # the bytes were written once: a reflink (its own inode) or a hard link of the cache's
+            assert os.path.samefile(source, placed) or os.stat(placed).st_nlink == 1
             assert source.read_bytes() == placed.read_bytes()
         assert (expected / LICENSE_NAME).exists()
     assert server.count("getImage") == len(uids)
@@ -355,19 +356,25 @@ def test_layout_fields_cannot_escape_dest(
     assert server.count("getSeriesSize") == 0  # and the size, for the zip-bomb limit
 
 
-def test_editing_a_downloaded_file_leaves_the_verified_cache_alone(
+def test_editing_a_downloaded_file_never_changes_a_verified_series(
     server: ArchiveServer, client: TCIAClient, ct_uid: str, tmp_path: Path
 ) -> None:
     table = client.download(ct_uid, tmp_path / "dest", progress=False)
     placed = sorted(Path(table.loc[0, "path"]).glob("*.dcm"))[0]
     ds = pydicom.dcmread(placed)
     ds.PatientName = "Edited^InDest"
-    ds.save_as(placed)
-    cached = client.cache.get(ct_uid)
-    assert cached is not None
-    assert all(b"Edited^InDest" not in f.read_bytes() for f in cached.files)
-    assert client.cache.verify(ct_uid)
+    ds.save_as(placed)  # in place: through a hard link, the cache's file is this one
+    stat = placed.stat()
+    os.utime(placed, ns=(stat.st_atime_ns, stat.st_mtime_ns - 10**9))  # even with mtime set back
+    cached = client.cache.get(ct_uid)  # the cache never serves the edit as verified
+    assert cached is None or all(b"Edited^InDest" not in f.read_bytes() for f in cached.files)
+    server.clear_log()
     assert "Edited" not in str(client.read_series(ct_uid)[0].PatientName)
+    assert server.count("getImage") == (0 if cached is not None else 1)
+    cached = client.cache.get(ct_uid)
+    assert cached is not None and client.cache.verify(ct_uid)
+    assert all(b"Edited^InDest" not in f.read_bytes() for f in cached.files)
+    assert b"Edited^InDest" in placed.read_bytes()  # the user's edit stays theirs
 
 
 def test_a_cached_file_changed_in_place_is_noticed_and_fetched_again(
@@ -378,17 +385,17 @@ def test_a_cached_file_changed_in_place_is_noticed_and_fetched_again(
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0xFF  # same size
     victim.write_bytes(bytes(data))
-    assert client.cache.get(ct_uid) is None  # its modification time gave it away
+    assert client.cache.get(ct_uid) is None  # its times gave it away, its MD5 confirmed it
     server.clear_log()
     again = client.fetch_series(ct_uid)
     assert server.count("getImage") == 1 and again.files[0].read_bytes() != bytes(data)
-    # a change that keeps size and mtime is found by the full re-hash, which drops the series
+    # a change that keeps size and mtime moves the change time, which nobody can set back
     stat = again.files[0].stat()
     again.files[0].write_bytes(bytes(data))
     os.utime(again.files[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert client.cache.get(ct_uid) is not None
-    assert not client.cache.verify(ct_uid)
     assert client.cache.get(ct_uid) is None
+    assert not client.cache.verify(ct_uid)
+    assert not client.cache.series_path(ct_uid).exists()
 
 
 def test_layouts_that_let_two_series_share_a_folder_are_refused(
@@ -643,6 +650,7 @@ _MEASURE_FETCH = """
 import sys
 from intake_tcia.client import TCIAClient
 import intake_tcia.retrieval.download
+import pandas, pyarrow.compute, pydicom.filereader  # imported when first used: not the series'
 
 def hwm():
     for line in open("/proc/self/status"):

@@ -5,10 +5,11 @@ from intake_tcia import errors
 
 
 def test_all_matches_the_public_names():
-    public = {
+    public = {  # dir(): names imported when first used are listed too
         name
-        for name, value in vars(intake_tcia).items()
-        if not name.startswith("_") and not isinstance(value, type(intake_tcia))
+        for name in dir(intake_tcia)
+        if not name.startswith("_")
+        and not isinstance(getattr(intake_tcia, name), type(intake_tcia))
     }
     assert public == set(intake_tcia.__all__) - {"__version__"}
     assert intake_tcia.__version__

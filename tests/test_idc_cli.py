@@ -31,7 +31,8 @@ def run(idc_index, tmp_cache, capsys, monkeypatch):
 
 def expected(idc_index) -> pd.DataFrame:
     connection = duckdb.connect()
-    connection.execute(f"CREATE VIEW \"index\" AS SELECT * FROM '{idc_index / 'idc_index.parquet'}'")
+    parquet = idc_index / "idc_index.parquet"
+    connection.execute(f"CREATE VIEW \"index\" AS SELECT * FROM '{parquet}'")
     return connection.execute(QUERY).df()
 
 

@@ -16,9 +16,9 @@ import pytest
 
 from intake_tcia import TCIAClient
 from intake_tcia.errors import TCIAError, TCIASQLError
+from intake_tcia.idc.index import default_folder
 from intake_tcia.idc.sql import SQLEngine
 from intake_tcia.testing import write_idc_index
-from intake_tcia.idc.index import default_folder
 
 #: IDC-tutorial style queries (GROUP BY, JOIN with collections_index, LIKE, COUNT DISTINCT).
 TUTORIAL = {

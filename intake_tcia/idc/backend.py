@@ -24,7 +24,9 @@ from ..schema import SCHEMAS, frame_from_records
 from . import bucket, versions
 from .bucket import IDCLocation
 from .index import IDCIndex, open_index
+from .location import _location as location_of
 from .location import index_errors, locations
+from .locations import table_for, table_index_path
 from .queries import answer
 from .urls import mirror_bucket
 
@@ -87,15 +89,42 @@ class IDCBackend:
             return
         mirror = self.settings.idc_mirror  # as the client's release had them, on its mirror
         try:
-            with index_errors(self.index):
-                rows = versions.series_locations(self, uids)
+            located, irregular = self._from_table(uids)
+            # no table: the index scanned for all; rows the table cannot keep: for those
+            rest = uids if located is None else irregular
+            if rest:
+                with index_errors(self.index):
+                    rows = versions.series_locations(self, rest)
+                located = {**(located or {}), **locations(rows, self.index.path)}
             found: dict[str, Any] = {
                 uid: replace(where, bucket=mirror_bucket(where.bucket, mirror))
-                for uid, where in locations(rows, self.index.path).items()}
+                for uid, where in (located or {}).items()}
         except TCIABackendError as exc:  # an unreadable file: each series fails with it
             found = dict.fromkeys(uids, exc)
         with self._located_lock:
             self._located.update({uid: found.get(uid) for uid in uids})
+
+    def _from_table(self, uids: list[str]) -> tuple[dict[str, IDCLocation] | None, list[str]]:
+        """The locations of the index's own release from the memory-mapped table kept in the
+        cache (:mod:`intake_tcia.idc.locations`, built once per index version), each row checked
+        as :func:`~intake_tcia.idc.location.locations` checks it; None where there is no table
+        (no cache, or an older release asked for); and the series whose rows the table cannot
+        keep exactly, left for the index itself."""
+        if versions.pinned(self) is not None:
+            return None, []
+        try:
+            table = table_for(self.settings.idc_index, self.settings.cache_dir)
+        except (OSError, ValueError) as exc:  # pyarrow's errors are OSErrors and ValueErrors
+            if isinstance(exc, FileNotFoundError):
+                raise
+            path = table_index_path(self.settings.idc_index)
+            raise TCIABackendError(f"the IDC index file {path} cannot be read: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+        if table is None:
+            return None, []
+        rows, irregular = table.lookup(uids)
+        path = str(table_index_path(self.settings.idc_index))
+        return {uid: location_of(row, path) for uid, row in rows.items()}, irregular
 
     def remember(self, located: Mapping[str, IDCLocation | None]) -> None:
         """Locations looked up elsewhere (another process' one scan for a whole cohort), kept

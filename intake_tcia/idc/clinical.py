@@ -22,7 +22,7 @@ import secrets
 import shutil
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._validate import validate_text
 from ..errors import TCIABackendError, TCIAIntegrityError, TCIAResponseError, TCIAUnknownNameError

@@ -34,8 +34,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
+from .._lazy import pandas as pd
 from ..criteria import SPECIES
 from ..errors import (
     TCIABackendError,
@@ -89,6 +88,18 @@ def default_folder() -> Path:
     naming the ``idc`` extra if it is not installed)."""
     module = import_optional("idc_index_data", "idc", "the IDC index")
     return Path(module.IDC_INDEX_PARQUET_FILEPATH).parent
+
+
+def index_fingerprint(folder: Path) -> str:
+    """str: a digest of the index files' paths, sizes and modification times (the name of the
+    cache folder of what is derived from this version of the index)."""
+    digest = hashlib.sha256(str(_CACHE_FORMAT).encode())
+    for name in (INDEX_FILE, COLLECTIONS_FILE, VERSIONS_FILE):
+        path = folder / name
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -146,7 +157,7 @@ class IDCIndex:
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self._lock = threading.RLock()
         self._tables: dict[str, pa.Table] = {}
-        self._fingerprint = self._stat()
+        self._fingerprint = index_fingerprint(self.folder)
 
     def __repr__(self) -> str:
         return f"IDCIndex(folder={str(self.folder)!r})"
@@ -336,19 +347,9 @@ class IDCIndex:
             expression = term if expression is None else expression & term
         return expression
 
-    def _stat(self) -> str:
-        """A digest of the index files' paths, sizes and modification times."""
-        digest = hashlib.sha256(str(_CACHE_FORMAT).encode())
-        for name in (INDEX_FILE, COLLECTIONS_FILE, VERSIONS_FILE):
-            path = self.folder / name
-            if path.is_file():
-                stat = path.stat()
-                digest.update(f"|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-        return digest.hexdigest()[:16]
-
     def refresh(self) -> None:
         """Forget what was read if the index files have changed since (three ``stat`` calls)."""
-        fingerprint = self._stat()
+        fingerprint = index_fingerprint(self.folder)
         with self._lock:
             if fingerprint != self._fingerprint:
                 for name in ("_dataset", "_collections", "_present", "_releases"):

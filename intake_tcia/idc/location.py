@@ -18,8 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
+from .._lazy import pandas as pd
 from ..errors import TCIABackendError, TCIAError, TCIAIntegrityError, TCIANotFoundError
 
 if TYPE_CHECKING:
@@ -163,4 +162,6 @@ def _location(row: dict[str, Any], path: str) -> IDCLocation:
 
 def _missing(value: Any) -> bool:
     """None, pandas' NA, or a float NaN (a null of a float column)."""
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    return type(value).__name__ == "NAType" and value is pd.NA  # pandas only when it is one

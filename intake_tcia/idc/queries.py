@@ -12,8 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
+from .._lazy import pandas as pd
 from ..errors import (
     TCIABackendError,
 )

@@ -30,18 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from ..retrieval.cache import atomic_path
 from ..errors import (
     MissingDependencyError,
     TCIABackendError,
     TCIAConnectionError,
     TCIAResponseError,
 )
+from ..retrieval.cache import atomic_path
 from .index import default_folder
 
 if TYPE_CHECKING:
-    from ..retrieval.transport import Transport
     from ..config import Settings
+    from ..retrieval.transport import Transport
 
 __all__ = [
     "CORE",
@@ -240,7 +240,8 @@ def indices(settings: Settings) -> pd.DataFrame:
                 meta = pq.read_metadata(file.path)
                 count, columns = meta.num_rows, list(meta.schema.to_arrow_schema().names)
             except Exception as exc:  # noqa: BLE001 - any unreadable footer
-                raise TCIAResponseError(f"{file.path} is not a readable parquet file: {exc}") from exc
+                raise TCIAResponseError(
+                    f"{file.path} is not a readable parquet file: {exc}") from exc
         else:
             columns = [name for name, _, _ in schema_columns(table) or ()]
         rows.append({

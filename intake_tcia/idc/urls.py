@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import pandas as pd
-
+from .._lazy import pandas as pd
 from ..config import DEFAULT_IDC_URL, GCS_IDC_URL, IDC_MIRRORS
 from . import bucket as objects_of
 from .versions import not_listed

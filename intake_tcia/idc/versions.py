@@ -29,8 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import pandas as pd
-
+from .._lazy import pandas as pd
 from ..errors import TCIABackendError, TCIANotFoundError
 from ..retrieval.cache import SeriesCache
 from .location import NotInIndexError

@@ -18,10 +18,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import pandas as pd
 import requests
 
-from .._jsonframe import JSONFrame
+from .._lazy import pandas as pd
 from ..config import Settings
 from ..errors import TCIANotFoundError, TCIAResponseError
 from ..retrieval.cache import CachedSeries, SeriesCache
@@ -115,7 +114,7 @@ class NBIABackend:
     def _get(self, host: str, endpoint: str, params: Mapping[str, str]) -> pd.DataFrame:
         schema = self.flavours[host].schemas[endpoint]
         return self.transport.get_json(host + endpoint, params=dict(params),
-                                       parser=lambda: JSONFrame(schema))
+                                       parser=lambda: _json_frame(schema))
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -160,7 +159,7 @@ class NBIABackend:
         schema = SCHEMAS["getCollectionOrSeriesForDOI"]
         frames = [
             self.transport.get_json(host + "getCollectionOrSeriesForDOI", data=dict(form),
-                                    parser=lambda: JSONFrame(schema))
+                                    parser=lambda: _json_frame(schema))
             for host in self.settings.hosts
         ]
         return pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
@@ -272,3 +271,11 @@ def series_size_of(frame: pd.DataFrame, series_uid: str) -> dict[str, int]:
     if frame.empty or pd.isna(frame.loc[0, "ObjectCount"]):
         raise TCIANotFoundError(404, f"no series {series_uid}", "getSeriesSize")
     return {k: int(frame.loc[0, k]) for k in ("TotalSizeInBytes", "ObjectCount")}
+
+
+def _json_frame(schema: Any) -> Any:
+    """A :class:`~intake_tcia._jsonframe.JSONFrame` (pyarrow and msgspec, imported when a query
+    is first parsed)."""
+    from .._jsonframe import JSONFrame
+
+    return JSONFrame(schema)

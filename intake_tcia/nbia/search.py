@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from html.parser import HTMLParser
 from typing import Any, Protocol
 
-import pandas as pd
-
+from .._lazy import pandas as pd
 from .._validate import validate_uid
 from ..config import Settings
 from ..criteria import SERIES_ORDER

@@ -17,18 +17,27 @@ folder into ``series/`` (the same file system, so the rename is atomic). Finding
 reads its record and stats its files: no request. Staging folders of dead processes are removed
 once nobody holds their series' lock.
 
-The cache cannot be changed through a download destination: ``dest`` gets copies (reflinks
-where the file system has them, :func:`copy_file`), never hard links. A cached file changed
-anyway (size or modification time other than recorded) makes its series count as absent, so it
-is fetched again; :meth:`SeriesCache.verify` re-hashes every file on request (``intake-tcia
-verify``).
+Each byte is written once: ``dest`` gets reflinks of the cached files where the file system has
+them, else hard links (:func:`place_file`; a copy only across file systems). What the cache
+calls verified cannot be changed from outside: the record keeps each file's size, modification
+time and change time (``ctime``, which every write, and every new link, moves and no user can set
+back). A file whose stamps differ from the record, edited in ``dest`` through its link or in the
+cache, is hashed again before the cache serves it: if it still has its MD5 the record is
+stamped anew, else its series counts as absent and is fetched again. :meth:`SeriesCache.verify`
+re-hashes every file on request (``intake-tcia verify``).
+
+Durability costs no flush per file: files are written and published without ``fsync`` (the
+directory holding the published series is flushed once per series), and the record names the
+boot they were written in (Linux's ``boot_id``). After a crash of the machine (a new boot), a
+series whose files were never known to be on disk is hashed again in full on its first use;
+a killed process loses nothing the kernel holds. Where there is no boot id, each file is flushed
+before publishing, as before.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +52,7 @@ from filelock import FileLock, Timeout
 
 from .._validate import validate_uid
 from ..errors import storage_errors
+from .files import atomic_path, boot_id, copy_file, fsync_dir, md5_of, place_file
 
 __all__ = [
     "CachedInstance",
@@ -52,6 +62,8 @@ __all__ = [
     "LICENSE_NAME",
     "INSTANCES_DIR",
     "copy_file",
+    "place_file",
+    "boot_id",
     "stamped",
     "atomic_path",
 ]
@@ -84,6 +96,9 @@ class CachedInstance:
     mtime_ns : int, optional
         Its modification time when it was recorded (nanoseconds); a file with another one has
         been changed.
+    ctime_ns : int, optional
+        Its change time when it was recorded (nanoseconds); a file with another one has been
+        written, linked or had its times set since.
     """
 
     name: str
@@ -91,6 +106,7 @@ class CachedInstance:
     size: int
     md5: str
     mtime_ns: int | None = field(default=None, compare=False)
+    ctime_ns: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,9 @@ class CachedSeries:
         The LICENSE the server sent with the series, if any.
     metadata : dict of str to str
         Series metadata known when it was fetched (Collection, PatientID, ...), possibly empty.
+    unflushed_boot : str, optional
+        The boot id of the machine when the files were written without being flushed to disk;
+        None when they are known to be on disk. After another boot they are hashed again.
     """
 
     series_uid: str
@@ -116,6 +135,7 @@ class CachedSeries:
     instances: tuple[CachedInstance, ...]
     license_text: str | None
     metadata: Mapping[str, str] = field(default_factory=dict, compare=False)
+    unflushed_boot: str | None = field(default=None, compare=False)
 
     @property
     def files(self) -> list[Path]:
@@ -143,17 +163,19 @@ class CachedSeries:
             "series_uid": self.series_uid,
             "instances": [
                 {"name": i.name, "sop_instance_uid": i.sop_instance_uid, "size": i.size,
-                 "md5": i.md5, "mtime_ns": i.mtime_ns}
+                 "md5": i.md5, "mtime_ns": i.mtime_ns, "ctime_ns": i.ctime_ns}
                 for i in self.instances
             ],
             "license": LICENSE_NAME if self.license_text is not None else None,
             "metadata": dict(self.metadata),
+            "unflushed_boot": self.unflushed_boot,
         }
 
 
-def read_series_folder(folder: Path, series_uid: str | None = None) -> CachedSeries | None:
-    """The series a folder holds according to its record, if every file is there at its size
-    and recorded modification time.
+def read_series_folder(
+    folder: Path, series_uid: str | None = None, *, rehash: bool = False
+) -> CachedSeries | None:
+    """The series a folder holds according to its record, if every file is there as recorded.
 
     Parameters
     ----------
@@ -161,12 +183,18 @@ def read_series_folder(folder: Path, series_uid: str | None = None) -> CachedSer
         A series folder (in the cache, or a download destination) holding ``RECORD_NAME``.
     series_uid : str, optional
         The series the folder must hold.
+    rehash : bool
+        What to do with a file at its recorded size whose modification or change time differs
+        from the record (or with every file, after a reboot that may have lost unflushed
+        writes): False, count the series as absent; True, hash it and keep the series if the
+        MD5 still matches (the series returned then carries the stamps as they are now, and
+        ``unflushed_boot`` None when every file was read back).
 
     Returns
     -------
     CachedSeries or None
         None when the record is missing, unreadable or for another series, or a file is
-        missing or has another size or modification time (it was changed after it was verified).
+        missing, has another size, or (see ``rehash``) was changed after it was verified.
     """
     try:
         record = json.loads((folder / RECORD_NAME).read_text(encoding="utf-8"))
@@ -175,110 +203,81 @@ def read_series_folder(folder: Path, series_uid: str | None = None) -> CachedSer
         if series_uid is not None and record["series_uid"] != series_uid:
             return None
         instances = tuple(CachedInstance(**item) for item in record["instances"])
+        unflushed = record.get("unflushed_boot")
+        rebooted = unflushed is not None and unflushed != boot_id()
+        checked = []
         for instance in instances:
-            stat = (folder / instance.name).stat()
-            if stat.st_size != instance.size or instance.mtime_ns not in (None, stat.st_mtime_ns):
-                log.info("%s changed after it was verified", folder / instance.name)
+            path = folder / instance.name
+            stat = path.stat()
+            if stat.st_size != instance.size:
+                log.info("%s changed after it was verified", path)
                 return None
+            if rebooted or not _same_stamps(instance, stat):
+                if not rehash or md5_of(path) != instance.md5:
+                    log.info("%s changed after it was verified", path)
+                    return None
+                instance = replace(instance, mtime_ns=stat.st_mtime_ns, ctime_ns=stat.st_ctime_ns)
+            checked.append(instance)
         license_text = None
         if record.get("license"):
             license_text = (folder / LICENSE_NAME).read_text(encoding="utf-8", errors="replace")
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return CachedSeries(
-        record["series_uid"], folder, instances, license_text, dict(record.get("metadata") or {})
+        record["series_uid"], folder, tuple(checked), license_text,
+        dict(record.get("metadata") or {}), None if rebooted else unflushed,
     )
+
+
+def _same_stamps(instance: CachedInstance, stat: os.stat_result) -> bool:
+    """Whether a file's times are the recorded ones (a time not recorded matches any)."""
+    return instance.mtime_ns in (None, stat.st_mtime_ns) and instance.ctime_ns in (
+        None, stat.st_ctime_ns)
 
 
 def stamped(series: CachedSeries) -> CachedSeries:
-    """``series`` with the modification time of each of its files as they are now."""
-    instances = tuple(
-        replace(i, mtime_ns=(series.path / i.name).stat().st_mtime_ns) for i in series.instances
-    )
-    return replace(series, instances=instances)
+    """``series`` with the modification and change time of each of its files as they are now."""
+    instances = []
+    for instance in series.instances:
+        stat = (series.path / instance.name).stat()
+        instances.append(replace(instance, mtime_ns=stat.st_mtime_ns, ctime_ns=stat.st_ctime_ns))
+    return replace(series, instances=tuple(instances))
 
 
-@contextlib.contextmanager
-def atomic_path(target: Path, *, suffix: str = ".tmp", durable: bool = False) -> Iterator[Path]:
-    """A new hidden path next to ``target`` to write the file into; renamed over ``target``
-    when the block ends normally, removed whatever happens.
-
-    Parameters
-    ----------
-    target : Path
-        The file to make or replace; readers see its old content or the new, never a part.
-    suffix : str
-        The temporary's ending (``.nii.gz`` for writers that choose the format by it).
-    durable : bool
-        Flush the file to disk before the rename.
-    """
-    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}{suffix}")
+def _matches(path: Path, instance: CachedInstance) -> bool:
+    """Whether a file is there at its recorded size and MD5."""
     try:
-        yield temporary
-        if durable:
-            fsync_file(temporary)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+        return path.stat().st_size == instance.size and md5_of(path) == instance.md5
+    except OSError:
+        return False
 
 
-def fsync_file(path: Path) -> None:
-    """Flush a written file to disk."""
-    fd = os.open(path, os.O_RDWR)
+def _stamps(series: CachedSeries | None) -> Any:
+    """What a record holds besides the files' names and MD5s: their times, the boot."""
+    if series is None:
+        return None
+    return series.unflushed_boot, [(i.mtime_ns, i.ctime_ns) for i in series.instances]
+
+
+def _as_recorded(folder: Path) -> CachedSeries | None:
+    """The series as its record in ``folder`` describes it, nothing checked; None when the
+    record cannot be read."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        record = json.loads((folder / RECORD_NAME).read_text(encoding="utf-8"))
+        instances = tuple(CachedInstance(**item) for item in record["instances"])
+        license_text = None
+        if record.get("license"):
+            license_text = (folder / LICENSE_NAME).read_text(encoding="utf-8", errors="replace")
+        return CachedSeries(record["series_uid"], folder, instances, license_text,
+                            dict(record.get("metadata") or {}), record.get("unflushed_boot"))
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
 
 
-def copy_file(source: Path, target: Path) -> None:
-    """Copy ``source`` to a new file ``target``: a reflink where the file system has them
-    (Linux FICLONE), else a copy in the kernel (``copy_file_range``), else a plain copy. Never a
-    hard link, so ``target`` can be edited without changing ``source``."""
-    with open(source, "rb") as src, open(target, "xb") as dst:
-        try:
-            import fcntl
-
-            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
-            return
-        except (ImportError, OSError):
-            pass
-        try:
-            while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
-                pass
-            return
-        except (AttributeError, OSError):  # not Linux, or a file system that cannot
-            src.seek(0)
-            dst.seek(0)
-            dst.truncate()
-        shutil.copyfileobj(src, dst, 1 << 20)
-
-
-_FICLONE = 0x40049409  # Linux ioctl: share the source's extents (btrfs, XFS, bcachefs)
-
-
-def _md5_of(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_record(folder: Path, series: CachedSeries) -> None:
-    """Write the record of ``series`` into ``folder`` (atomically, flushed to disk)."""
-    with atomic_path(folder / RECORD_NAME, durable=True) as temporary:
+def write_record(folder: Path, series: CachedSeries, *, durable: bool = False) -> None:
+    """Write the record of ``series`` into ``folder`` (atomically; ``durable``: flushed)."""
+    with atomic_path(folder / RECORD_NAME, durable=durable) as temporary:
         temporary.write_text(json.dumps(series.record(), indent=1), encoding="utf-8")
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries to disk (where the platform allows it)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class SeriesCache:
@@ -301,9 +300,37 @@ class SeriesCache:
         return self.root / "series" / validate_uid(series_uid, "series_uid")
 
     def get(self, series_uid: str) -> CachedSeries | None:
-        """The series if it is cached, complete and verified, else None; sends no request."""
+        """The series if it is cached, complete and verified, else None; sends no request.
+
+        A file whose times changed since it was recorded (written, or linked again) is hashed
+        again first; the record is stamped anew when it still matches."""
         uid = validate_uid(series_uid, "series_uid")
-        return read_series_folder(self.series_path(uid), uid)
+        folder = self.series_path(uid)
+        series = read_series_folder(folder, uid, rehash=True)
+        if series is not None and _stamps(series) != _stamps(_as_recorded(folder)):
+            self._restamp(series)
+        return series
+
+    def restamp(self, series: CachedSeries) -> CachedSeries:
+        """Record the times of a cached series' files as they are now, where only their change
+        time moved (new links to them); call it with the series' lock held. Files whose size
+        or modification time moved keep their stamps (they are hashed on next use)."""
+        found = []
+        for instance in series.instances:
+            stat = (series.path / instance.name).stat()
+            if stat.st_size == instance.size and instance.mtime_ns == stat.st_mtime_ns:
+                instance = replace(instance, ctime_ns=stat.st_ctime_ns)
+            found.append(instance)
+        series = replace(series, instances=tuple(found))
+        self._restamp(series)
+        return series
+
+    def _restamp(self, series: CachedSeries) -> None:
+        """Rewrite a series' record with the stamps ``series`` carries (best effort: a cache
+        this process cannot write keeps the old ones, and hashes again next time)."""
+        with contextlib.suppress(OSError, Timeout):
+            with self.lock(series.series_uid, timeout=0):
+                write_record(series.path, series)
 
     def __contains__(self, series_uid: object) -> bool:
         try:
@@ -365,9 +392,8 @@ class SeriesCache:
         CachedSeries
             The same series, at its place in the cache.
         """
-        series = stamped(series)
-        write_record(series.path, series)
-        fsync_dir(series.path)
+        series = replace(stamped(series), unflushed_boot=boot_id())
+        write_record(series.path, series, durable=series.unflushed_boot is None)
         target = self.series_path(series.series_uid)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():  # damaged (else it would have been found): into the staging bin
@@ -378,15 +404,14 @@ class SeriesCache:
             if exc.errno != errno.EXDEV:
                 raise
             series = _move_across_devices(series, target)
-        fsync_dir(target.parent)
-        return CachedSeries(
-            series.series_uid, target, series.instances, series.license_text, series.metadata
-        )
+        fsync_dir(target.parent)  # the one flush of a series (see the module doc)
+        return replace(series, path=target)
 
     def verify(self, series_uid: str) -> bool:
         """Re-hash every file of a cached series against its recorded MD5 (under its lock).
 
-        A series that fails is removed from the cache, so the next use fetches it again.
+        A series that fails is removed from the cache, so the next use fetches it again; one
+        that passes is stamped anew (and known to be on disk).
 
         Returns
         -------
@@ -395,10 +420,14 @@ class SeriesCache:
             was damaged (and is now removed).
         """
         with self.lock(series_uid):
-            series = self.get(series_uid)
-            if series is None:
+            folder = self.series_path(series_uid)
+            if not (folder / RECORD_NAME).exists():
                 return False
-            bad = [i.name for i in series.instances if _md5_of(series.path / i.name) != i.md5]
+            series = _as_recorded(folder)
+            bad = ["the record"] if series is None else [
+                i.name for i in series.instances if not _matches(series.path / i.name, i)]
+            if not bad and series is not None:
+                write_record(folder, replace(stamped(series), unflushed_boot=None))
         if bad:
             log.warning("series %s: %d file(s) changed in the cache (%s); removed",
                         series_uid, len(bad), ", ".join(bad[:3]))
@@ -497,8 +526,8 @@ def _move_across_devices(series: CachedSeries, target: Path) -> CachedSeries:
                 copy_file(source, moving / source.name)
                 with open(moving / source.name, "rb") as f:
                     os.fsync(f.fileno())
-        copied = stamped(replace(series, path=moving))
-        write_record(moving, copied)
+        copied = stamped(replace(series, path=moving, unflushed_boot=None))
+        write_record(moving, copied, durable=True)
         fsync_dir(moving)
         os.rename(moving, target)
     finally:

@@ -1,10 +1,11 @@
-"""Many series into a folder layout: what the cache lacks is fetched, then copied into ``dest``.
+"""Many series into a folder layout: what the cache lacks is fetched, then placed into ``dest``.
 
 :func:`download` fetches the series the cache lacks on a bounded pool of threads (each one
 series at a time, through the :class:`SeriesSource` it is given: streamed, checked, verified and
-published while it arrives), then fills a folder layout under ``dest`` from the cache with copies
-(reflinks where the file system has them; never hard links), and returns one status row per
-series. It knows no backend: the client hands it its router.
+published while it arrives), then fills a folder layout under ``dest`` from the cache without
+writing the bytes again (reflinks where the file system has them, else hard links, which the
+cache's records watch: :func:`intake_tcia.retrieval.cache.place_file`), and returns one status
+row per series. It knows no backend: the client hands it its router.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-import pandas as pd
-
+from .._lazy import pandas as pd
 from .._validate import validate_uid
 from ..config import Settings
 from ..errors import DownloadError, TCIAError, storage_errors
@@ -33,12 +33,11 @@ from .cache import (
     RECORD_NAME,
     CachedSeries,
     SeriesCache,
-    atomic_path,
-    copy_file,
     read_series_folder,
     stamped,
 )
 from .cache import write_record as _write_record
+from .files import atomic_path, place_file
 from .layouts import DEFAULT_LAYOUT, LAYOUT_FIELDS, layout_fields, plain, series_folder
 from .pipeline import import_readers
 from .progress import Progress, ProgressBar
@@ -213,7 +212,8 @@ def _download_one(
         )
         status = "cached" if request.cached is not None else "downloaded"
         with source.cache.read_lock(request.uid), storage_errors(request.uid, request.path):
-            _place(series, request.path)
+            if _place(series, request.path):  # new links moved the cached files' ctime
+                source.cache.restamp(series)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row; the caller raises
         log.debug("series %s failed", request.uid, exc_info=True)
         bar.finish(request.uid, failed=True)
@@ -245,9 +245,10 @@ def _refuse_shared_folders(requests: list[_Request], layout: str) -> None:
                 )
 
 
-def _place(series: CachedSeries, folder: Path) -> None:
-    """Copy (reflink where possible, never hard-link) a cached series' files into ``folder``;
-    its record last. A file already there at its recorded size, and no link to the cache, stays.
+def _place(series: CachedSeries, folder: Path) -> bool:
+    """Place a cached series' files into ``folder`` (:func:`place_file`: reflinks, else hard
+    links, else copies); its record last. A file already there that is the cached file, or at
+    its recorded size, stays. Whether any hard link was made.
 
     Call it with the series' lock held: temporaries left in ``folder`` by a run killed while
     placing are removed first.
@@ -259,16 +260,18 @@ def _place(series: CachedSeries, folder: Path) -> None:
     names = [i.name for i in series.instances]
     if series.license_text is not None:
         names.append(LICENSE_NAME)
+    linked = False
     for name in names:
         source, target = series.path / name, folder / name
         with contextlib.suppress(OSError):
-            if not os.path.samefile(source, target) and (
+            if os.path.samefile(source, target) or (
                 target.stat().st_size == source.stat().st_size
             ):
                 continue
         with atomic_path(target) as temporary:
-            copy_file(source, temporary)
+            linked |= place_file(source, temporary) == "link"
     _write_record(folder, stamped(replace(series, path=folder)))
+    return linked
 
 
 def _refuse_foreign_folder(series_uid: str, folder: Path) -> None:

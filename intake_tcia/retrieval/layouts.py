@@ -12,8 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
+from .._lazy import pandas as pd
 from .._validate import is_reserved_name
 from ..schema import SCHEMAS
 

@@ -30,8 +30,9 @@ from typing import Any
 
 from .._validate import name_problem
 from ..errors import TCIAIntegrityError, TCIAStorageError, UnsafeArchiveError, storage_errors
-from .cache import LICENSE_NAME, CachedInstance, CachedSeries, SeriesCache, fsync_file
+from .cache import LICENSE_NAME, CachedInstance, CachedSeries, SeriesCache
 from .dicomhead import Instance, check_instance
+from .files import boot_id, fsync_file
 
 __all__ = ["SeriesWriter", "SeriesFolder", "MD5_MEMBER"]
 
@@ -43,11 +44,17 @@ MD5_MEMBER = "md5hashes.csv"
 _HEAD = 1 << 16
 _flusher: ThreadPoolExecutor | None = None
 _flusher_lock = threading.Lock()
+_FLUSHED: Future[None] = Future()
+_FLUSHED.set_result(None)
 
 
 def _flush_later(path: Path) -> Future[None]:
-    """Flush a written file to disk on a background thread (while the next bytes arrive)."""
+    """Flush a written file to disk on a background thread (while the next bytes arrive), where
+    the machine has no boot id; else nothing: the cache hashes a series again on its first use
+    after a reboot (see :mod:`intake_tcia.cache`) rather than flushing every file."""
     global _flusher
+    if boot_id() is not None:
+        return _FLUSHED
     with _flusher_lock:
         if _flusher is None:
             _flusher = ThreadPoolExecutor(2, thread_name_prefix="intake-tcia-flush")

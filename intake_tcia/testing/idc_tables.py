@@ -147,8 +147,8 @@ def clinical_major(index_folder: Path) -> int:
 
 
 def clinical_tables(index_folder: Path) -> dict[str, Any]:
-    """The sample clinical tables of the folder's patients, by short table name (``dicom_patient_id``
-    among their columns, as IDC's)."""
+    """The sample clinical tables of the folder's patients, by short table name
+    (``dicom_patient_id`` among their columns, as IDC's)."""
     import pyarrow as pa
 
     patients: dict[str, list[str]] = {}
