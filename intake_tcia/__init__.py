@@ -19,7 +19,7 @@ warnings.filterwarnings(
 from . import errors  # noqa: E402  (the standard library only)
 from .errors import *  # noqa: E402, F403  (the exception family, listed in errors.__all__)
 
-__all__ = ["TCIAClient", "__version__", *errors.__all__]
+__all__ = ["TCIAClient", "catalog_path", "__version__", *errors.__all__]
 
 if typing.TYPE_CHECKING:
     from .client import TCIAClient
@@ -41,3 +41,17 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY})
+
+
+def catalog_path() -> str:
+    """The path of the archive catalog installed with the package (``tcia.yaml``, intake V1).
+
+    Returns
+    -------
+    str
+        ``intake.open_catalog(intake_tcia.catalog_path())`` opens it from any install, with the
+        entries ``tcia``, ``collections``, ``patients``, ``studies`` and ``series``.
+    """
+    from pathlib import Path
+
+    return str(Path(__file__).with_name("catalogs") / "tcia.yaml")

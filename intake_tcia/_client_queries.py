@@ -6,6 +6,7 @@ request), asks the client's router, and checks names when the answer is empty.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from datetime import date
 from typing import Any
@@ -14,6 +15,7 @@ from ._lazy import pandas as pd
 from ._validate import format_query_date, validate_date, validate_text, validate_uid
 from .criteria import PAGE_SIZE, doi_url, search_form
 from .errors import TCIAUnknownNameError
+from .hints import check_keywords, check_search_names
 from .manifest import as_series_uids
 from .nbia.search import description_text
 from .routing import Router
@@ -276,14 +278,22 @@ class QueryMethods:
         ------
         TypeError, ValueError
             Before any request, for an unknown keyword or a malformed value (named).
+        TCIAUnknownNameError
+            Nothing found, and a collection, patient, modality or body part named is not in
+            the archive (the closest names suggested).
         """
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
             raise ValueError(f"page_size must be a whole number >= 1, not {page_size!r}")
+        check_keywords(criteria, inspect.signature(search_form).parameters,
+                       "TCIAClient.search()")
         if "collection" in criteria:
             criteria["collection"] = self._collection_name(criteria["collection"])
         form = search_form(**criteria)
-        return self._router.search(form, collections=criteria.get("collection"),
-                                   page_size=page_size)
+        frame = self._router.search(form, collections=criteria.get("collection"),
+                                    page_size=page_size)
+        if frame.empty:
+            check_search_names(self, criteria)
+        return frame
 
     def collection_descriptions(self, collection: str | None = None) -> pd.DataFrame:
         """collectionName, description (HTML, as kept by NBIA), descriptionURI, id, and

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._validate import validate_uid
 from .cli_lock import add_lock_command, download_lock, is_lock_download, run_lock, verify_lock
@@ -200,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="patients with at least N matching studies")
     group.add_argument("--all-modalities", action="store_true",
                        help="patients with a series of every --modality given")
-    sub.add_argument("--manifest", type=Path, metavar="PATH",
+    sub.add_argument("--manifest", metavar="PATH",
                      help="write the series found to a .tcia manifest (a file or a folder) "
                      "instead of printing them")
     sub.set_defaults(table_columns=QUERIES["series"][2])
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lock_command(command, _lock)
 
     sub = command("manifest", _manifest, "write a .tcia manifest of series", selection=True)
-    sub.add_argument("-o", "--output", type=Path, default=Path("."), metavar="PATH",
+    sub.add_argument("-o", "--output", default=".", metavar="PATH",  # str: keeps a trailing /
                      help="the .tcia file to write, or a folder to write it into (default: "
                      "the current folder, named as NBIA names manifests)")
     sub.add_argument("--format", choices=("tcia", "s5cmd", "csv"), default="tcia",
@@ -435,11 +436,9 @@ def _search(args: argparse.Namespace) -> int:
     with _client(args) as client:
         frame = client.search(**criteria)
     if args.manifest:
-        from .manifest import write_manifest
-
         if frame.empty:
             raise ValueError("no series found; no manifest written")
-        print(f"wrote {len(frame)} series to {write_manifest(frame, args.manifest)}")
+        _write_manifests(frame, args.manifest)
     else:
         _print_frame(frame, args, args.table_columns)
     return 0
@@ -469,20 +468,26 @@ def _lock(args: argparse.Namespace) -> int:
 
 
 def _manifest(args: argparse.Namespace) -> int:
-    """Write a .tcia manifest."""
-    from .manifest import write_manifest
-
+    """Write a .tcia manifest (two when NLST's series come with others)."""
     with _client(args) as client:
         series = _selection(client, args)
         if args.format != "tcia":
-            if args.output.is_dir():
+            if Path(args.output).is_dir() or args.output.endswith(("/", os.sep)):
                 raise UsageError(f"--format {args.format} needs a file to write, not a folder")
             path = client.manifest(series, args.output, format=args.format)
             print(f"wrote {len(series)} series to {path}")
             return 0
-    path = write_manifest(series, args.output)
-    print(f"wrote {len(series)} series to {path}")
+    _write_manifests(series, args.output)
     return 0
+
+
+def _write_manifests(series: Any, path: str) -> None:
+    """Write the manifests of ``series`` and say where (NLST's apart: its own server)."""
+    from .manifest import read_manifest, write_manifests
+
+    for written in write_manifests(series, path):
+        count = len(read_manifest(written).series_uids)
+        print(f"wrote {count} series to {written}")
 
 
 def _cite(args: argparse.Namespace) -> int:

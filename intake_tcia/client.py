@@ -24,6 +24,7 @@ from ._client_queries import QueryMethods
 from ._lazy import pandas as pd
 from ._validate import validate_uid
 from .config import Settings
+from .hints import with_keyword_hints
 from .idc.backend import IDCBackend
 from .idc.index import IDCIndex
 from .idc.versions import ReleaseCache, release_cache
@@ -246,13 +247,15 @@ class TCIAClient(QueryMethods):
         self, series_uid: str, *, collection: str | None = None
     ) -> list[pydicom.Dataset]:
         """The pydicom datasets of one series, fetched once into the cache, sorted by position
-        along the slice normal (ascending)."""
+        along the slice normal (ascending): a list with a one-line repr
+        (:class:`~intake_tcia.datasets.DatasetList`)."""
         import pydicom
 
+        from .datasets import DatasetList
         from .volume import sort_slices_by_position
 
         series = self.fetch_series(series_uid, collection=collection)
-        return sort_slices_by_position(pydicom.dcmread(path) for path in series.files)
+        return DatasetList(sort_slices_by_position(pydicom.dcmread(p) for p in series.files))
 
     # -- cohorts -----------------------------------------------------------------------------------
 
@@ -353,6 +356,22 @@ class TCIAClient(QueryMethods):
 
         uid = validate_uid(annotation_series_uid, "annotation_series_uid")
         return read_annotation_series(self, uid, collection=collection, **options)
+
+    # -- decoded series ---------------------------------------------------------------------------
+
+    def read_volume(
+        self, series_uid: str, *, collection: str | None = None, lazy: bool = False,
+        **options: Any,
+    ) -> Any:
+        """One series as a :class:`~intake_tcia.volume.Volume`, fetched once into the cache.
+
+        ``lazy`` and ``**options`` (``stack``, ``rtol``, ``allow_tilt``) are those of
+        :func:`intake_tcia.volume.volume_from_files`.
+        """
+        from .volume import volume_from_files
+
+        files = self.fetch_series(series_uid, collection=collection).files
+        return volume_from_files(files, lazy=lazy, **options)
 
     # -- IDC as itself: SQL over its tables, its supplementary indices, clinical data -------------
 
@@ -456,6 +475,9 @@ class TCIAClient(QueryMethods):
         from .idc.urls import viewer_url
 
         return viewer_url(self._router.idc, validate_uid(uid, "uid"))
+
+
+with_keyword_hints(TCIAClient)
 
 
 def _client_from_settings(settings: Settings) -> TCIAClient:

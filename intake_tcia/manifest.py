@@ -37,6 +37,7 @@ __all__ = [
     "Manifest",
     "read_manifest",
     "write_manifest",
+    "write_manifests",
     "as_series_uids",
     "series_uid_values",
     "DEFAULT_DOWNLOAD_SERVER_URL",
@@ -125,18 +126,23 @@ class Manifest:
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the manifest to ``path`` and return it as a :class:`~pathlib.Path`.
 
-        An existing directory gets a file named after ``databasketId``, which must then be a
-        plain file name (a manifest from elsewhere may hold ``../../x.tcia``).
+        A directory, or a path ending in a separator (``"newdir/"``, made if need be), gets a
+        file named after ``databasketId``, which must then be a plain file name (a manifest
+        from elsewhere may hold ``../../x.tcia``). Missing parent folders are made.
 
         Raises
         ------
         ValueError
             If the file would be named after a ``databasketId`` that is no plain file name.
         """
+        folder = os.fspath(path).endswith(("/", os.sep))
         path = Path(path)
-        if path.is_dir():
-            name = self.databasket_id or _new_databasket_id()
-            path = path / validate_file_name(name, "databasketId")
+        if folder or path.is_dir():
+            name = validate_file_name(self.databasket_id or _new_databasket_id(), "databasketId")
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / name
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.to_text().encode("ascii"))
         return path
 
@@ -198,7 +204,8 @@ def write_manifest(
         here), one UID, UIDs, a DataFrame with a ``SeriesInstanceUID`` column, or the path of
         another manifest. Apart from a Manifest's, duplicates are dropped, keeping the first.
     path : str or path-like
-        The file to write; an existing directory gets a file named after ``databasketId``.
+        The file to write; a directory, or a path ending in ``/`` (made if need be), gets a
+        file named after ``databasketId``.
     download_server_url : str, optional
         ``downloadServerUrl``. Default: NBIA's download servlet, or the NLST one when
         ``series`` is a DataFrame whose ``Collection`` is NLST.
@@ -243,6 +250,37 @@ def write_manifest(
     }
     manifest.properties.update({k: v for k, v in options.items() if v is not None})
     return manifest.write(path)
+
+
+def write_manifests(series: Any, path: str | os.PathLike[str], **options: Any) -> list[Path]:
+    """Write ``.tcia`` manifests, one per download server: NLST's series apart from the rest.
+
+    As :func:`write_manifest` (same ``options``), except that a DataFrame whose ``Collection``
+    mixes NLST with other collections gives two files: the others in ``path``, NLST's beside it
+    with ``-NLST`` before the suffix (``chest.tcia`` and ``chest-NLST.tcia``; in a folder,
+    databasketIds ``manifest-<ms>.tcia`` and ``manifest-<ms>-NLST.tcia``).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written: one, or two (the NLST one last).
+    """
+    if not hasattr(series, "columns") or "Collection" not in series.columns:
+        return [write_manifest(series, path, **options)]
+    nlst = series["Collection"].map(lambda c: isinstance(c, str) and is_nlst(c)).astype(bool)
+    if nlst.all() or not nlst.any():
+        return [write_manifest(series, path, **options)]
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)) or Path(path).is_dir():
+        stem = (options.get("databasket_id") or _new_databasket_id()).removesuffix(".tcia")
+        first = {**options, "databasket_id": f"{stem}.tcia"}
+        nlst_path, second = path, {**options, "databasket_id": f"{stem}-NLST.tcia"}
+    else:
+        plain = Path(path)
+        first, second = options, options
+        nlst_path = plain.with_name(f"{plain.stem}-NLST{plain.suffix}")
+    return [write_manifest(series[~nlst], path, **first),
+            write_manifest(series[nlst], nlst_path, **second)]
 
 
 def as_series_uids(series: Any) -> list[str]:

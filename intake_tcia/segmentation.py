@@ -21,11 +21,15 @@ How annotations are placed
 * **RTSTRUCT**: each ``CLOSED_PLANAR`` (or ``CLOSEDPLANAR_XOR``) contour of an ROI is mapped
   into voxel indices through the inverse of the image's affine and must lie on one image slice.
   It is filled on that slice by the even-odd rule at pixel centres (a pixel is inside when its
-  centre is; a centre exactly on an edge is inside when the edge is its left or top side).
-  Contours of one ROI on one slice are combined by exclusive or (``holes="even-odd"``: a
-  contour inside another cuts a hole), or, with ``holes="geometric-type"``, ``CLOSED_PLANAR``
-  contours by union and ``CLOSEDPLANAR_XOR`` ones by exclusive or. ``POINT`` and open contours
-  enclose no area and are left out.
+  centre is). Contours of one ROI on one slice are combined by exclusive or
+  (``holes="even-odd"``: a contour inside another cuts a hole), or, with
+  ``holes="geometric-type"``, ``CLOSED_PLANAR`` contours by union and ``CLOSEDPLANAR_XOR``
+  ones by exclusive or. A pixel whose centre lies *on* a contour (within
+  :data:`ON_CONTOUR_TOL` pixels) belongs to the ROI, whether the contour is an outline or a
+  hole's: this is how tools that make RTSTRUCTs from masks (rt-utils, OpenCV's contour
+  tracing, many planning systems) draw contours, through the centres of the mask's edge
+  pixels, so such a mask reads back as it was. ``POINT`` and open contours enclose no area and
+  are left out.
 
 A frame or contour farther than ``atol_mm`` (default :data:`PLANE_ATOL_MM`) from the image's
 planes, or an annotation that refers to another series or frame of reference, raises
@@ -45,6 +49,7 @@ import pandas as pd
 import pydicom
 from pydicom.dataset import Dataset
 
+from .datasets import dicom_paths
 from .errors import import_optional
 from .volume import (
     ORIENTATION_ATOL,
@@ -59,6 +64,7 @@ from .volume import (
 
 __all__ = [
     "FRACTION_THRESHOLD",
+    "ON_CONTOUR_TOL",
     "PLANE_ATOL_MM",
     "SEGMENT_COLUMNS",
     "Segmentation",
@@ -79,6 +85,8 @@ SEGMENT_COLUMNS = ("number", "label", "property_category", "property_type", "alg
 
 _CLOSED = ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR")
 _HOLES = ("even-odd", "geometric-type")
+ON_CONTOUR_TOL = 1e-3
+"""float: How close (in pixels) a pixel centre must be to a contour to count as on it."""
 
 
 class SegmentationError(VolumeGeometryError):
@@ -137,6 +145,14 @@ class Segmentation:
         )
         return xr.Dataset({"image": image, "masks": masks}, attrs=dict(self.metadata))
 
+    def plot(self, index: Any = None, **options: Any) -> Any:
+        """Show the image with each segment's outline, upright, through the masks' centre
+        (``segments=``, ``orthogonal=True``, ``slider=True``: see
+        :func:`intake_tcia.plot.plot`)."""
+        from .plot import plot
+
+        return plot(self, index, **options)
+
     def to_nifti(self, path: str | os.PathLike) -> Path:
         """Write the masks as a 4D NIfTI-1 file, ``(x, y, z, segment)`` uint8, RAS affine.
 
@@ -172,9 +188,10 @@ def read_segmentation(
     ----------
     annotation_files : path-like, pydicom.Dataset, or an iterable of them
         The annotation's instance(s): SEG or RTSTRUCT, one series (the segments of several
-        instances are stacked in order).
+        instances are stacked in order); a folder stands for the DICOM files in it.
     image_files : Volume, or path-like / pydicom.Dataset or an iterable of them
-        The image series (the files or datasets, in any order, or the Volume already built).
+        The image series (the files, a folder holding them, or datasets, in any order; or
+        the Volume already built).
     stack : tuple or int, optional
         The image stack, when the image series holds several (see
         :func:`intake_tcia.volume.split_stacks`).
@@ -201,7 +218,7 @@ def read_segmentation(
         raise ValueError(f"holes must be one of {_HOLES}, not {holes!r}")
     if not (atol_mm >= 0 and 0 < threshold <= 1):
         raise ValueError(f"need atol_mm >= 0 and 0 < threshold <= 1, not {atol_mm}, {threshold}")
-    annotations = [_dataset(a) for a in _items(annotation_files)]
+    annotations = [_dataset(a) for a in dicom_paths(annotation_files)]
     if not annotations:
         raise SegmentationError("no annotation file given")
     modalities = sorted({str(ds.get("Modality")) for ds in annotations})
@@ -232,13 +249,6 @@ def read_segmentation(
 # -- inputs ----------------------------------------------------------------------------------------
 
 
-def _items(given: Any) -> list[Any]:
-    """One path or dataset, or an iterable of them, as a list."""
-    if isinstance(given, (str, os.PathLike, Dataset)):
-        return [given]
-    return list(given)
-
-
 def _dataset(item: Any) -> Dataset:
     """A dataset, read from its path if need be."""
     return item if isinstance(item, Dataset) else pydicom.dcmread(item)
@@ -248,7 +258,7 @@ def _image(image_files: Any, stack: StackKey | int | None) -> Volume:
     """The image series as a Volume."""
     if isinstance(image_files, Volume):
         return image_files
-    items = _items(image_files)
+    items = dicom_paths(image_files)
     if items and all(isinstance(i, Dataset) for i in items):
         return volume_from_datasets(items, stack=stack)
     return volume_from_files(items, stack=stack)
@@ -424,6 +434,7 @@ def _fill_roi(mask: np.ndarray, contours: Sequence[Dataset], image: Volume, atol
     """Rasterise an ROI's closed planar contours into ``mask`` (z, y, x), in place."""
     union: dict[int, np.ndarray] = {}
     xor: dict[int, np.ndarray] = {}
+    boundary: dict[int, np.ndarray] = {}
     for n, contour in enumerate(contours):
         kind = str(contour.get("ContourGeometricType", ""))
         if kind not in _CLOSED:
@@ -441,10 +452,39 @@ def _fill_roi(mask: np.ndarray, contours: Sequence[Dataset], image: Volume, atol
             plane |= area
         else:
             plane ^= area
+        edges = boundary.setdefault(k, np.zeros(image.shape[1:], dtype=bool))
+        edges |= _centres_on_polygon(kji[:, 1], kji[:, 2], image.shape[1:])
     for k, plane in union.items():
         mask[k] |= plane
     for k, plane in xor.items():
         mask[k] ^= plane
+    for k, plane in boundary.items():  # a centre on any contour of the ROI is in the ROI
+        mask[k] |= plane
+
+
+def _centres_on_polygon(rows: np.ndarray, columns: np.ndarray, shape: tuple[int, int]
+                        ) -> np.ndarray:
+    """Pixels whose centres lie on a closed polygon's edges, within :data:`ON_CONTOUR_TOL`
+    pixels (private helper; coordinates as in :func:`_polygon_mask`)."""
+    out = np.zeros(shape, dtype=bool)
+    r0, c0 = np.asarray(rows, float), np.asarray(columns, float)
+    r1, c1 = np.roll(r0, -1), np.roll(c0, -1)
+    # every lattice point on an edge lies on a whole row (found unless the edge is horizontal)
+    # and on a whole column (found unless it is vertical): walk both ways
+    for a0, a1, b0, b1, swap in ((r0, r1, c0, c1, False), (c0, c1, r0, r1, True)):
+        slanted = a0 != a1
+        p0, p1, q0, q1 = a0[slanted], a1[slanted], b0[slanted], b1[slanted]
+        low = np.ceil(np.minimum(p0, p1) - ON_CONTOUR_TOL)
+        counts = (np.floor(np.maximum(p0, p1) + ON_CONTOUR_TOL) - low + 1).astype(int)
+        edge = np.repeat(np.arange(len(p0)), np.maximum(counts, 0))
+        steps = low[edge] + (np.arange(len(edge)) - np.repeat(np.cumsum(counts) - counts,
+                                                                np.maximum(counts, 0)))
+        q = q0[edge] + (steps - p0[edge]) * (q1[edge] - q0[edge]) / (p1[edge] - p0[edge])
+        hit = np.abs(q - np.round(q)) <= ON_CONTOUR_TOL
+        j, i = (np.round(q[hit]), steps[hit]) if swap else (steps[hit], np.round(q[hit]))
+        inside = (j >= 0) & (j < shape[0]) & (i >= 0) & (i < shape[1])
+        out[j[inside].astype(int), i[inside].astype(int)] = True
+    return out
 
 
 def _polygon_mask(rows: np.ndarray, columns: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

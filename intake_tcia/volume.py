@@ -74,6 +74,7 @@ from intake_tcia._geometry import (
     _split,
 )
 from intake_tcia._pixels import _reader
+from intake_tcia.datasets import dicom_paths
 from intake_tcia.errors import import_optional
 
 __all__ = [
@@ -171,6 +172,13 @@ class Volume:
         from .nifti import write_nifti
 
         return write_nifti(self.array, self.affine, path)
+
+    def plot(self, index: Any = None, **options: Any) -> Any:
+        """Show a slice (or, ``orthogonal=True``, three) upright, CT in a HU window; in Jupyter
+        ``slider=True`` adds a slider over the slices. See :func:`intake_tcia.plot.plot`."""
+        from .plot import plot
+
+        return plot(self, index, **options)
 
     def coordinates(self) -> dict[str, np.ndarray]:
         """Voxel-centre coordinates in mm along each axis.
@@ -310,8 +318,9 @@ def volume_from_files(
 
     Parameters
     ----------
-    paths : iterable of str or os.PathLike
-        The files of one series, in any order.
+    paths : str, os.PathLike, or an iterable of them
+        The files of one series, in any order, or the folder holding them (what
+        ``TCIAClient.download()`` returns; see :func:`intake_tcia.datasets.dicom_paths`).
     stack, rtol, allow_tilt
         As in :func:`volume_from_datasets`.
     lazy : bool, default False
@@ -328,7 +337,7 @@ def volume_from_files(
     VolumeGeometryError, intake_tcia.errors.MissingDependencyError
         As in :func:`volume_from_datasets`.
     """
-    paths = [os.fspath(p) for p in paths]
+    paths = [os.fspath(p) for p in dicom_paths(paths)]
     heads = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
     key, frames, affine, positions, spacing = _select(
         _frames_of_all(heads), stack=stack, rtol=rtol, allow_tilt=allow_tilt
@@ -379,22 +388,31 @@ def to_xarray(volume: Volume, *, attrs: Mapping[str, Any] | None = None) -> Any:
     -------
     xarray.DataArray
         Named by modality and series description (``"CT ct 10 slices"``: a short plot label);
-        coordinates from :meth:`Volume.coordinates` (``units="mm"``); attrs: the volume's
-        metadata (Modality, UIDs, PatientID), ``affine`` (nested list, LPS mm, index order
-        ``(z, y, x)``) and ``spacing`` (list, mm), then ``attrs``.
+        coordinates in mm from :meth:`Volume.coordinates`, except that ``y`` counts *up* the
+        image (minus the distance along the column direction), so ``y`` decreases from the
+        first row to the last and ``da.isel(z=k).plot()`` shows a slice as a DICOM viewer does,
+        first row on top (an axial slice upright: anterior up, the patient's right on the
+        left; ``y`` is then the patient's anterior, -LPS y). attrs: ``units`` and
+        ``long_name`` of the values (``"HU"`` / ``"CT number"`` for CT, ``"Gy"`` / ``"dose"``
+        for RTDOSE; no ``units`` otherwise), the volume's metadata (Modality, UIDs,
+        PatientID), ``affine`` (nested list, LPS mm, index order ``(z, y, x)``, as
+        :attr:`Volume.affine`) and ``spacing`` (list, mm), then ``attrs``.
     """
     xr = import_optional("xarray", "xarray", "to_xarray")
-    coords = {
-        dim: (dim, values, {"units": "mm", "long_name": f"{name} (patient frame)"})
-        for (dim, values), name in zip(
-            volume.coordinates().items(), ("position along slice normal", "column direction",
-                                           "row direction"), strict=True
-        )
-    }
+    along = volume.coordinates()
+    axes = {"z": (along["z"], "position along the slice normal"),
+            "y": (-along["y"], "position up the image"),
+            "x": (along["x"], "position across the image")}
+    coords = {dim: (dim, values, {"units": "mm", "long_name": name})
+              for dim, (values, name) in axes.items()}
+    modality = volume.metadata.get("Modality")
+    values = {"CT": {"units": "HU", "long_name": "CT number"},
+              "RTDOSE": {"units": "Gy", "long_name": "dose"}}.get(
+        str(modality), {"long_name": f"{modality or 'voxel'} value"})
     return xr.DataArray(
         volume.array, dims=("z", "y", "x"), coords=coords,
         name=_label(volume.metadata),
-        attrs={**volume.metadata, "affine": volume.affine.tolist(),
+        attrs={**values, **volume.metadata, "affine": volume.affine.tolist(),
                "spacing": list(volume.spacing), **(attrs or {})},
     )
 

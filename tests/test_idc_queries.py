@@ -431,8 +431,6 @@ def test_search_criteria_alone_and_combined_on_the_index(both, server, name):
             manufacturer="GE MEDICAL SYSTEMS",
             min_studies=2,
         ),
-        dict(collection="NoSuchCollection"),
-        dict(modality="XX"),
         dict(species="dog"),
     ],
 )
@@ -441,6 +439,16 @@ def test_search_patient_criteria_and_unknown_values(both, criteria):
     ours = idc.search(**criteria)
     assert_same(nbia.search(**criteria), ours)
     assert list(ours.columns) == SCHEMAS["getSeries"].names
+
+
+@pytest.mark.parametrize("criteria", [dict(collection="NoSuchCollection"), dict(modality="XX")])
+def test_search_of_a_name_neither_backend_has_is_the_same_error(both, criteria):
+    errors = []
+    for client in both:
+        with pytest.raises(TCIAUnknownNameError) as caught:
+            client.search(**criteria)
+        errors.append((caught.value.field, caught.value.value, caught.value.suggestions))
+    assert errors[0] == errors[1]
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-def execute(notebook: Path) -> Any:
-    """Run a notebook in a fresh kernel that imports this working tree; the executed node."""
+def execute(notebook: Path, tmpdir: Path | None = None) -> Any:
+    """Run a notebook in a fresh kernel that imports this working tree; the executed node.
+    ``tmpdir``: the kernel's temporary folder (TMPDIR)."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     node = nbformat.read(notebook, as_version=4)
@@ -27,6 +28,8 @@ def execute(notebook: Path) -> Any:
     try:  # the kernel inherits this environment: this tree first, no INTAKE_TCIA_* of the caller
         for name in [k for k in os.environ if k.startswith("INTAKE_TCIA_")]:
             del os.environ[name]
+        if tmpdir is not None:
+            os.environ["TMPDIR"] = str(tmpdir)
         os.environ["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT), saved.get("PYTHONPATH")) if p)
         nbclient.NotebookClient(
@@ -70,13 +73,17 @@ def test_notebook_starts_the_sample_archive_and_says_how_to_use_tcia(notebook):
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_and_its_committed_outputs_are_current(notebook):
+def test_notebook_runs_and_its_committed_outputs_are_current(notebook, tmp_path):
     nbformat = pytest.importorskip("nbformat")
     committed = nbformat.read(notebook, as_version=4)
     outputs = [o for c in committed["cells"] for o in c.get("outputs", [])]
     assert outputs and not [o for o in outputs if o["output_type"] == "error"]
-    fresh = execute(notebook)  # raises CellExecutionError naming the cell if one fails
+    fresh = execute(notebook, tmp_path)  # raises CellExecutionError naming the cell if one fails
     assert shape(fresh) == shape(committed), "stale outputs: python tests/test_notebooks.py"
+    # a run leaves no cache, index, archive or other folder of ours in the temporary folder
+    # (dask's own "dask-scratch-space" is dask's)
+    ours = ("intake-tcia", "idc-index", "nifti")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(ours)] == []
 
 
 if __name__ == "__main__":

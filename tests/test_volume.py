@@ -494,7 +494,7 @@ def test_to_xarray_coordinates_and_attrs(tmp_path: Path) -> None:
     da = to_xarray(volume, attrs={"DOI": "10.7937/x", "license": "CC BY 4.0"})
     assert da.dims == ("z", "y", "x")
     np.testing.assert_allclose(da.z, [-70.0, -67.5, -65.0, -62.5])
-    np.testing.assert_allclose(da.y, -60.0 + 0.7 * np.arange(ROWS))
+    np.testing.assert_allclose(da.y, 60.0 - 0.7 * np.arange(ROWS))  # counts up the image
     np.testing.assert_allclose(da.x, -50.0 + 0.9 * np.arange(COLS))
     assert da.z.attrs["units"] == "mm"
     assert da.attrs["SeriesInstanceUID"] == "1.2.3.4.5"
@@ -504,7 +504,7 @@ def test_to_xarray_coordinates_and_attrs(tmp_path: Path) -> None:
     np.testing.assert_allclose(da.attrs["affine"], volume.affine)
     json.dumps(da.attrs)
     # the voxel at (z, y, x) coordinates holds the pixel that the DICOM formula puts there
-    assert int(da.sel(z=-65.0, y=-60.0 + 1.4, x=-50.0 + 2.7, method="nearest")) == 100 * 2 + 23
+    assert int(da.sel(z=-65.0, y=60.0 - 1.4, x=-50.0 + 2.7, method="nearest")) == 100 * 2 + 23
     lazy = to_xarray(volume_from_files(write(tmp_path, series), lazy=True))
     assert lazy.chunks == ((1,) * 4, (ROWS,), (COLS,))
     np.testing.assert_array_equal(lazy.values, da.values)

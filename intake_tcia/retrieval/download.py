@@ -11,6 +11,7 @@ row per series. It knows no backend: the client hands it its router.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -109,6 +110,7 @@ def download(
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, not {workers!r}")
     root = Path(dest).expanduser().resolve()
+    _check_dest(root)
     requests = _requests(series)
     if not requests:
         if progress:
@@ -166,6 +168,15 @@ def download(
     return results
 
 
+def _check_dest(root: Path) -> None:
+    """NotADirectoryError, once, when ``root`` or the nearest existing folder above it is a
+    file: every series would fail on it."""
+    there = next(p for p in (root, *root.parents) if p.exists())
+    if not there.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "the download destination is not a folder "
+                                 f"({there} is a file)", str(root))
+
+
 def _results_table(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
     """The status table; ``path`` and ``error`` hold None (not NaN) where there is nothing."""
     columns = dict(zip(RESULT_COLUMNS, zip(*rows, strict=True), strict=True)) if rows else {}
@@ -181,7 +192,7 @@ def _download_one(
 ) -> tuple[Any, ...]:
     """One status row: the series made complete in its folder, or the reason it failed."""
     if request.problem is not None or request.path is None:
-        bar.finish(request.uid)
+        bar.finish(request.uid, failed=True)
         return (request.uid, "failed", None, 0, 0, request.problem)
     placed = read_series_folder(request.path, request.uid)
     if placed is not None:
@@ -205,7 +216,7 @@ def _download_one(
                 source.cache.restamp(series)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a row; the caller raises
         log.debug("series %s failed", request.uid, exc_info=True)
-        bar.finish(request.uid)
+        bar.finish(request.uid, failed=True)
         return (request.uid, "failed", None, 0, 0, f"{type(exc).__name__}: {exc}")
     bar.finish(request.uid)
     return (request.uid, status, str(request.path), len(series.instances), series.bytes, None)
@@ -301,7 +312,6 @@ def _requests(series: Any) -> list[_Request]:
 
 
 
-
 def _add_metadata(source: SeriesSource, requests: list[_Request], fields: set[str]) -> None:
     """Fill the layout fields missing from what was given or cached, in as few requests as
     possible (getSeriesMetadata, thousands of UIDs per request)."""
@@ -316,8 +326,5 @@ def _add_metadata(source: SeriesSource, requests: list[_Request], fields: set[st
             value = plain(row[name])
             if value is not None:
                 request.metadata.setdefault(name, value)
-
-
-
 
 

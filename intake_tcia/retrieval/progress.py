@@ -43,7 +43,9 @@ class ProgressBar:
     The bar appears with the first byte received (none for an empty selection, a fully cached
     one, or one that fails before any transfer) and only moves forward: each series advances by
     what arrived for it, at most to its expected size (FileSize), and to that size when it is
-    done or has failed; bytes a retry fetches again are not counted twice.
+    done; bytes a retry fetches again are not counted twice. A series that fails stays where
+    its bytes left it (the bar says how many failed), and after a cancel (Ctrl-C) the bar does
+    not move again: it never shows 100% for bytes that did not arrive.
     """
 
     def __init__(self, enabled: bool, expected: Mapping[str, int | None]) -> None:
@@ -55,22 +57,28 @@ class ProgressBar:
         sizes = list(self._expected.values())
         self._total = sum(int(s) for s in sizes) if None not in sizes else None
         self._shown: dict[str, int] = dict.fromkeys(self._expected, 0)
+        self._failed = 0
 
     def advance(self, uid: str, received: int) -> None:
         """``received`` bytes of ``uid`` have arrived in its current attempt."""
         expected = self._expected.get(uid)
         self._show(uid, min(received, int(expected)) if expected is not None else received)
 
-    def finish(self, uid: str) -> None:
-        """``uid`` is done (or failed): count all of it."""
-        if uid in self._expected:
+    def finish(self, uid: str, *, failed: bool = False) -> None:
+        """``uid`` is done: count all of it; or it failed: count what arrived, and say so."""
+        if failed:
+            with self._lock:
+                self._failed += 1
+                if self._bar is not None:
+                    self._bar.set_postfix_str(f"{self._failed} failed", refresh=False)
+        elif uid in self._expected:
             expected = self._expected[uid]
             self._show(uid, int(expected) if expected is not None else self._shown[uid])
 
     def _show(self, uid: str, target: int) -> None:
         with self._lock:
             step = target - self._shown.get(uid, target)
-            if step <= 0 or not self._enabled:
+            if step <= 0 or not self._enabled or self.cancel.is_set():
                 return
             self._shown[uid] = target
             if self._bar is None:
