@@ -27,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from ..idc.supplementary import SUPPLEMENTARY
+
 __all__ = [
     "write_idc_tables",
     "clinical_tables",
@@ -38,20 +40,6 @@ __all__ = [
 ]
 
 CLINICAL_BUCKET = "idc-open-metadata"
-SUPPLEMENTARY = (
-    "sm_index",
-    "sm_instance_index",
-    "seg_index",
-    "rtstruct_index",
-    "ann_index",
-    "ann_group_index",
-    "clinical_index",
-    "ct_index",
-    "mr_index",
-    "pt_index",
-    "contrast_index",
-    "volume_geometry_index",
-)
 #: The modalities of the series each table is about (None: every series).
 _ABOUT: dict[str, tuple[str, ...] | None] = {
     "sm_index": ("SM",),
