@@ -31,46 +31,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _measure import peak_rss_mb, print_table, run_contender  # noqa: E402
 
 COLLECTION, COLLECTION_ID = "NLST", "nlst"
-#: The index columns intake-tcia reads to build its v4 frame (idc_index._READ).
-COLUMNS = [
-    "collection_id",
-    "analysis_result_id",
-    "PatientID",
-    "SeriesInstanceUID",
-    "StudyInstanceUID",
-    "source_DOI",
-    "PatientAge",
-    "PatientSex",
-    "StudyDate",
-    "StudyDescription",
-    "BodyPartExamined",
-    "Modality",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "SeriesDate",
-    "SeriesDescription",
-    "SeriesNumber",
-    "instanceCount",
-    "series_init_idc_version",
-    "series_revised_idc_version",
-    "series_size_MB",
-]
 
 
-def measure_ours(cache_dir: str, repeat: int, label: str) -> dict:
-    start = time.perf_counter()
-    from intake_tcia import TCIAClient
-
-    imported = time.perf_counter()
-    client = TCIAClient(backend="idc", cache_dir=cache_dir)
-    frame = client.series(collection=COLLECTION)
+def _timed(label: str, start: float, imported: float, ask, repeat: int) -> dict:
+    """A contender's figures: ``ask()`` once cold (after its import), then ``repeat`` times warm."""
+    frame = ask()
     first = time.perf_counter()
     rows = len(frame)
     del frame
     warm = []
     for _ in range(repeat):
         t = time.perf_counter()
-        frame = client.series(collection=COLLECTION)
+        frame = ask()
         warm.append(time.perf_counter() - t)
         del frame
     return {
@@ -83,31 +55,23 @@ def measure_ours(cache_dir: str, repeat: int, label: str) -> dict:
     }
 
 
-def measure_idc_index(repeat: int) -> dict:
+def measure_ours(cache_dir: str, repeat: int, label: str) -> dict:
+    start = time.perf_counter()
+    from intake_tcia import TCIAClient
+
+    imported = time.perf_counter()
+    client = TCIAClient(backend="idc", cache_dir=cache_dir)
+    return _timed(label, start, imported, lambda: client.series(collection=COLLECTION), repeat)
+
+
+def measure_idc_index(repeat: int, columns: list[str]) -> dict:
     start = time.perf_counter()
     from idc_index import IDCClient
 
     imported = time.perf_counter()
     client = IDCClient()
-    query = f"SELECT {', '.join(COLUMNS)} FROM index WHERE collection_id = '{COLLECTION_ID}'"
-    frame = client.sql_query(query)
-    first = time.perf_counter()
-    rows = len(frame)
-    del frame
-    warm = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        frame = client.sql_query(query)
-        warm.append(time.perf_counter() - t)
-        del frame
-    return {
-        "contender": "idc-index sql_query",
-        "rows": rows,
-        "import_s": imported - start,
-        "cold_start_s": first - start,
-        "warm_s": min(warm),
-        "peak_mb": peak_rss_mb(),
-    }
+    query = f"SELECT {', '.join(columns)} FROM index WHERE collection_id = '{COLLECTION_ID}'"
+    return _timed("idc-index sql_query", start, imported, lambda: client.sql_query(query), repeat)
 
 
 def main() -> None:
@@ -116,13 +80,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="warm answers per process")
     parser.add_argument("--contender", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--columns", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.contender:
         import json
 
         if args.contender == "idc-index":
-            result = measure_idc_index(args.repeat)
+            result = measure_idc_index(args.repeat, args.columns.split(","))
         else:
             label = {"ours-first": "intake-tcia, empty cache", "ours": "intake-tcia, cached copy"}[
                 args.contender
@@ -131,6 +96,10 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    from intake_tcia.idc.index import _READ  # the columns our v4 frame is made of; asked of
+                                              # idc-index too (imported here, not in its process)
+
+    columns = ",".join(_READ)
     runs: dict[str, list[dict]] = {"ours-first": [], "ours": [], "idc-index": []}
     work = Path(tempfile.mkdtemp(prefix="idc-metadata-bench-"))
     try:  # one untimed run leaves the copy the "cached copy" contender reads
@@ -147,6 +116,8 @@ def main() -> None:
                     str(args.repeat),
                     "--cache-dir",
                     str(cache),
+                    "--columns",
+                    columns,
                 ]
                 found.append(run_contender(__file__, options))
     finally:

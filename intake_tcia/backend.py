@@ -53,10 +53,6 @@ class Backend(Protocol):
         selects, in getSeries columns."""
         ...
 
-    def can_serve(self, series_uid: str) -> bool:
-        """Whether this source can send the series' files (no request where it can tell)."""
-        ...
-
     def fetch_series(
         self,
         series_uid: str,

@@ -150,10 +150,6 @@ class IDCBackend:
             raise versions.not_listed(self, [series_uid])
         return found
 
-    def can_serve(self, series_uid: str) -> bool:
-        """Whether the index lists the series."""
-        return self.find(series_uid) is not None
-
     # -- files -----------------------------------------------------------------------------------
 
     def fetch_series(

@@ -213,10 +213,6 @@ class NBIABackend:
 
     # -- files -----------------------------------------------------------------------------------
 
-    def can_serve(self, series_uid: str) -> bool:
-        """NBIA is asked for any series (it answers 404 for those it lacks)."""
-        return True
-
     def fetch_series(
         self,
         series_uid: str,

@@ -39,12 +39,13 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.sax.saxutils import escape
 
+from ._loopback import LoopbackServer
 from .idc import BUCKET, object_key
 
 __all__ = ["HostileBucket", "HostileObject", "gzip_bomb", "dicom_stub"]
@@ -92,13 +93,6 @@ def dicom_stub(meta_only: bytes | None = None) -> bytes:
         return bytes(128) + b"DICM"
     length = int.from_bytes(meta_only[140:144], "little")  # (0002,0000) group length, UL
     return meta_only[: 144 + length]
-
-
-class _QuietServer(ThreadingHTTPServer):
-    """Clients that give up mid-answer are what these servers are for: no traceback."""
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -235,7 +229,7 @@ def _contents(key: str, size: int, etag: str) -> bytes:
             "<StorageClass>STANDARD</StorageClass></Contents>").encode()
 
 
-class HostileBucket:
+class HostileBucket(LoopbackServer):
     """A loopback S3-like bucket (path style, anonymous) whose answers a test makes hostile.
 
     Attributes
@@ -255,29 +249,12 @@ class HostileBucket:
         self.sent_bytes = 0
         self._requests: list[tuple[str, str, str | None]] = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        handler = type("_HostileHandler", (_Handler,), {"owner": self})
-        self._server = _QuietServer((host, 0), handler)
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> HostileBucket:
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True,
-                                        name="intake-tcia-hostile-bucket")
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(_Handler, host, "intake-tcia-hostile-bucket")
 
     @property
     def url(self) -> str:
         """str: the endpoint, ``http://127.0.0.1:PORT/``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
+        return self.address + "/"
 
     def put_series(self, series_uid: str, files: list[tuple[str, Path]]) -> list[str]:
         """Store a series' files (``(SOPInstanceUID, path)``) under IDC's keys; their keys."""

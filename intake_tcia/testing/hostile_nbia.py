@@ -23,9 +23,11 @@ import io
 import struct
 import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from ._loopback import LoopbackServer
 
 __all__ = ["HostileNBIA", "bad_crc_zip"]
 
@@ -56,13 +58,6 @@ def bad_crc_zip(zipped: bytes) -> bytes:
             data[at + 16 : at + 20] = wrong
         at = data.find(b"PK\x01\x02", at + 46)
     return bytes(data)
-
-
-class _QuietServer(ThreadingHTTPServer):
-    """Clients that give up mid-answer are what these servers are for: no traceback."""
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -138,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
             connection.close()
 
 
-class HostileNBIA:
+class HostileNBIA(LoopbackServer):
     """A loopback NBIA host forwarding to ``backing_url`` (an ArchiveServer's ``api_url``),
     except for the endpoints under attack.
 
@@ -156,26 +151,12 @@ class HostileNBIA:
         self.sent_bytes = 0
         self._endpoints: list[str] = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        handler = type("_HostileNBIAHandler", (_Handler,), {"owner": self})
-        self._server = _QuietServer((host, 0), handler)
-        self._server.daemon_threads = True
-
-    def __enter__(self) -> HostileNBIA:
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True, name="intake-tcia-hostile-nbia").start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(_Handler, host, "intake-tcia-hostile-nbia")
 
     @property
     def api_url(self) -> str:
         """str: this host's base URL (the backing server's path on this port)."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{urlsplit(self.backing_url).path}"
+        return self.address + urlsplit(self.backing_url).path
 
     def count(self, endpoint: str | None = None) -> int:
         """Requests received, optionally for one endpoint."""
