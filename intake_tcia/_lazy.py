@@ -10,10 +10,11 @@ pandas, pyarrow and numpy, which a user who never asks for a frame does not pay 
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 from typing import Any
 
-__all__ = ["Lazy", "numpy", "pandas", "pyarrow", "pyarrow_compute"]
+__all__ = ["Lazy", "is_instance", "numpy", "pandas", "pyarrow", "pyarrow_compute"]
 
 
 class Lazy:
@@ -38,6 +39,13 @@ class Lazy:
     def __repr__(self) -> str:
         state = "imported" if self.__module is not None else "not imported yet"
         return f"<lazy module {self.__name!r}, {state}>"
+
+
+def is_instance(value: Any, module: str, name: str) -> bool:
+    """``isinstance(value, module.name)``, without importing ``module``: a value cannot be of a
+    class whose module nobody imported."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(value, getattr(loaded, name, ()))
 
 
 pandas: Any = Lazy("pandas")

@@ -46,6 +46,11 @@ class Backend(Protocol):
         """
         ...
 
+    def series_records(self, series_uids: list[str]) -> list[dict[str, Any]]:
+        """getSeriesMetadata rows, one dict a series, as cheaply as the source can give them
+        (values may be the server's text: dates, numbers and flags typed or not)."""
+        ...
+
     def search(
         self, form: Mapping[str, str], *, collections: Any = None, page_size: int
     ) -> pd.DataFrame:

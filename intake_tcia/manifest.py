@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ._lazy import pandas as pd
+from ._lazy import is_instance
 from ._validate import validate_file_name, validate_uid
 from .config import is_nlst
 
@@ -319,7 +319,7 @@ def series_uid_values(series: Any) -> list[Any]:
         return list(read_manifest(series).series_uids)
     if isinstance(series, str):
         return [series]
-    if isinstance(series, pd.Series) and "SeriesInstanceUID" in series.index:  # one row
+    if is_instance(series, "pandas", "Series") and "SeriesInstanceUID" in series.index:  # a row
         return [series["SeriesInstanceUID"]]
     if hasattr(series, "columns"):  # a DataFrame
         if "SeriesInstanceUID" not in series.columns:

@@ -91,13 +91,18 @@ class Router:
         """getSeriesMetadata rows of these series."""
         return self.query("getSeriesMetadata", {"list": ",".join(series_uids)})
 
+    def series_records(self, series_uids: list[str]) -> list[dict[str, Any]]:
+        """getSeriesMetadata rows of these series, one dict a series, with no frame built where
+        the source can avoid it (:meth:`Backend.series_records`)."""
+        return self._answer("getSeriesMetadata", lambda b: b.series_records(series_uids))
+
     def series_size(self, series_uid: str, *, collection: str | None = None) -> dict[str, int]:
         """getSeriesSize as ``{"TotalSizeInBytes": int, "ObjectCount": int}``."""
         frame = self.query("getSeriesSize", {"SeriesInstanceUID": series_uid},
                            collection=collection, uid=series_uid)
         return series_size_of(frame, series_uid)
 
-    def _answer(self, endpoint: str, ask: Callable[[Backend], pd.DataFrame]) -> pd.DataFrame:
+    def _answer(self, endpoint: str, ask: Callable[[Backend], T]) -> T:
         backend = self._policy()
         if backend == "idc":
             return ask(self.idc)

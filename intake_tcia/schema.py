@@ -31,7 +31,9 @@ __all__ = [
     "frame_from_csv",
     "parse_dates",
     "raw_frame",
+    "records_from_csv",
     "typed_frame",
+    "typed_value",
     "with_old_names",
 ]
 
@@ -287,6 +289,11 @@ _CONVERTERS = {
 }
 
 
+def typed_value(kind: str, value: Any) -> Any:
+    """One value typed as a column of ``kind`` would type it (NA or NaT where it cannot be)."""
+    return _CONVERTERS[kind](pd.Series([value], dtype=object)).iloc[0]
+
+
 def typed_frame(frame: pd.DataFrame, schema: EndpointSchema) -> pd.DataFrame:
     """The columns of ``schema`` in order, typed, from a frame of server keys (then any key the
     schema lacks, as text)."""
@@ -322,6 +329,18 @@ def raw_frame(records: Iterable[Mapping[str, Any] | str], schema: EndpointSchema
     rows = [r if isinstance(r, dict) else {schema.names[0]: r} for r in records]
     # pd.DataFrame keeps rows whose keys were all dropped ([{}]); from_records loses them
     return pd.DataFrame(rows) if rows else pd.DataFrame()
+
+
+def records_from_csv(text: str, schema: EndpointSchema) -> list[dict[str, str | None]]:
+    """The rows of NBIA CSV as text, under the schema's column names, blanks as None: what
+    :func:`frame_from_csv` reads before typing, with no frame built."""
+    import csv
+    import io
+
+    rows = csv.reader(io.StringIO(text))
+    header = [schema.renames.get(key, key) for key in next(rows, [])]
+    return [{key: value or None for key, value in zip(header, row, strict=False)}
+            for row in rows if row]
 
 
 def frame_from_csv(text: str, schema: EndpointSchema) -> pd.DataFrame:

@@ -74,6 +74,11 @@ class IDCBackend:
             self.index.refresh()
             return answer(self.index, endpoint, dict(params))
 
+    def series_records(self, series_uids: list[str]) -> list[dict[str, Any]]:
+        """getSeriesMetadata rows from the index, typed, one dict a series."""
+        frame = self.query("getSeriesMetadata", {"list": ",".join(series_uids)})
+        return frame.to_dict("records")
+
     def search(
         self, form: Mapping[str, str], *, collections: Any = None, page_size: int
     ) -> pd.DataFrame:

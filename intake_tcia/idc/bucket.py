@@ -365,8 +365,6 @@ def fetch_series(
     """
     from ..retrieval.pipeline import SeriesWriter
 
-    import_readers()  # before the GET threads check files
-
     uid = where.series_uid
     cache = idc.cache
     found = cache.get(uid)

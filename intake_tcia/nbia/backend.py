@@ -15,7 +15,7 @@ every dialect gives the same v4-named, typed DataFrames.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
@@ -25,7 +25,7 @@ from ..config import Settings
 from ..errors import TCIANotFoundError, TCIAResponseError
 from ..retrieval.cache import CachedSeries, SeriesCache
 from ..retrieval.transport import Transport
-from ..schema import SCHEMAS, frame_from_csv
+from ..schema import SCHEMAS, frame_from_csv, records_from_csv
 from . import getimage
 from .auth import auth_for
 from .flavours import Flavour, flavour_for
@@ -179,9 +179,33 @@ class NBIABackend:
                 break
         return pd.concat(frames, ignore_index=True)
 
+    def series_records(self, series_uids: list[str]) -> list[dict[str, Any]]:
+        """getSeriesMetadata rows as the server's text, one dict a series, with no frame built
+        (what a download needs: folder names, sizes, counts). Hosts are asked as
+        :meth:`query` asks them; v1/v2 hosts' rows come from their typed frames."""
+        uids, records = list(series_uids), []
+        for host in self.settings.hosts if uids else ():
+            if self.flavours[host].metadata_per_series:
+                frame = pd.concat([self._metadata_of_one(host, uid) for uid in uids])
+                found = frame.to_dict("records")
+            else:
+                schema = SCHEMAS["getSeriesMetadata"]
+                found = [row for text in self._metadata_texts(host, uids)
+                         for row in records_from_csv(text, schema)]
+            records += found
+            answered = {row.get("SeriesInstanceUID") for row in found}
+            uids = [u for u in uids if u not in answered]
+            if not uids:
+                break
+        return records
+
     def metadata_batches(self, host: str, uids: list[str]) -> list[pd.DataFrame]:
         """getSeriesMetadata (v4): POST the UIDs in batches, quoted CSV back."""
-        frames = []
+        schema = SCHEMAS["getSeriesMetadata"]
+        return [frame_from_csv(text, schema) for text in self._metadata_texts(host, uids)]
+
+    def _metadata_texts(self, host: str, uids: list[str]) -> Iterator[str]:
+        """The CSV texts of getSeriesMetadata (v4), asked 10,000 UIDs at a time."""
         for start in range(0, len(uids), METADATA_CHUNK):
             batch = ",".join(uids[start : start + METADATA_CHUNK])
             body, content_type = self.transport.fetch(
@@ -194,8 +218,7 @@ class NBIABackend:
                     f"expected CSV from {host}getSeriesMetadata, got "
                     f"{content_type or 'no content type'}: {text[:200]!r}"
                 )
-            frames.append(frame_from_csv(text, SCHEMAS["getSeriesMetadata"]))
-        return frames
+            yield text
 
     def _metadata_of_one(self, host: str, uid: str) -> pd.DataFrame:
         """v1/v2 getSeriesMetaData: one series, JSON with v1 names (no rows if not here)."""

@@ -322,7 +322,8 @@ class SeriesCache:
                 instance = replace(instance, ctime_ns=stat.st_ctime_ns)
             found.append(instance)
         series = replace(series, instances=tuple(found))
-        self._restamp(series)
+        with contextlib.suppress(OSError):  # a cache this process cannot write: hashed next time
+            write_record(series.path, series)
         return series
 
     def _restamp(self, series: CachedSeries) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from .._lazy import is_instance
 from .._lazy import pandas as pd
 from .._validate import validate_uid
 from ..config import Settings
@@ -38,8 +39,14 @@ from .cache import (
 )
 from .cache import write_record as _write_record
 from .files import atomic_path, place_file
-from .layouts import DEFAULT_LAYOUT, LAYOUT_FIELDS, layout_fields, plain, series_folder
-from .pipeline import import_readers
+from .layouts import (
+    DEFAULT_LAYOUT,
+    LAYOUT_FIELDS,
+    layout_fields,
+    plain,
+    series_folder,
+    whole_number,
+)
 from .progress import Progress, ProgressBar
 
 __all__ = ["download", "SeriesSource", "RESULT_COLUMNS"]
@@ -56,8 +63,8 @@ class SeriesSource(Protocol):
     settings: Settings
     cache: SeriesCache
 
-    def series_metadata(self, series_uids: list[str]) -> pd.DataFrame:
-        """getSeriesMetadata rows of these series."""
+    def series_records(self, series_uids: list[str]) -> list[dict[str, Any]]:
+        """getSeriesMetadata rows of these series, one dict a series (values typed or text)."""
         ...
 
     def prepare(self, series_uids: Iterable[str]) -> None:
@@ -139,7 +146,6 @@ def download(
             request.problem = f"ValueError: {exc}"
     _refuse_shared_folders(requests, layout)
     source.prepare([r.uid for r in requests if r.cached is None])  # e.g. one index scan
-    import_readers()
 
     bar = ProgressBar(progress, {r.uid: plain(r.metadata.get("FileSize")) for r in requests
                                      if r.cached is None})
@@ -149,6 +155,7 @@ def download(
     try:
         with ThreadPoolExecutor(max_workers=min(workers, len(requests))) as pool:
             futures = [pool.submit(_download_one, source, r, bar, slots) for r in requests]
+            import pandas  # noqa: F401 - for the result table, while the series arrive
             try:
                 rows = [f.result() for f in futures]
             except BaseException:
@@ -291,7 +298,7 @@ def _requests(series: Any) -> list[_Request]:
     naming every malformed UID."""
     uids = series_uid_values(series)
     metadata: dict[str, dict[str, Any]] = {}
-    if isinstance(series, pd.DataFrame):
+    if is_instance(series, "pandas", "DataFrame"):
         keep = [c for c in series.columns if c in LAYOUT_FIELDS]
         for uid, row in zip(uids, series[keep].to_dict("records"), strict=True):
             if isinstance(uid, str):
@@ -314,17 +321,21 @@ def _requests(series: Any) -> list[_Request]:
 
 def _add_metadata(source: SeriesSource, requests: list[_Request], fields: set[str]) -> None:
     """Fill the layout fields missing from what was given or cached, in as few requests as
-    possible (getSeriesMetadata, thousands of UIDs per request)."""
+    possible (getSeriesMetadata, thousands of UIDs per request); sizes and counts become ints
+    (or are dropped, to be asked of getSeriesSize)."""
     lacking = [r for r in requests if not fields <= r.metadata.keys()]
-    if not lacking:
-        return
-    found = source.series_metadata([r.uid for r in lacking])
-    by_uid = {row["SeriesInstanceUID"]: row for row in found.to_dict("records")}
-    for request in lacking:
-        row = by_uid.get(request.uid, {})
-        for name in LAYOUT_FIELDS & row.keys():
-            value = plain(row[name])
-            if value is not None:
-                request.metadata.setdefault(name, value)
-
-
+    if lacking:
+        found = source.series_records([r.uid for r in lacking])
+        by_uid = {row.get("SeriesInstanceUID"): row for row in found}
+        for request in lacking:
+            row = by_uid.get(request.uid, {})
+            for name in LAYOUT_FIELDS & row.keys():
+                value = plain(row[name])
+                if value is not None:
+                    request.metadata.setdefault(name, value)
+    for request in requests:
+        for name in ("FileSize", "ImageCount"):
+            if name in request.metadata:
+                number = whole_number(request.metadata.pop(name))
+                if number is not None:
+                    request.metadata[name] = number

@@ -4,6 +4,7 @@ without writing its bytes again (reflinks, else hard links, else a copy in the k
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -11,6 +12,11 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not a Unix: no reflinks
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["atomic_path", "boot_id", "copy_file", "fsync_dir", "fsync_file", "md5_of",
            "place_file"]
@@ -64,21 +70,23 @@ def place_file(source: Path, target: Path) -> str:
     the file system allows: a reflink (Linux FICLONE: a copy that shares the blocks until one
     side is written), else a hard link (the cache's records notice a write through it), else a
     copy (:func:`copy_file`: another file system, or links refused). Returns which it made:
-    ``"reflink"``, ``"link"`` or ``"copy"``."""
-    with open(source, "rb") as src, open(target, "xb") as dst:
+    ``"reflink"``, ``"link"`` or ``"copy"``. A pair of file systems that refused one reflink
+    is not asked again in this process (ext4 refuses every one, at two opens a file)."""
+    devices = (os.stat(source).st_dev, os.stat(target.parent).st_dev)
+    if devices not in _NO_REFLINKS:
         try:
-            import fcntl
-
-            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+            with open(source, "rb") as src, open(target, "xb") as dst:
+                fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
             return "reflink"
-        except (ImportError, OSError):
-            pass
+        except (AttributeError, OSError) as exc:
+            target.unlink(missing_ok=True)
+            if getattr(exc, "errno", None) in _NO_REFLINK_ERRORS or fcntl is None:
+                _NO_REFLINKS.add(devices)
     try:
-        target.unlink()
         os.link(source, target)
         return "link"
     except OSError:  # another device, a file system without links, protected links
-        target.unlink(missing_ok=True)
+        pass
     copy_file(source, target)
     return "copy"
 
@@ -89,11 +97,9 @@ def copy_file(source: Path, target: Path) -> None:
     hard link, so ``target`` can be edited without changing ``source``."""
     with open(source, "rb") as src, open(target, "xb") as dst:
         try:
-            import fcntl
-
             fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
             return
-        except (ImportError, OSError):
+        except (AttributeError, OSError):
             pass
         try:
             while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
@@ -107,6 +113,10 @@ def copy_file(source: Path, target: Path) -> None:
 
 
 _FICLONE = 0x40049409  # Linux ioctl: share the source's extents (btrfs, XFS, bcachefs)
+#: What a file system without reflinks answers FICLONE (or two file systems, EXDEV).
+_NO_REFLINK_ERRORS = {errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS}
+#: (device of the source, device of the target's folder) pairs that refused a reflink.
+_NO_REFLINKS: set[tuple[int, int]] = set()
 
 
 def md5_of(path: Path) -> str:

@@ -12,12 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .._lazy import pandas as pd
 from .._validate import is_reserved_name
-from ..schema import SCHEMAS
+from ..schema import SCHEMAS, typed_value
 
 __all__ = [
     "DEFAULT_LAYOUT", "FLAT_LAYOUT", "LAYOUT_FIELDS", "layout_fields", "plain", "series_folder",
+    "whole_number",
 ]
 
 #: Where a download puts each series under ``dest`` by default (as idc-index's dirTemplate).
@@ -28,16 +28,35 @@ FLAT_LAYOUT = "{SeriesInstanceUID}"
 LAYOUT_FIELDS = frozenset(SCHEMAS["getSeries"].names) & frozenset(
     SCHEMAS["getSeriesMetadata"].names
 )
+#: Each layout field's kind (``str``, ``int``, ``date``, ``bool``).
+_KINDS = {name: SCHEMAS["getSeries"].columns[name] for name in LAYOUT_FIELDS}
 
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._+=@,-]+")
 
 
 def plain(value: Any) -> Any:
     """A metadata value with missing values (NaN, NA, NaT) as None."""
+    if isinstance(value, float):
+        return None if value != value else value
+    if type(value).__module__.startswith("pandas"):  # NA, NaT: pandas is imported already
+        import pandas as pd
+
+        try:
+            return None if pd.isna(value) else value
+        except (TypeError, ValueError):  # list-likes
+            return value
+    return value
+
+
+def whole_number(value: Any) -> int | None:
+    """A count or size (``ImageCount``, ``FileSize``) as an int, from an int or its text; None
+    for anything else."""
+    if isinstance(value, bool):
+        return None
     try:
-        return None if pd.isna(value) else value
-    except (TypeError, ValueError):  # list-likes
-        return value
+        return int(value) if isinstance(value, (int, str)) else None
+    except ValueError:
+        return None
 
 
 def layout_fields(layout: str) -> set[str]:
@@ -63,12 +82,17 @@ def layout_fields(layout: str) -> set[str]:
     return fields
 
 
-def _field_text(value: Any) -> str:
+def _field_text(name: str, value: Any) -> str:
     """A metadata value as a safe folder name part (no separators, no leading dots, no name
-    Windows reserves: ``CON`` becomes ``_CON``)."""
+    Windows reserves: ``CON`` becomes ``_CON``). A date, number or flag given as the server's
+    text (``"05-27-2015"``, ``"500.000000"``) is typed first, so that it names the same folder
+    as the typed value of a DataFrame."""
+    kind = _KINDS[name]
+    if isinstance(value, str) and kind != "str":
+        value = plain(typed_value(kind, value))
     if value is None:
         return "unknown"
-    if isinstance(value, pd.Timestamp):
+    if kind == "date" and hasattr(value, "strftime"):
         value = value.strftime("%Y-%m-%d")
     text = _UNSAFE_CHARACTERS.sub("_", str(value).strip()).lstrip(".")[:128]
     return "_" + text if is_reserved_name(text) else text or "_"
@@ -76,7 +100,7 @@ def _field_text(value: Any) -> str:
 
 def series_folder(root: Path, layout: str, series_uid: str, metadata: Mapping[str, Any]) -> Path:
     """Where a series goes under ``root``, asserted to stay inside it."""
-    values = {name: _field_text(metadata.get(name)) for name in LAYOUT_FIELDS}
+    values = {name: _field_text(name, metadata.get(name)) for name in layout_fields(layout)}
     values["SeriesInstanceUID"] = series_uid
     folder = (root / layout.format(**values)).resolve()
     if folder == root or root not in folder.parents:

@@ -36,6 +36,8 @@ from .files import boot_id, fsync_file
 
 __all__ = ["SeriesWriter", "SeriesFolder", "MD5_MEMBER"]
 
+_READERS_IMPORT = threading.Lock()
+
 log = logging.getLogger("intake_tcia")
 
 #: The member of an NBIA zip listing every file's MD5 (``Filename,MD5Hash``); never a file.
@@ -403,6 +405,7 @@ def _instance_of(path: Path, head: bytes, size: int) -> Instance:
 
 
 def _instance_by_pydicom(path: Path) -> Instance:
+    import_readers()
     import pydicom
 
     try:
@@ -418,7 +421,9 @@ def _instance_by_pydicom(path: Path) -> Instance:
 
 
 def import_readers() -> None:
-    """Import pydicom's reader in this thread, before worker threads check files: several
-    threads importing it at once can see it half initialised (a circular-import error)."""
-    import pydicom.filereader  # noqa: F401
+    """Import pydicom's reader, one thread at a time: several threads importing it at once can
+    see it half initialised (a circular-import error). Only a file the header walk leaves to
+    pydicom needs it, so a download that has none never imports it."""
+    with _READERS_IMPORT:
+        import pydicom.filereader  # noqa: F401
 
