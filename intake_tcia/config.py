@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import platformdirs
-
 __all__ = [
     "Settings",
     "DEFAULT_API_URL",
@@ -81,6 +79,8 @@ def is_nlst(collection: str | None) -> bool:
 
 
 def _default_cache_dir() -> Path:
+    import platformdirs  # only where no cache_dir is given
+
     return Path(platformdirs.user_cache_dir("intake-tcia", appauthor=False))
 
 

@@ -59,3 +59,18 @@ def test_one_instance_through_tcia_loads_no_pandas_or_pyarrow(server, tmp_path) 
     )
     loaded = _loaded_after(code)
     assert not loaded["pandas"] and not loaded["pyarrow"], loaded
+
+
+def test_a_download_of_plain_dicom_loads_no_pydicom(server, tmp_path) -> None:
+    table = server.archive.series
+    uid = table[table["Modality"] == "CT"]["SeriesInstanceUID"].iloc[0]
+    code = (
+        "from intake_tcia.client import TCIAClient\n"
+        f"client = TCIAClient(api_url={server.api_url!r}, nlst_api_url={server.nlst_api_url!r}, "
+        f"cache_dir={str(tmp_path / 'cache')!r}, backend='nbia')\n"
+        f"done = client.download({uid!r}, {str(tmp_path / 'dest')!r}, progress=False)\n"
+        "assert done['status'].tolist() == ['downloaded'], done"
+    )
+    loaded = _loaded_after(code)
+    assert loaded["pandas"]  # the result table
+    assert not loaded["pydicom"], loaded  # every file's header walked without it
