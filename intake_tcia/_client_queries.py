@@ -17,7 +17,6 @@ from .criteria import PAGE_SIZE, doi_url, search_form
 from .errors import TCIAUnknownNameError
 from .hints import check_keywords, check_search_names
 from .manifest import as_series_uids
-from .nbia.search import description_text
 from .routing import Router
 
 __all__ = ["QueryMethods"]
@@ -298,6 +297,8 @@ class QueryMethods:
     def collection_descriptions(self, collection: str | None = None) -> pd.DataFrame:
         """collectionName, description (HTML, as kept by NBIA), descriptionURI, id, and
         descriptionText (the description as plain text), of one collection or of all."""
+        from .nbia.search import description_text
+
         if collection is not None:
             collection = self._collection_name(validate_text(collection, "collection"))
         params = {} if collection is None else {"collectionName": collection}

@@ -65,8 +65,9 @@ class _Layout:
         for key, name in keys.items():
             spellings.setdefault(name, []).append(key)
         fields, rename, self.plain, self.spelled = [], {}, [], []
-        self.dates = [i for i, (key, name) in enumerate(
-            (k, n) for k, n in keys.items() if len(spellings[n]) == 1) if kinds[name] == "date"]
+        #: Server keys of the date columns with one spelling: parsed once the batches are joined.
+        self.dates = [key for key, name in keys.items()
+                      if len(spellings[name]) == 1 and kinds[name] == "date"]
         for i, (key, name) in enumerate(keys.items()):
             field, kind = f"f{i}", kinds[name]
             rename[field] = key
@@ -92,8 +93,6 @@ class _Layout:
             values = map(self.values, rows)  # each row's tuple goes as soon as it is read
             columns = pa.array(values, type=self.struct, size=len(rows),
                                memory_pool=_POOL).flatten(_POOL)
-            for i in self.dates:
-                columns[i] = _dates(columns[i])
             names = [key for _, key, _ in self.plain]
         used: set[str] = set()
         for field, key, arrow, name in self.spelled:
@@ -113,7 +112,7 @@ class _Layout:
         return pa.Table.from_arrays(columns, names=names)
 
 
-def _dates(column: pa.Array) -> pa.Array:
+def _dates(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """NBIA v4's dates (``"05-27-2015"``) as timestamps, parsed in Arrow; the text itself where
     any value has another form, is no real day, or falls outside what ``datetime64[ns]`` holds
     (those are parsed later, form by form, by :func:`~intake_tcia.schema.parse_dates`, to the
@@ -184,6 +183,10 @@ class JSONFrame(ArrayBatches):
             if isinstance(group[0], pa.Table):
                 table = pa.concat_tables(group, memory_pool=_POOL)
                 del group  # the table alone holds the batches: each column goes once converted
+                for key in self._layout.dates:  # one parse a column, not one a batch
+                    if key in table.column_names:
+                        at = table.column_names.index(key)
+                        table = table.set_column(at, key, _dates(table.column(at)))
                 frames.append(table.to_pandas(types_mapper=_PANDAS.get, memory_pool=_POOL,
                                               self_destruct=True, split_blocks=True))
                 del table

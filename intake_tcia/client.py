@@ -26,7 +26,6 @@ from ._validate import validate_uid
 from .config import Settings
 from .hints import with_keyword_hints
 from .idc.backend import IDCBackend
-from .idc.index import IDCIndex
 from .idc.versions import ReleaseCache, release_cache
 from .manifest import as_series_uids
 from .nbia.backend import NBIABackend
@@ -36,6 +35,8 @@ from .routing import Router
 
 if TYPE_CHECKING:
     import pydicom
+
+    from .idc.index import IDCIndex
 
 __all__ = ["TCIAClient"]
 

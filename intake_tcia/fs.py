@@ -472,7 +472,7 @@ def _uids_only(values: list[str], series_uid: str) -> list[str]:
 def _checked(data: bytes, sop_uid: str) -> bytes:
     """``data`` if it is the DICOM instance ``sop_uid``, else TCIAIntegrityError (only the
     header up to the SOPInstanceUID is parsed)."""
-    from .idc.bucket import sop_instance_uid_of
+    from .retrieval.dicomhead import sop_instance_uid_of
 
     found = sop_instance_uid_of(data)
     if found is None:

@@ -21,19 +21,18 @@ from ..retrieval.cache import CachedSeries, SeriesCache
 from ..retrieval.layouts import LAYOUT_FIELDS
 from ..retrieval.transport import Transport
 from ..schema import SCHEMAS, frame_from_records
-from . import bucket, versions
-from .bucket import IDCLocation
-from .index import IDCIndex, open_index
+from . import versions
+from .location import IDCLocation, index_errors, locations
 from .location import _location as location_of
-from .location import index_errors, locations
-from .locations import table_for, table_index_path
-from .queries import answer
-from .urls import mirror_bucket
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from ..backend import Progress
+    from .index import IDCIndex
+
+# The index, its queries and the bucket client are imported where first used: a client that
+# never asks IDC (one instance through tcia://, from NBIA) does not pay for them.
 
 __all__ = ["IDCBackend"]
 
@@ -62,12 +61,16 @@ class IDCBackend:
     @cached_property
     def index(self) -> IDCIndex:
         """IDCIndex: the index of ``settings.idc_index``, opened once per process."""
+        from .index import open_index
+
         return open_index(self.settings.idc_index, self.settings.cache_dir)
 
     # -- queries ---------------------------------------------------------------------------------
 
     def query(self, endpoint: str, params: Mapping[str, str], **where: Any) -> pd.DataFrame:
         """NBIA's answer to ``endpoint``, from the index (``where`` hints are not needed)."""
+        from .queries import answer
+
         with index_errors(self.index):
             if versions.pinned(self) is not None:  # an older IDC release: as it had them
                 return versions.answer(self, endpoint, params)
@@ -89,6 +92,8 @@ class IDCBackend:
 
     def locate(self, series_uids: Iterable[str]) -> None:
         """Look up many series in the index in one scan, kept for :meth:`location`."""
+        from .urls import mirror_bucket
+
         uids = [u for u in series_uids if u not in self._located]
         if not uids:
             return
@@ -115,6 +120,8 @@ class IDCBackend:
         as :func:`~intake_tcia.idc.location.locations` checks it; None where there is no table
         (no cache, or an older release asked for); and the series whose rows the table cannot
         keep exactly, left for the index itself."""
+        from .locations import table_for, table_index_path
+
         if versions.pinned(self) is not None:
             return None, []
         try:
@@ -168,6 +175,8 @@ class IDCBackend:
     ) -> CachedSeries:
         """The series' objects, fetched in parallel and verified into the cache
         (:func:`intake_tcia.idc.bucket.fetch_series`)."""
+        from . import bucket
+
         keep = {k: str(v) for k, v in (metadata or {}).items()
                 if k in LAYOUT_FIELDS and v is not None}
         return bucket.fetch_series(self, self.location(series_uid), metadata=keep,
@@ -175,15 +184,21 @@ class IDCBackend:
 
     def instance_uids(self, series_uid: str, *, collection: str | None = None) -> list[str]:
         """Read from the first bytes of each object, once (kept in the cache directory)."""
+        from . import bucket
+
         return [str(o.sop_instance_uid) for o in bucket.instances(self, series_uid)]
 
     def instance(
         self, series_uid: str, sop_instance_uid: str, *, collection: str | None = None
     ) -> bytes:
         """One GET of the instance's object, verified."""
+        from . import bucket
+
         return bucket.read_instance(self, series_uid, sop_instance_uid)
 
     def header(self, series_uid: str, *, collection: str | None = None) -> pd.DataFrame:
         """Read from the first bytes of one object."""
+        from . import bucket
+
         rows = bucket.tag_rows(bucket.read_header(self, series_uid))
         return frame_from_records(rows, SCHEMAS["getDicomTags"])

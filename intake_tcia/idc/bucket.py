@@ -49,7 +49,7 @@ from ..errors import (
     storage_errors,
 )
 from ..retrieval.cache import CachedSeries, SeriesCache, atomic_path
-from ..retrieval.dicomhead import check_instance
+from ..retrieval.dicomhead import check_instance, sop_from_head
 from ..retrieval.pipeline import import_readers
 from ..retrieval.progress import Counter, ignore
 from ..retrieval.transport import Transport
@@ -71,7 +71,6 @@ __all__ = [
     "fetch_series",
     "read_instance",
     "read_header",
-    "sop_instance_uid_of",
     "tag_rows",
 ]
 
@@ -172,7 +171,7 @@ def _listing(idc: _Bucket, uid: str) -> tuple[IDCLocation, list[IDCObject]]:
     import_readers()  # before the threads parse heads
 
     def read(obj: IDCObject) -> IDCObject:
-        head = _head(idc, where, obj, budget, _sop_from_head)
+        head = _head(idc, where, obj, budget, sop_from_head)
         return IDCObject(obj.key, obj.size, obj.md5, head)
 
     with ThreadPoolExecutor(max(1, min(idc.settings.workers, len(objects)))) as pool:
@@ -208,24 +207,6 @@ def _head(idc: _Bucket, where: IDCLocation, obj: IDCObject, budget: RetryBudget,
             want = min(want * 16, cap)
     except TCIAError as exc:
         raise in_series(exc, where.series_uid, obj.key) from exc
-
-
-def sop_instance_uid_of(data: bytes) -> str | None:
-    """The (0008,0018) *SOP Instance UID* in the first bytes of a DICOM file (else its file
-    meta's), or None if they do not hold it; only the elements before it are parsed."""
-    return _sop_from_head(data, False)
-
-
-def _sop_from_head(data: bytes, whole: bool) -> str | None:
-    """The SOPInstanceUID in the first bytes of a DICOM file, or None if not in them."""
-    from pydicom.filereader import read_partial
-
-    try:
-        ds = read_partial(BytesIO(data), stop_when=lambda tag, vr, length: tag > 0x00080018)
-        uid = ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")
-    except Exception:  # noqa: BLE001 - cut short, or not DICOM: read more, or fail when whole
-        return None
-    return str(uid) if uid else None
 
 
 def _header_from_head(data: bytes, whole: bool) -> pydicom.Dataset | None:
@@ -293,7 +274,7 @@ def read_instance(idc: _Bucket, series_uid: str, sop_instance_uid: str) -> bytes
         found = check_instance(data, len(data), lambda at, n: data[at : at + n])
         if found is not None and found.problem is not None:
             raise TCIAIntegrityError(found.problem, retryable=False)
-        if _sop_from_head(data, True) != sop_uid:
+        if sop_from_head(data, True) != sop_uid:
             raise TCIAIntegrityError(f"does not hold instance {sop_uid}", retryable=False)
         return data
 

@@ -26,10 +26,8 @@ from ..errors import TCIANotFoundError, TCIAResponseError
 from ..retrieval.cache import CachedSeries, SeriesCache
 from ..retrieval.transport import Transport
 from ..schema import SCHEMAS, frame_from_csv, records_from_csv
-from . import getimage
 from .auth import auth_for
 from .flavours import Flavour, flavour_for
-from .search import nbia_search
 
 if TYPE_CHECKING:
     from ..backend import Progress
@@ -153,6 +151,8 @@ class NBIABackend:
         self, form: Mapping[str, str], *, collections: Any = None, page_size: int
     ) -> pd.DataFrame:
         """getSimpleSearch, paged, on each host that may hold the collections asked."""
+        from .search import nbia_search
+
         return nbia_search(self, form, collections, page_size)
 
     def _for_doi(self, form: Mapping[str, str]) -> pd.DataFrame:
@@ -247,6 +247,8 @@ class NBIABackend:
     ) -> CachedSeries:
         """The series' getImage zip, unpacked into the cache while it arrives
         (:func:`intake_tcia.nbia.getimage.fetch_series`)."""
+        from . import getimage  # with the zip reader: what one instance does not need
+
         return getimage.fetch_series(self, series_uid, collection=collection,
                                      metadata=metadata, progress=progress)
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
-__all__ = ["check_instance", "Instance"]
+__all__ = ["check_instance", "Instance", "sop_from_head", "sop_instance_uid_of"]
 
 _IMPLICIT = "1.2.840.10008.1.2"
 _NOT_READ = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})  # big endian, deflated
@@ -289,3 +290,22 @@ def _pixel_problem(found: dict[int, str], pixels: Any) -> str | None:
         return (f"holds {pixels} bytes of Pixel Data where Rows {rows} x Columns {columns} x "
                 f"Samples {samples} x Frames {frames} x Bits Allocated {bits} need {expected}")
     return None
+
+
+def sop_instance_uid_of(data: bytes) -> str | None:
+    """The (0008,0018) *SOP Instance UID* in the first bytes of a DICOM file (else its file
+    meta's), or None if they do not hold it; only the elements before it are parsed."""
+    return sop_from_head(data, False)
+
+
+def sop_from_head(data: bytes, whole: bool) -> str | None:
+    """The SOPInstanceUID in the first bytes of a DICOM file, or None if not in them (``whole``:
+    ``data`` is the whole file, as the readers of object heads are called)."""
+    from pydicom.filereader import read_partial
+
+    try:
+        ds = read_partial(BytesIO(data), stop_when=lambda tag, vr, length: tag > 0x00080018)
+        uid = ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")
+    except Exception:  # noqa: BLE001 - cut short, or not DICOM: read more, or fail when whole
+        return None
+    return str(uid) if uid else None
