@@ -9,12 +9,14 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from intake_tcia.client import TCIAClient
 from intake_tcia.retrieval import files
 from intake_tcia.retrieval.cache import RECORD_NAME
+from intake_tcia.retrieval.layouts import whole_number
 from intake_tcia.testing import ArchiveServer
 
 CT_COLLECTION = "Pydicom-CT-Series"
@@ -96,3 +98,13 @@ def test_a_file_system_without_reflinks_is_asked_once(
         assert files.place_file(source, tmp_path / "dest" / source.name) == "link"
         assert os.path.samefile(source, tmp_path / "dest" / source.name)
     assert refusing.calls == asked  # a transient error (ENOSPC) does not rule reflinks out
+
+
+@pytest.mark.parametrize(("value", "number"), [
+    (5, 5), ("26405888", 26405888), (" 50 ", 50), (3.0, 3), (np.int64(7), 7),
+    ("50.0", None), (2.5, None), (float("nan"), None), (True, None), (None, None), ("x", None),
+    ("²", None), ("9" * 5000, None), ("-3", None),
+])
+def test_sizes_and_counts_are_whole_numbers_or_nothing(value: object, number: int | None) -> None:
+    # what is not a whole number is dropped, and getSeriesSize asked instead
+    assert whole_number(value) == number

@@ -6,6 +6,7 @@ is made safe as a folder name, and the folder is asserted to stay inside ``dest`
 
 from __future__ import annotations
 
+import operator
 import re
 import string
 from collections.abc import Mapping
@@ -49,13 +50,20 @@ def plain(value: Any) -> Any:
 
 
 def whole_number(value: Any) -> int | None:
-    """A count or size (``ImageCount``, ``FileSize``) as an int, from an int or its text; None
-    for anything else."""
+    """A count or size (``ImageCount``, ``FileSize``) as an int, from an integer, a whole float
+    or their text; None for anything else."""
     if isinstance(value, bool):
         return None
+    if isinstance(value, str):
+        try:
+            return int(value) if value.strip().isdecimal() else None
+        except ValueError:  # more digits than int() reads
+            return None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
     try:
-        return int(value) if isinstance(value, (int, str)) else None
-    except ValueError:
+        return operator.index(value)
+    except TypeError:
         return None
 
 
