@@ -28,8 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
+from .._lazy import pandas as pd
 from ..errors import (
     MissingDependencyError,
     TCIABackendError,
