@@ -403,7 +403,7 @@ def test_auto_without_an_index_raises_the_connection_error(tmp_cache, tmp_path):
         auto.series(collection="NLST")
 
 
-# -- search (issue 17) on the index ---------------------------------------------------------
+# -- search on the index -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", list(SEARCHES))
