@@ -79,27 +79,6 @@ def run_contender(script: str, args: Sequence[str]) -> dict[str, Any]:
     return result
 
 
-def run_contender_cpu(script: str, args: Sequence[str]) -> dict[str, Any]:
-    """:func:`run_contender`, adding the child's own CPU seconds (user + system, from its
-    rusage) as ``"cpu_s"`` and its seconds from start to exit as ``"process_s"``."""
-    import tempfile
-
-    compile_bytecode()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        process = subprocess.Popen([sys.executable, script, *args], stdout=out, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if process.returncode != 0:
-            raise RuntimeError(f"{script} {' '.join(args)} failed:\n{err.read()[-3000:]}")
-        result = json.loads(out.read().strip().splitlines()[-1])
-    result.update(cpu_s=usage.ru_utime + usage.ru_stime, process_s=seconds)
-    return result
-
-
 def run_on_seeded_archive(
     script: str, collection: str, rows: int, contenders: Sequence[str], *, rounds: int,
     repeat: int, replay: Sequence[str] = (),

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _measure import peak_rss_mb, print_table, run_contender_cpu  # noqa: E402
+from _measure import peak_rss_mb, print_table, run_contender  # noqa: E402
 
 QUERIES = {
     "group by": (
@@ -112,7 +112,7 @@ def main() -> None:
                 for contender in contenders:
                     options = ["--contender", contender, "--query", query, "--repeat",
                                str(args.repeat), "--cache-dir", str(work / f"cache-{round_}")]
-                    runs[contender].append(run_contender_cpu(__file__, options))
+                    runs[contender].append(run_contender(__file__, options))
             for contender, found in runs.items():
                 ordered = sorted(found, key=lambda r: r["cold_s"])
                 middle = ordered[(len(ordered) - 1) // 2]  # the median process (lower middle)
@@ -121,7 +121,7 @@ def main() -> None:
                     "contender": contender,
                     "rows": middle["rows"],
                     "cold_s": middle["cold_s"],
-                    "cpu_s": middle["cpu_s"],
+                    "cpu_s": middle["process_cpu_s"],
                     "warm_s": middle["warm_s"],
                     "peak_mb": max(r["peak_mb"] for r in found),
                     "best_cold_s": ordered[0]["cold_s"],

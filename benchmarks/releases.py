@@ -57,14 +57,14 @@ def part1(n: int, work: Path) -> None:
     for version in (None, own - 5, own - 15):
         client = TCIAClient(cache_dir=work, backend="idc", idc_version=version)
         for run in ("first", "again"):
-            frame, seconds = _timed(lambda c=client: series_locations(c._router.idc, uids))
+            frame, seconds = _timed(lambda c=client: series_locations(c.router.idc, uids))
             print(f"  locate at release {version or own} ({run}): {len(frame)} held, "
                   f"{int(frame['prior'].sum())} older copies, {seconds:.2f} s")
     client = TCIAClient(cache_dir=work, backend="idc", idc_version=own - 5)
     _, seconds = _timed(lambda: [client.cache.get(u) for u in uids[:10]])
     print(f"  release {own - 5} cache, 10 series asked one at a time: {seconds:.2f} s")
     client = TCIAClient(cache_dir=work, backend="idc", idc_version=own - 5)
-    _, seconds = _timed(lambda: (client._router.prepare(uids),
+    _, seconds = _timed(lambda: (client.router.prepare(uids),
                                  [client.cache.get(u) for u in uids]))
     print(f"  release {own - 5} cache, {len(uids)} series after one batched scan: "
           f"{seconds:.2f} s")

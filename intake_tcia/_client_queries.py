@@ -57,7 +57,7 @@ def _params(**given: Any) -> dict[str, str]:
 class QueryMethods:
     """Metadata queries, each answered as one endpoint's typed DataFrame."""
 
-    _router: Router
+    router: Router
 
     # -- asking the router ------------------------------------------------------------------------
 
@@ -75,7 +75,7 @@ class QueryMethods:
         if "Collection" in params:
             collection = self._collection_name(params["Collection"])
             params = {**params, "Collection": collection}
-        frame = self._router.query(endpoint, params, collection=collection, uid=uid)
+        frame = self.router.query(endpoint, params, collection=collection, uid=uid)
         if frame.empty:
             self._check_names(params, endpoint)
         return frame
@@ -91,7 +91,7 @@ class QueryMethods:
         self, endpoint: str, params: dict[str, str], *, collection: str | None = None
     ) -> pd.DataFrame:
         """Every NBIA host's answer joined (only ``collection``'s host, when given)."""
-        return self._router.query(endpoint, params, collection=collection, every_host=True)
+        return self.router.query(endpoint, params, collection=collection, every_host=True)
 
     def _check_names(self, params: dict[str, str], endpoint: str) -> None:
         """Raise :class:`TCIAUnknownNameError` for the first name filter the archive lacks.
@@ -229,7 +229,7 @@ class QueryMethods:
         UIDs are sent 10,000 at a time, each batch to the host that holds it (one at a time to
         v1/v2 and legacy hosts, whose getSeriesMetaData takes one SeriesInstanceUID).
         """
-        return self._router.series_metadata(as_series_uids(series_uids))
+        return self.router.series_metadata(as_series_uids(series_uids))
 
     def shared_cart(self, name: str) -> pd.DataFrame:
         """The series of a shared cart (v1 getContentsByName), in v4 getSeries columns.
@@ -288,7 +288,7 @@ class QueryMethods:
         if "collection" in criteria:
             criteria["collection"] = self._collection_name(criteria["collection"])
         form = search_form(**criteria)
-        frame = self._router.search(form, collections=criteria.get("collection"),
+        frame = self.router.search(form, collections=criteria.get("collection"),
                                     page_size=page_size)
         if frame.empty:
             check_search_names(self, criteria)
@@ -317,7 +317,7 @@ class QueryMethods:
         if level not in ("series", "collection"):
             raise ValueError(f"level must be 'series' or 'collection', not {level!r}")
         form = {"DOI": doi_url(doi), "CollectionOrSeries": level}
-        return self._router.query("getCollectionOrSeriesForDOI", form)
+        return self.router.query("getCollectionOrSeriesForDOI", form)
     def value_counts(
         self,
         of: str,
@@ -346,4 +346,4 @@ class QueryMethods:
 
     def datacite(self, doi: str) -> dict[str, Any] | None:
         """The DataCite attributes of a DOI (title, creators, year, ...), or None if unknown."""
-        return self._router.nbia.datacite(validate_text(doi, "doi"))
+        return self.router.nbia.datacite(validate_text(doi, "doi"))

@@ -66,10 +66,10 @@ _FRAME_KEYWORDS = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsS
 def _head_and_frames(data: bytes, whole: bool) -> tuple[Dataset, int | None] | None:
     """A head's header, and where the pixel data's value starts when the object holds
     several uncompressed frames (None otherwise); None when the head is too short."""
-    header = bucket._header_from_head(data, whole)
+    header = bucket.header_from_head(data, whole)
     if header is None:
         return None
-    at = data.find(bucket._PIXEL_DATA_LE, 132)
+    at = data.find(bucket.PIXEL_DATA_TAG, 132)
     syntax = str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", ""))
     frames = int(header.get("NumberOfFrames") or 1)
     if at < 0 or syntax not in _NATIVE or frames < 2 or at + _NATIVE[syntax] > len(data):
@@ -138,7 +138,7 @@ def bucket_volume(
     from dask.base import tokenize
 
     uid = validate_uid(series_uid, "series_uid")
-    idc = client._router.idc
+    idc = client.router.idc
     where = idc.location(uid)
     budget = idc.transport.budget()
     objects = bucket.list_objects(idc, where, budget=budget)
@@ -149,7 +149,7 @@ def bucket_volume(
     import_readers()  # before the threads parse heads
 
     def head(obj: IDCObject) -> Any:
-        return bucket._head(idc, where, obj, budget, _head_and_frames)
+        return bucket.read_head(idc, where, obj, budget, _head_and_frames)
 
     with ThreadPoolExecutor(max(1, min(client.settings.workers, len(objects)))) as pool:
         found = list(pool.map(head, objects))
@@ -190,10 +190,10 @@ class _BucketSliceReader(_SliceReader):
         fetched = copy.copy(self)  # the same reader, slice k's source now the bytes
         if ref.frames_at is not None and frame is not None:  # only this frame's bytes
             one = copy.copy(ref.frame_header)
-            one.PixelData = _get_frame(client._router.idc, ref, frame)
+            one.PixelData = _get_frame(client.router.idc, ref, frame)
             fetched.sources, fetched.frames = {k: one}, {k: None}  # type: ignore[assignment]
         else:
-            data = _get_object(client._router.idc, ref)
+            data = _get_object(client.router.idc, ref)
             fetched.sources = {k: BytesIO(data)}  # type: ignore[assignment]
         _SliceReader._read_into(fetched, out, k)
 
@@ -201,11 +201,11 @@ class _BucketSliceReader(_SliceReader):
 def _get_object(idc: IDCBackend, ref: _ObjectRef) -> bytes:
     """One object's bytes (one GET, retried on one budget), its listed size and MD5."""
     budget = idc.transport.budget()
-    url = bucket._object_url(idc, ref.bucket, ref.obj.key)
+    url = bucket.object_url(idc, ref.bucket, ref.obj.key)
 
     def attempt() -> bytes:
-        data = bytes(bucket._read_all(idc, url, None, budget, limit=ref.obj.size))
-        problem = bucket._problem(data, ref.obj)
+        data = bytes(bucket.read_object(idc, url, None, budget, limit=ref.obj.size))
+        problem = bucket.object_problem(data, ref.obj)
         if problem is not None:
             raise TCIAIntegrityError(f"object {ref.obj.key}: {problem}")
         return data
@@ -218,14 +218,14 @@ def _get_frame(idc: IDCBackend, ref: _ObjectRef, frame: int) -> bytes:
     the object as listed (``If-Match`` its ETag, where that is its MD5), checked for length."""
     assert ref.frames_at is not None
     budget = idc.transport.budget()
-    url = bucket._object_url(idc, ref.bucket, ref.obj.key)
+    url = bucket.object_url(idc, ref.bucket, ref.obj.key)
     first = ref.frames_at + frame * ref.frame_bytes
     headers = {"Range": f"bytes={first}-{first + ref.frame_bytes - 1}"}
     if ref.obj.md5 is not None:
         headers["If-Match"] = f'"{ref.obj.md5}"'
 
     def attempt() -> bytes:
-        data = bytes(bucket._read_all(idc, url, None, budget, headers, limit=ref.frame_bytes))
+        data = bytes(bucket.read_object(idc, url, None, budget, headers, limit=ref.frame_bytes))
         if len(data) != ref.frame_bytes:
             raise TCIAIntegrityError(f"{ref.obj.key}: frame {frame}: {len(data)} bytes "
                                      f"received, {ref.frame_bytes} asked for")

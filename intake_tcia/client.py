@@ -112,7 +112,9 @@ class TCIAClient(QueryMethods):
         idc = IDCBackend(self.settings, self._transport, self.cache)
         if isinstance(self.cache, ReleaseCache):
             self.cache.idc = idc
-        self._router = Router(self.settings, self.cache, nbia, idc)
+        #: Which backend answers each call (``settings.backend``), with both backends as
+        #: ``router.nbia`` and ``router.idc``: what cohorts, lockfiles and IDC volumes build on.
+        self.router = Router(self.settings, self.cache, nbia, idc)
 
     def __repr__(self) -> str:
         return f"TCIAClient(api_url={self.settings.api_url!r}, cache_dir={str(self.cache_dir)!r})"
@@ -141,7 +143,7 @@ class TCIAClient(QueryMethods):
     @property
     def idc_index(self) -> IDCIndex:
         """IDCIndex: the IDC index of ``settings.idc_index``, opened once per process."""
-        return self._router.idc.index
+        return self.router.idc.index
 
     # -- a series' files ----------------------------------------------------------------------
 
@@ -151,19 +153,19 @@ class TCIAClient(QueryMethods):
         ``collection``, when known, routes the request straight to the right host.
         """
         uid = validate_uid(series_uid, "series_uid")
-        return self._router.series_size(uid, collection=collection)
+        return self.router.series_size(uid, collection=collection)
 
     def sop_instance_uids(self, series_uid: str, *, collection: str | None = None) -> list[str]:
         """The SOPInstanceUIDs of one series' instances (``collection`` routes, as above); on
         IDC, read from the first bytes of each object, once (kept in the cache directory)."""
         uid = validate_uid(series_uid, "series_uid")
-        return self._router.on_files(lambda b: b.instance_uids(uid, collection=collection))
+        return self.router.on_files(lambda b: b.instance_uids(uid, collection=collection))
 
     def dicom_tags(self, series_uid: str, *, collection: str | None = None) -> pd.DataFrame:
         """The DICOM header of one instance of a series: element, name, data (on IDC, read from
         the first bytes of one object)."""
         uid = validate_uid(series_uid, "series_uid")
-        return self._router.on_files(lambda b: b.header(uid, collection=collection))
+        return self.router.on_files(lambda b: b.header(uid, collection=collection))
     def single_image(
         self, series_uid: str, sop_instance_uid: str, *, collection: str | None = None
     ) -> bytes:
@@ -171,12 +173,12 @@ class TCIAClient(QueryMethods):
         no use of the series cache."""
         uid = validate_uid(series_uid, "series_uid")
         sop_uid = validate_uid(sop_instance_uid, "sop_instance_uid")
-        return self._router.on_files(lambda b: b.instance(uid, sop_uid, collection=collection))
+        return self.router.on_files(lambda b: b.instance(uid, sop_uid, collection=collection))
 
     def fetch_series(self, series_uid: str, *, collection: str | None = None) -> CachedSeries:
         """One series from the cache, else downloaded, verified and cached, from NBIA or IDC as
         ``settings.backend`` says (see :meth:`intake_tcia.routing.Router.fetch_series`)."""
-        return self._router.fetch_series(series_uid, collection=collection)
+        return self.router.fetch_series(series_uid, collection=collection)
 
     def download(
         self,
@@ -236,11 +238,11 @@ class TCIAClient(QueryMethods):
             return replay(self, series, dest, layout=layout, workers=workers, progress=progress)
         if isinstance(self.cache, ReleaseCache):  # where an older release's copies are: 1 scan
             with contextlib.suppress(ValueError, TypeError):  # malformed UIDs: named below
-                self._router.prepare(as_series_uids(series))
+                self.router.prepare(as_series_uids(series))
         from .retrieval.download import download
 
         return download(
-            self._router, series, dest, on_error=on_error, layout=layout, workers=workers,
+            self.router, series, dest, on_error=on_error, layout=layout, workers=workers,
             progress=progress,
         )
 
@@ -421,7 +423,7 @@ class TCIAClient(QueryMethods):
         """
         from .idc.clinical import clinical
 
-        return clinical(self._router.idc, collection, table)
+        return clinical(self.router.idc, collection, table)
 
     # -- reproducible cohorts: IDC URLs, manifests, viewers, lockfiles ---------------------------
 
@@ -436,7 +438,7 @@ class TCIAClient(QueryMethods):
         from .idc.urls import check_mirror, urls
 
         uids = as_series_uids(series)
-        return urls(self._router.idc, uids, None if mirror is None else check_mirror(mirror))
+        return urls(self.router.idc, uids, None if mirror is None else check_mirror(mirror))
 
     def manifest(self, series: Any, path: str | Path, format: str = "tcia", *,
                  mirror: str | None = None) -> Path:
@@ -453,7 +455,7 @@ class TCIAClient(QueryMethods):
         if format == "tcia":
             return write_manifest(series, path)
         if format == "s5cmd":
-            return write_s5cmd_manifest(self._router.idc, as_series_uids(series), path, mirror)
+            return write_s5cmd_manifest(self.router.idc, as_series_uids(series), path, mirror)
         self.urls(series, mirror).to_csv(path, index=False)
         return Path(path)
 
@@ -475,7 +477,7 @@ class TCIAClient(QueryMethods):
         OHIF v3 otherwise (:func:`intake_tcia.idc.urls.viewer_url`); no request."""
         from .idc.urls import viewer_url
 
-        return viewer_url(self._router.idc, validate_uid(uid, "uid"))
+        return viewer_url(self.router.idc, validate_uid(uid, "uid"))
 
 
 with_keyword_hints(TCIAClient)

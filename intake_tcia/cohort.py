@@ -66,7 +66,7 @@ class _Client(Protocol):
     module does not import it): its settings, cache and router."""
 
     settings: Settings
-    _router: Any
+    router: Any
 
     def __init__(self, *, settings: Settings) -> None: ...
 
@@ -141,7 +141,7 @@ def _run_one(task: _Task, series_uid: str, metadata: Mapping[str, Any],
                 settings = settings.replace(cache_dir=local_directory / WORKER_CACHE_NAME)
             client = process_client(settings, task.client_type)
         if located:
-            client._router.idc.remember(located)
+            client.router.idc.remember(located)
         fetched = series_uid not in client.cache
         try:
             result = _apply(task, client, series_uid, metadata)
@@ -162,7 +162,7 @@ def _run_one(task: _Task, series_uid: str, metadata: Mapping[str, Any],
 def _apply(task: _Task, client: _Client, series_uid: str, metadata: Mapping[str, Any]) -> Any:
     """``func`` of the series (fetched into the client's cache if need be), read as the task
     says."""
-    series = client._router.fetch_series(series_uid, collection=metadata.get("Collection"),
+    series = client.router.fetch_series(series_uid, collection=metadata.get("Collection"),
                                          metadata=metadata)
     if task.pass_files:
         return task.func([str(p) for p in series.files])
@@ -265,7 +265,7 @@ def _locate(tcia: _Client, uids: list[str]) -> dict[str, dict[str, Any]]:
     nothing on backend ``"nbia"``, or on ``"auto"`` without an index."""
     if tcia.settings.backend == "nbia" or not uids:
         return {}
-    router = tcia._router
+    router = tcia.router
     router.prepare(uids)  # on "idc", no index raises here, before any task
     try:
         return {uid: {uid: router.idc.find(uid)} for uid in uids}

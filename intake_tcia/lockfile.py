@@ -255,9 +255,9 @@ def _idc_facts(client: TCIAClient, uids: list[str]) -> dict[str, tuple[str, int]
     from .errors import MissingDependencyError
     from .idc.versions import index_version, pinned
 
-    idc = client._router.idc
+    idc = client.router.idc
     try:
-        client._router.prepare(uids)  # one scan; kept for the fetches that follow
+        client.router.prepare(uids)  # one scan; kept for the fetches that follow
         release = pinned(idc) or index_version(idc.index)
     except (MissingDependencyError, FileNotFoundError, TCIAError):
         if client.settings.backend == "idc":
@@ -295,7 +295,7 @@ def lock(client: TCIAClient, series: Any, path: str | os.PathLike[str], *,
 
     def one(uid: str) -> LockedSeries:
         known = {k: v for k, v in rows[uid].items() if _plain(v) is not None}
-        first = client._router.file_sources(uid, known)[0].name
+        first = client.router.file_sources(uid, known)[0].name
         cached = client.fetch_series(uid)
         source = "idc" if first == "idc" and uid in facts else "nbia"
         crdc, release = facts.get(uid, (None, None))
@@ -513,7 +513,7 @@ def _idc_unserved(sources: _Sources, locked: Lockfile) -> list[LockedSeries]:
     for version in dict.fromkeys(s.idc_version for s in locked.series):
         group = [s for s in locked.series if s.idc_version == version]
         try:
-            router = sources.get("idc", version)._router
+            router = sources.get("idc", version).router
             router.prepare([s.series_uid for s in group])
             found = {s.series_uid: router.idc.find(s.series_uid) for s in group}
         except (TCIAError, ImportError, OSError):

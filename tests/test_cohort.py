@@ -168,12 +168,12 @@ def test_one_index_scan_for_the_cohort_none_on_the_workers(
     def opened_index() -> list[bool]:
         from intake_tcia import cohort
 
-        return ["index" in vars(c._router.idc) for c in cohort._clients.values()]
+        return ["index" in vars(c.router.idc) for c in cohort._clients.values()]
 
     found = cluster.run(opened_index)
     assert all(found.values()) and not any(any(v) for v in found.values())
     # the caller located the whole cohort (from its location table or one index scan)
-    assert set(volume_uids) <= set(idc._router.idc._located)
+    assert set(volume_uids) <= set(idc.router.idc._located)
 
 
 def test_file_lists_and_local_threads(idc: TCIAClient, archive_server: ArchiveServer,

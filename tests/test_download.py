@@ -200,7 +200,7 @@ def test_an_interrupt_mid_download_leaves_the_cache_consistent(
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        client._router.fetch_series(ct_uid, progress=interrupt)
+        client.router.fetch_series(ct_uid, progress=interrupt)
     _assert_cache_clean(client.cache_dir, ct_uid)
     with client.cache.lock(ct_uid, timeout=0):  # released
         pass

@@ -176,13 +176,13 @@ def test_api_version_setting_keyword_and_environment(monkeypatch, tmp_path):
     assert Settings.from_env().api_version == "v1"
     assert Settings.from_env(api_version="v4").api_version == "v4"
     with TCIAClient(cache_dir=tmp_path) as client:  # a v4 URL, but the setting says v1
-        assert {f.name for f in client._router.nbia.flavours.values()} == {"v1"}
+        assert {f.name for f in client.router.nbia.flavours.values()} == {"v1"}
 
 
 def test_each_host_has_its_own_flavour(tmp_path):
     with TCIAClient(api_url="https://services.cancerimagingarchive.net/nbia-api/services/v1/",
                     cache_dir=tmp_path) as client:
-        assert [f.name for f in client._router.nbia.flavours.values()] == ["v1", "v4"]
+        assert [f.name for f in client.router.nbia.flavours.values()] == ["v1", "v4"]
 
 
 def test_flavour_request_rewrites_paths_names_and_dates():

@@ -110,7 +110,7 @@ def test_series_a_release_lacks(server: ArchiveServer, bucket: IDCBucketServer, 
             old.series(series_uid=later[0])
         with pytest.raises(TCIANotFoundError, match="IDC release 1"):
             old.urls(later[0])
-        assert series_locations(old._router.idc, later).empty
+        assert series_locations(old.router.idc, later).empty
     assert bucket.count() == 0
     with _client(server, bucket, history, tmp_cache) as now:
         assert set(later) <= set(now.series()["SeriesInstanceUID"])
@@ -142,7 +142,7 @@ def test_the_real_prior_versions_index(tmp_cache: Path) -> None:
     with TCIAClient(cache_dir=tmp_cache, backend="idc",
                     idc_version=prior["min_idc_version"]) as c:
         assert index_version(c.idc_index) >= prior["max_idc_version"]
-        found = series_locations(c._router.idc, [prior["SeriesInstanceUID"]])
+        found = series_locations(c.router.idc, [prior["SeriesInstanceUID"]])
     assert found["crdc_series_uuid"].tolist() == [prior["crdc_series_uuid"]]
     assert found["aws_bucket"].tolist() == [prior["aws_bucket"]]
     assert found["prior"].tolist() == [True]

@@ -69,7 +69,12 @@ __all__ = [
     "list_objects",
     "instances",
     "fetch_series",
+    "header_from_head",
+    "object_problem",
+    "object_url",
+    "read_head",
     "read_instance",
+    "read_object",
     "read_header",
     "tag_rows",
 ]
@@ -84,7 +89,7 @@ _GET_CHUNK = 1 << 18
 #: Bytes a series may hold beyond idc_size_factor x series_size_MB (the index rounds sizes).
 _SIZE_SLACK = 64 << 10
 _LISTING_VERSION = 1
-_PIXEL_DATA_LE = b"\xe0\x7f\x10\x00"  # (7FE0,0010) in little-endian byte order
+PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) in little-endian byte order
 
 
 class _Bucket(Protocol):
@@ -98,13 +103,14 @@ class _Bucket(Protocol):
     def location(self, series_uid: str) -> IDCLocation: ...
 
 
-def _object_url(idc: _Bucket, bucket: str, key: str) -> str:
+def object_url(idc: _Bucket, bucket: str, key: str) -> str:
+    """The URL of an object on the client's IDC endpoint."""
     return f"{idc.settings.idc_url}{quote(bucket)}/{quote(key)}"
 
 
-def _read_all(idc: _Bucket, url: str, params: dict[str, str] | None,
-              budget: RetryBudget, headers: dict[str, str] | None = None,
-              limit: int | None = None) -> bytearray:
+def read_object(idc: _Bucket, url: str, params: dict[str, str] | None,
+                budget: RetryBudget, headers: dict[str, str] | None = None,
+                limit: int | None = None) -> bytearray:
     """A whole (small) answer: at most ``limit`` (else ``max_answer_bytes``) bytes, within
     ``query_timeout``; a body cut off is asked again on ``budget``."""
     transport = idc.transport
@@ -171,7 +177,7 @@ def _listing(idc: _Bucket, uid: str) -> tuple[IDCLocation, list[IDCObject]]:
     import_readers()  # before the threads parse heads
 
     def read(obj: IDCObject) -> IDCObject:
-        head = _head(idc, where, obj, budget, sop_from_head)
+        head = read_head(idc, where, obj, budget, sop_from_head)
         return IDCObject(obj.key, obj.size, obj.md5, head)
 
     with ThreadPoolExecutor(max(1, min(idc.settings.workers, len(objects)))) as pool:
@@ -180,8 +186,8 @@ def _listing(idc: _Bucket, uid: str) -> tuple[IDCLocation, list[IDCObject]]:
     return where, read_objects
 
 
-def _head(idc: _Bucket, where: IDCLocation, obj: IDCObject, budget: RetryBudget,
-          parse: Callable[[bytes, bool], Any]) -> Any:
+def read_head(idc: _Bucket, where: IDCLocation, obj: IDCObject, budget: RetryBudget,
+              parse: Callable[[bytes, bool], Any]) -> Any:
     """``parse(first bytes, whole)`` of an object, reading more (x16) until it can, at most
     ``max_header_bytes``; errors name the series and the object."""
     cap = idc.settings.max_header_bytes
@@ -190,7 +196,7 @@ def _head(idc: _Bucket, where: IDCLocation, obj: IDCObject, budget: RetryBudget,
         while True:
             whole = want >= obj.size
             headers = None if whole else {"Range": f"bytes=0-{want - 1}"}
-            data = _read_all(idc, _object_url(idc, where.bucket, obj.key), None, budget,
+            data = read_object(idc, object_url(idc, where.bucket, obj.key), None, budget,
                              headers, limit=obj.size if whole else want)
             if len(data) >= 134 and data[128:134] != b"DICM\x02\x00":  # file meta next
                 raise TCIAIntegrityError("is not DICOM (no DICM prefix and file meta)",
@@ -209,11 +215,11 @@ def _head(idc: _Bucket, where: IDCLocation, obj: IDCObject, budget: RetryBudget,
         raise in_series(exc, where.series_uid, obj.key) from exc
 
 
-def _header_from_head(data: bytes, whole: bool) -> pydicom.Dataset | None:
+def header_from_head(data: bytes, whole: bool) -> pydicom.Dataset | None:
     """The header (all before the pixel data) in the first bytes of a file, or None."""
     import pydicom
 
-    at = data.find(_PIXEL_DATA_LE, 132)
+    at = data.find(PIXEL_DATA_TAG, 132)
     if at < 0 and not whole:
         return None
     try:
@@ -264,11 +270,11 @@ def read_instance(idc: _Bucket, series_uid: str, sop_instance_uid: str) -> bytes
     sop_uid = validate_uid(sop_instance_uid, "sop_instance_uid")
     where, obj = _object_of(idc, series_uid, sop_uid)
     budget = idc.transport.budget()
-    url = _object_url(idc, where.bucket, obj.key)
+    url = object_url(idc, where.bucket, obj.key)
 
     def attempt() -> bytes:
-        data = bytes(_read_all(idc, url, None, budget, limit=obj.size))
-        problem = _problem(data, obj)
+        data = bytes(read_object(idc, url, None, budget, limit=obj.size))
+        problem = object_problem(data, obj)
         if problem is not None:
             raise TCIAIntegrityError(problem)
         found = check_instance(data, len(data), lambda at, n: data[at : at + n])
@@ -284,7 +290,8 @@ def read_instance(idc: _Bucket, series_uid: str, sop_instance_uid: str) -> bytes
         raise in_series(exc, series_uid, obj.key) from exc
 
 
-def _problem(data: bytes, obj: IDCObject) -> str | None:
+def object_problem(data: bytes, obj: IDCObject) -> str | None:
+    """Why ``data`` is not the listed object (its size, else its MD5), or None."""
     if len(data) != obj.size:
         return f"{len(data)} bytes received, {obj.size} listed"
     if obj.md5 is not None and hashlib.md5(data, usedforsecurity=False).hexdigest() != obj.md5:
@@ -304,7 +311,7 @@ def read_header(idc: _Bucket, series_uid: str) -> pydicom.Dataset:
     if not listing:
         raise TCIANotFoundError(404, f"IDC holds no objects of series {series_uid}",
                                 f"s3://{where.bucket}/{where.prefix}")
-    return _head(idc, where, listing[0], idc.transport.budget(), _header_from_head)
+    return read_head(idc, where, listing[0], idc.transport.budget(), header_from_head)
 
 
 # -- whole series ---------------------------------------------------------------------------------
@@ -431,7 +438,7 @@ def _get_into(idc: _Bucket, bucket: str, obj: IDCObject, writer: Any,
     writer checks the file, so the next GET starts meanwhile.
     """
     transport = idc.transport
-    url = _object_url(idc, bucket, obj.key)
+    url = object_url(idc, bucket, obj.key)
     with contextlib.ExitStack() as held:
         held.enter_context(slots)
         try:

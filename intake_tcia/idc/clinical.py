@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 from .._validate import validate_text
 from ..errors import TCIABackendError, TCIAIntegrityError, TCIAResponseError, TCIAUnknownNameError
-from .bucket import IDCLocation, _read_all, list_objects
-from .names import _ids, collection_name
+from .bucket import IDCLocation, list_objects, read_object
+from .names import collection_ids, collection_name
 from .supplementary import fetch_index, index_folder
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def _collection_id(idc: IDCBackend, collection: str) -> str:
     """IDC's id of a collection given by TCIA name or id; TCIAUnknownNameError (the closest
     names and ids) before any request when collections_index lists neither."""
     value = validate_text(collection, "collection")
-    ids = _ids(index_folder(idc.settings) / "collections_index.parquet")
+    ids = collection_ids(index_folder(idc.settings) / "collections_index.parquet")
     if value in ids:
         return value
     name = collection_name(idc.settings, value).upper()
@@ -108,7 +108,7 @@ def _fetch_table(idc: IDCBackend, release: str, table: str) -> Path:
         try:
             for obj in objects:
                 url = f"{idc.settings.idc_url}{BUCKET}/{obj.key}"
-                data = bytes(_read_all(idc, url, None, budget))
+                data = bytes(read_object(idc, url, None, budget))
                 if obj.md5 and hashlib.md5(data, usedforsecurity=False).hexdigest() != obj.md5:
                     raise TCIAIntegrityError(f"{url}: the MD5 differs from the listing's ETag")
                 (staging / obj.name).write_bytes(data)

@@ -22,14 +22,14 @@ from .supplementary import index_folder
 if TYPE_CHECKING:
     from ..config import Settings
 
-__all__ = ["collection_name", "collection_names"]
+__all__ = ["collection_ids", "collection_name", "collection_names"]
 
 _ID = re.compile(r"[a-z0-9][a-z0-9_]*")
 _lock = threading.Lock()
 _read: dict[tuple[str, int, int], dict[str, str]] = {}
 
 
-def _ids(path: Path) -> dict[str, str]:
+def collection_ids(path: Path) -> dict[str, str]:
     """collection_id -> collection_name of a collections_index file, read once per version of
     the file (its size and modification time)."""
     stat = path.stat()
@@ -61,7 +61,7 @@ def collection_name(settings: Settings, value: str) -> str:
         return value
     if not path.is_file():
         return value
-    return _ids(path).get(value, value)
+    return collection_ids(path).get(value, value)
 
 
 def collection_names(settings: Settings, value: Any) -> Any:
