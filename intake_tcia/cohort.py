@@ -43,7 +43,7 @@ import pandas as pd
 from .config import Settings
 from .errors import MissingDependencyError
 from .retrieval.cache import CachedSeries, SeriesCache, atomic_path
-from .retrieval.download import _requests
+from .retrieval.download import series_requests
 
 __all__ = ["COLUMNS", "CACHES", "map_series", "process_client", "read_results"]
 
@@ -214,7 +214,7 @@ def map_series(
     workers = tcia.settings.workers if workers is None else workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive integer, not {workers!r}")
-    requests = _requests(series)  # the errors download gives
+    requests = series_requests(series)  # the errors download gives
     folder = None if results is None else Path(results).expanduser()
     if client is not None:
         _check_picklable(func)

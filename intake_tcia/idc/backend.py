@@ -22,8 +22,7 @@ from ..retrieval.layouts import LAYOUT_FIELDS
 from ..retrieval.transport import Transport
 from ..schema import SCHEMAS, frame_from_records
 from . import versions
-from .location import IDCLocation, index_errors, locations
-from .location import _location as location_of
+from .location import IDCLocation, index_errors, location_of, locations
 
 if TYPE_CHECKING:
     import pandas as pd

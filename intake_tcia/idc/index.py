@@ -61,8 +61,9 @@ VERSIONS_FILE = "version_metadata_index.parquet"
 #: Bumped whenever the cached Arrow files change shape.
 _CACHE_FORMAT = 1
 #: Filters NBIA compares case-insensitively; the other filters (UIDs) match exactly.
-_FOLDED = ("PatientID", "Modality", "BodyPartExamined", "Manufacturer", "ManufacturerModelName")
-_ORDER = ["Collection", "PatientID", "StudyInstanceUID", "SeriesInstanceUID"]
+FOLDED = ("PatientID", "Modality", "BodyPartExamined", "Manufacturer", "ManufacturerModelName")
+#: The order of the rows of every answer, as NBIA sorts them.
+ROW_ORDER = ["Collection", "PatientID", "StudyInstanceUID", "SeriesInstanceUID"]
 #: idc-index-data species -> (SpeciesCode, SpeciesDescription), NBIA's codes.
 _SPECIES = {
     "human": (SPECIES["human"], "Homo sapiens"),
@@ -338,7 +339,7 @@ class IDCIndex:
         pc, ds = self.pc, self.ds
         expression = None
         for name, value in params.items():
-            if name in _FOLDED:
+            if name in FOLDED:
                 term = pc.utf8_upper(ds.field(name)) == value.upper()
             elif name in ("StudyInstanceUID", "SeriesInstanceUID"):
                 term = ds.field(name) == value
@@ -394,13 +395,13 @@ class IDCIndex:
         """
         pc = self.pc
         schema = self._dataset.schema
-        yield self._v4(self.pa.schema([schema.field(c) for c in _READ]).empty_table())
+        yield self._v4(self.pa.schema([schema.field(c) for c in READ_COLUMNS]).empty_table())
         ids = self._dataset.to_table(columns=["collection_id"])["collection_id"]
         rows = pc.indices_nonzero(pc.fill_null(pc.equal(ids, collection_id), False))
         end = pc.max(rows).as_py() + 1 if len(rows) else 0
         del ids, rows
         seen = 0
-        for batch in self.pq.ParquetFile(self.path).iter_batches(65536, columns=_READ):
+        for batch in self.pq.ParquetFile(self.path).iter_batches(65536, columns=READ_COLUMNS):
             if seen >= end:
                 break
             seen += batch.num_rows
@@ -446,7 +447,7 @@ class IDCIndex:
                 return self._v4(self._dataset.schema.empty_table())
             table = self.pa.concat_tables(tables) if len(tables) > 1 else tables[0]
             return table if where is None else table.filter(where)
-        raw_columns = _READ if columns is None else sorted(_raw_columns(columns, params))
+        raw_columns = READ_COLUMNS if columns is None else sorted(_raw_columns(columns, params))
         raw = self._dataset.to_table(columns=raw_columns, filter=where)
         return self._v4(
             raw,
@@ -502,7 +503,7 @@ class IDCIndex:
         raw = raw.append_column(
             "Collection", self._lookup(raw["collection_id"], self.name_of, self.pa.large_string())
         )
-        frame = raw.select(LOCATION_COLUMNS).to_pandas(types_mapper=_pandas_type)
+        frame = raw.select(LOCATION_COLUMNS).to_pandas(types_mapper=pandas_type)
         order = {u: i for i, u in enumerate(uids)}
         frame = frame.drop_duplicates("SeriesInstanceUID")
         return frame.sort_values("SeriesInstanceUID", key=lambda s: s.map(order), ignore_index=True)
@@ -521,7 +522,7 @@ _LOCATION_READ = [
 ]
 
 #: The index columns the v4 columns are made of (of 31).
-_READ = [
+READ_COLUMNS = [
     "collection_id",
     "analysis_result_id",
     "PatientID",
@@ -573,10 +574,11 @@ def _raw_columns(columns: Iterable[str], params: dict[str, str]) -> set[str]:
     }
     if {"LicenseName", "LicenseURI"} & set(columns):
         needed.add("collection_id")
-    return needed | {p for p in params if p in _FOLDED or p.endswith("InstanceUID")}
+    return needed | {p for p in params if p in FOLDED or p.endswith("InstanceUID")}
 
 
-def _pandas_type(kind: Any) -> Any:
+def pandas_type(kind: Any) -> Any:
+    """The nullable pandas dtype of an Arrow column type (a ``types_mapper``), None for text."""
     import pyarrow as pa
 
     if pa.types.is_integer(kind):

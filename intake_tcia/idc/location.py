@@ -24,7 +24,7 @@ from ..errors import TCIABackendError, TCIAError, TCIAIntegrityError, TCIANotFou
 if TYPE_CHECKING:
     from .index import IDCIndex
 
-__all__ = ["IDCLocation", "NotInIndexError", "index_errors", "locate", "locations"]
+__all__ = ["IDCLocation", "NotInIndexError", "index_errors", "locate", "location_of", "locations"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")  # a bucket's or a folder's name
 
@@ -120,11 +120,13 @@ def locate(index: IDCIndex, series_uids: Iterable[str]) -> dict[str, IDCLocation
 def locations(frame: pd.DataFrame, path: object) -> dict[str, IDCLocation]:
     """The IDC locations of the rows of a :meth:`IDCIndex.series_locations` frame (with, for an
     older release, ``idc_version`` and ``prior``); ``path`` is the index file, for messages."""
-    return {row["SeriesInstanceUID"]: _location(row, str(path))
+    return {row["SeriesInstanceUID"]: location_of(row, str(path))
             for row in frame.to_dict("records")}
 
 
-def _location(row: dict[str, Any], path: str) -> IDCLocation:
+def location_of(row: dict[str, Any], path: str) -> IDCLocation:
+    """The location a row of the index gives, each value checked (:class:`TCIABackendError`
+    naming the file ``path``, the column and the value, where one is unusable)."""
     problems = []
 
     def bad(column: str, why: str) -> None:

@@ -17,7 +17,7 @@ from ..errors import (
     TCIABackendError,
 )
 from ..schema import SCHEMAS
-from .index import _FOLDED, _ORDER, _READ, COLLECTIONS_FILE, _pandas_type
+from .index import COLLECTIONS_FILE, FOLDED, READ_COLUMNS, ROW_ORDER, pandas_type
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -86,7 +86,7 @@ class _Answers:
             table[name] if name in table.column_names else pa.nulls(table.num_rows, kinds[kind])
             for name, kind in schema.columns.items()
         ]
-        return pa.table(arrays, names=schema.names).to_pandas(types_mapper=_pandas_type)
+        return pa.table(arrays, names=schema.names).to_pandas(types_mapper=pandas_type)
 
     def _values(self, table: pa.Table, column: str, endpoint: str) -> pd.DataFrame:
         values = self.pc.unique(table[column])
@@ -199,7 +199,7 @@ class _Answers:
             since = datetime.strptime(params["fromDate"], "%m-%d-%Y")
             versions = [v for v, day in self.ix._dated().items() if day > since]
             raw = self.ix._dataset.to_table(
-                columns=_READ, filter=self.ds.field("series_init_idc_version").isin(versions)
+                columns=READ_COLUMNS, filter=self.ds.field("series_init_idc_version").isin(versions)
             )
             return self.frame(self.ix._v4(raw), endpoint)
         if endpoint == "getSeriesSize":
@@ -301,7 +301,7 @@ class _Answers:
         modalities = values.pop("Modality") if anded else []
         where = None
         for column, wanted in values.items():
-            folded = column in _FOLDED
+            folded = column in FOLDED
             keys = [w.upper() for w in wanted] if folded else wanted
             term = (pc.utf8_upper(ds.field(column)) if folded else ds.field(column)).isin(keys)
             if column == "BodyPartExamined" and _NOT_SPECIFIED in keys:
@@ -326,7 +326,7 @@ class _Answers:
             )
             keep = studies.filter(pc.greater(studies["study_count_distinct"], more_than))["key"]
             rows = rows.filter(pc.is_in(self._patient_key(rows), keep))
-        return rows.sort_by([(c, "ascending") for c in _ORDER])
+        return rows.sort_by([(c, "ascending") for c in ROW_ORDER])
 
     def _patient_key(self, table: pa.Table) -> Any:
         pa = self.pa
@@ -338,6 +338,6 @@ class _Answers:
 
     def _by_uid(self, uids: list[str]) -> pa.Table:
         raw = self.ix._dataset.to_table(
-            columns=_READ, filter=self.ds.field("SeriesInstanceUID").isin(uids)
+            columns=READ_COLUMNS, filter=self.ds.field("SeriesInstanceUID").isin(uids)
         )
         return self.ix._v4(raw)

@@ -49,7 +49,7 @@ from .layouts import (
 )
 from .progress import Progress, ProgressBar
 
-__all__ = ["download", "SeriesSource", "RESULT_COLUMNS"]
+__all__ = ["download", "series_requests", "SeriesRequest", "SeriesSource", "RESULT_COLUMNS"]
 
 log = logging.getLogger("intake_tcia")
 
@@ -91,7 +91,9 @@ class _Cancelled(Exception):
 
 
 @dataclass
-class _Request:
+class SeriesRequest:
+    """One series asked for: its UID, the metadata known of it, and what placing it needs."""
+
     uid: str
     metadata: dict[str, Any]
     cached: CachedSeries | None = None
@@ -118,7 +120,7 @@ def download(
         raise ValueError(f"workers must be a positive integer, not {workers!r}")
     root = Path(dest).expanduser().resolve()
     _check_dest(root)
-    requests = _requests(series)
+    requests = series_requests(series)
     if not requests:
         if progress:
             print("nothing to download: the selection names no series", file=sys.stderr)
@@ -195,7 +197,7 @@ def _results_table(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
 
 
 def _download_one(
-    source: SeriesSource, request: _Request, bar: ProgressBar, slots: threading.Semaphore
+    source: SeriesSource, request: SeriesRequest, bar: ProgressBar, slots: threading.Semaphore
 ) -> tuple[Any, ...]:
     """One status row: the series made complete in its folder, or the reason it failed."""
     if request.problem is not None or request.path is None:
@@ -229,7 +231,7 @@ def _download_one(
     return (request.uid, status, str(request.path), len(series.instances), series.bytes, None)
 
 
-def _refuse_shared_folders(requests: list[_Request], layout: str) -> None:
+def _refuse_shared_folders(requests: list[SeriesRequest], layout: str) -> None:
     """ValueError when the layout puts two series in one folder, or one inside another's
     (``x/{SeriesInstanceUID}/..``, or ``{PatientID}{SeriesInstanceUID}`` where '1' + '23.45' and
     '12' + '3.45' meet): the second would replace the first's files."""
@@ -293,7 +295,7 @@ def _refuse_foreign_folder(series_uid: str, folder: Path) -> None:
         raise ValueError(f"{folder} already holds series {holder}; series {series_uid} not placed")
 
 
-def _requests(series: Any) -> list[_Request]:
+def series_requests(series: Any) -> list[SeriesRequest]:
     """The series asked for, each once, with what a DataFrame says about them; ValueError
     naming every malformed UID."""
     uids = series_uid_values(series)
@@ -313,13 +315,13 @@ def _requests(series: Any) -> list[_Request]:
         raise ValueError(f"not DICOM UIDs ({len(bad)}): {', '.join(map(repr, bad[:20]))}")
     good = list(dict.fromkeys(good))
     return [
-        _Request(uid, {k: v for k, v in metadata.get(uid, {}).items() if v is not None})
+        SeriesRequest(uid, {k: v for k, v in metadata.get(uid, {}).items() if v is not None})
         for uid in good
     ]
 
 
 
-def _add_metadata(source: SeriesSource, requests: list[_Request], fields: set[str]) -> None:
+def _add_metadata(source: SeriesSource, requests: list[SeriesRequest], fields: set[str]) -> None:
     """Fill the layout fields missing from what was given or cached, in as few requests as
     possible (getSeriesMetadata, thousands of UIDs per request); sizes and counts become ints
     (or are dropped, to be asked of getSeriesSize)."""
