@@ -96,10 +96,10 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from intake_tcia.idc.index import _READ  # the columns our v4 frame is made of; asked of
+    from intake_tcia.idc.index import READ_COLUMNS  # the columns our v4 frame is made of; asked of
                                               # idc-index too (imported here, not in its process)
 
-    columns = ",".join(_READ)
+    columns = ",".join(READ_COLUMNS)
     runs: dict[str, list[dict]] = {"ours-first": [], "ours": [], "idc-index": []}
     work = Path(tempfile.mkdtemp(prefix="idc-metadata-bench-"))
     try:  # one untimed run leaves the copy the "cached copy" contender reads

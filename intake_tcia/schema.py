@@ -331,16 +331,27 @@ def raw_frame(records: Iterable[Mapping[str, Any] | str], schema: EndpointSchema
     return pd.DataFrame(rows) if rows else pd.DataFrame()
 
 
-def records_from_csv(text: str, schema: EndpointSchema) -> list[dict[str, str | None]]:
+def records_from_csv(text: str, schema: EndpointSchema) -> list[dict[str, Any]]:
     """The rows of NBIA CSV as text, under the schema's column names, blanks as None: what
-    :func:`frame_from_csv` reads before typing, with no frame built."""
+    :func:`frame_from_csv` reads before typing, with no frame built. A text the ``csv`` module
+    will not read (a field over its size limit, a quote left open) is read as
+    :func:`frame_from_csv` reads it, typed."""
     import csv
     import io
 
-    rows = csv.reader(io.StringIO(text))
-    header = [schema.renames.get(key, key) for key in next(rows, [])]
-    return [{key: value or None for key, value in zip(header, row, strict=False)}
-            for row in rows if row]
+    try:
+        rows = list(csv.reader(io.StringIO(text.removeprefix("\ufeff")), strict=True))
+    except csv.Error:
+        return frame_from_csv(text, schema).to_dict("records")
+    header = [schema.renames.get(key, key) for key in (rows[0] if rows else [])]
+    records = []
+    for row in rows[1:]:
+        if row:
+            record: dict[str, Any] = {}
+            for key, value in zip(header, row, strict=False):
+                record.setdefault(key, value or None)  # two spellings of a column: the first
+            records.append(record)
+    return records
 
 
 def frame_from_csv(text: str, schema: EndpointSchema) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import pytest
 from intake_tcia.client import TCIAClient
 from intake_tcia.retrieval import files
 from intake_tcia.retrieval.cache import RECORD_NAME
-from intake_tcia.retrieval.layouts import whole_number
+from intake_tcia.retrieval.layouts import series_folder, whole_number
 from intake_tcia.testing import ArchiveServer
 
 CT_COLLECTION = "Pydicom-CT-Series"
@@ -102,9 +102,23 @@ def test_a_file_system_without_reflinks_is_asked_once(
 
 @pytest.mark.parametrize(("value", "number"), [
     (5, 5), ("26405888", 26405888), (" 50 ", 50), (3.0, 3), (np.int64(7), 7),
-    ("50.0", None), (2.5, None), (float("nan"), None), (True, None), (None, None), ("x", None),
-    ("²", None), ("9" * 5000, None), ("-3", None),
+    ("393360.000000", 393360), ("50.0", 50), (2.5, None), ("2.5", None), (float("nan"), None),
+    ("nan", None), ("1e400", None), (True, None), (None, None), ("x", None), ("²", None),
+    ("9" * 5000, None), ("-3", None), (-2, None),
 ])
 def test_sizes_and_counts_are_whole_numbers_or_nothing(value: object, number: int | None) -> None:
     # what is not a whole number is dropped, and getSeriesSize asked instead
     assert whole_number(value) == number
+
+
+@pytest.mark.parametrize(("metadata", "folder"), [
+    ({"SeriesDate": "05-27-2015", "SeriesNumber": "500.000000"}, "2015-05-27/500"),
+    ({"SeriesDate": "2015-05-27 00:00:00", "SeriesNumber": 500}, "2015-05-27/500"),
+    ({"SeriesDate": pd.Timestamp("2015-05-27"), "SeriesNumber": np.int64(500)}, "2015-05-27/500"),
+    ({"SeriesDate": "27.05.2015", "SeriesNumber": "n/a"}, "27.05.2015/n_a"),  # as given
+    ({"SeriesDate": " ", "SeriesNumber": None}, "unknown/unknown"),
+])
+def test_layout_values_are_typed_where_they_can_be(
+    tmp_path: Path, metadata: dict, folder: str
+) -> None:
+    assert series_folder(tmp_path, TYPED_LAYOUT, "1.2.3", metadata) == tmp_path / folder / "1.2.3"

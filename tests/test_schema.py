@@ -6,7 +6,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from intake_tcia.schema import SCHEMAS, frame_from_csv, frame_from_records, parse_dates
+from intake_tcia.schema import (
+    SCHEMAS,
+    frame_from_csv,
+    frame_from_records,
+    parse_dates,
+    records_from_csv,
+)
 
 DATA = Path(__file__).parent / "data"
 
@@ -88,6 +94,29 @@ def test_quoted_csv_of_series_metadata():
     assert frame.loc[0, "DateReleased"] == pd.Timestamp("2016-10-19")
     assert pd.isna(frame.loc[0, "EthnicGroup"])  # "" is missing
     assert list(frame_from_csv("", SCHEMAS["getSeriesMetadata"]).columns) == list(frame.columns)
+
+
+def test_csv_records_are_the_text_the_frame_is_typed_from():
+    schema = SCHEMAS["getSeriesMetadata"]
+    text = (DATA / "getSeriesMetadata_200_example.csv").read_text()
+    [record] = records_from_csv(text, schema)
+    frame = frame_from_csv(text, schema)
+    assert record.keys() == set(frame.columns)
+    assert record["SeriesNumber"] == "500.000000" and record["EthnicGroup"] is None
+    assert record["SeriesInstanceUID"] == frame.loc[0, "SeriesInstanceUID"]
+    assert records_from_csv("", schema) == []
+
+
+def test_csv_records_of_unusual_texts():
+    schema = SCHEMAS["getSeriesMetadata"]
+    header = '"SeriesInstanceUID","SeriesDescription","PatientId","PatientID"\n'
+    # a byte order mark; an old and a new spelling of one column: the first, as frames keep it
+    [record] = records_from_csv("\ufeff" + header + '"1.2","d","p1","p2"\n', schema)
+    assert record == {"SeriesInstanceUID": "1.2", "SeriesDescription": "d", "PatientID": "p1"}
+    # a field over the csv module's limit: read as frame_from_csv reads it
+    long = "x" * 200_000
+    [record] = records_from_csv(header + f'"1.2","{long}","p1","p2"\n', schema)
+    assert record["SeriesDescription"] == long and record["SeriesInstanceUID"] == "1.2"
 
 
 def test_counts_beyond_int64_are_missing_not_an_error():

@@ -74,14 +74,15 @@ def place_file(source: Path, target: Path) -> str:
     is not asked again in this process (ext4 refuses every one, at two opens a file)."""
     devices = (os.stat(source).st_dev, os.stat(target.parent).st_dev)
     if devices not in _NO_REFLINKS:
-        try:
-            with open(source, "rb") as src, open(target, "xb") as dst:
+        with open(source, "rb") as src, open(target, "xb") as dst:
+            try:
                 fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
-            return "reflink"
-        except (AttributeError, OSError) as exc:
-            target.unlink(missing_ok=True)
-            if getattr(exc, "errno", None) in _NO_REFLINK_ERRORS or fcntl is None:
-                _NO_REFLINKS.add(devices)
+                return "reflink"
+            except (AttributeError, OSError) as exc:  # AttributeError: no fcntl (not Unix)
+                refused = getattr(exc, "errno", None)
+        target.unlink()  # the empty file made for the reflink
+        if refused in _NO_REFLINK_ERRORS or fcntl is None:
+            _NO_REFLINKS.add(devices)
     try:
         os.link(source, target)
         return "link"
@@ -113,8 +114,9 @@ def copy_file(source: Path, target: Path) -> None:
 
 
 _FICLONE = 0x40049409  # Linux ioctl: share the source's extents (btrfs, XFS, bcachefs)
-#: What a file system without reflinks answers FICLONE (or two file systems, EXDEV).
-_NO_REFLINK_ERRORS = {errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY, errno.ENOSYS}
+#: What a file system without reflinks answers FICLONE (or two file systems, EXDEV); not EINVAL,
+#: which btrfs and XFS also give for one file that cannot share its blocks.
+_NO_REFLINK_ERRORS = {errno.EOPNOTSUPP, errno.EXDEV, errno.ENOTTY, errno.ENOSYS}
 #: (device of the source, device of the target's folder) pairs that refused a reflink.
 _NO_REFLINKS: set[tuple[int, int]] = set()
 

@@ -39,7 +39,7 @@ def plain(value: Any) -> Any:
     """A metadata value with missing values (NaN, NA, NaT) as None."""
     if isinstance(value, float):
         return None if value != value else value
-    if type(value).__module__.startswith("pandas"):  # NA, NaT: pandas is imported already
+    if type(value).__module__.split(".")[0] in ("pandas", "numpy"):  # NA, NaT, float32 NaN
         import pandas as pd
 
         try:
@@ -51,20 +51,23 @@ def plain(value: Any) -> Any:
 
 def whole_number(value: Any) -> int | None:
     """A count or size (``ImageCount``, ``FileSize``) as an int, from an integer, a whole float
-    or their text; None for anything else."""
+    or their text (``"393360.000000"``, as getSeriesMetadata sends some); None for anything
+    else."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text) if text.isdecimal() else float(text)
+        except ValueError:  # not a number, or more digits than int() reads
+            return None
     if isinstance(value, bool):
         return None
-    if isinstance(value, str):
-        try:
-            return int(value) if value.strip().isdecimal() else None
-        except ValueError:  # more digits than int() reads
-            return None
     if isinstance(value, float):
-        return int(value) if value.is_integer() else None
+        return int(value) if value.is_integer() and value >= 0 else None
     try:
-        return operator.index(value)
+        number = operator.index(value)
     except TypeError:
         return None
+    return number if number >= 0 else None
 
 
 def layout_fields(layout: str) -> set[str]:
@@ -96,8 +99,9 @@ def _field_text(name: str, value: Any) -> str:
     text (``"05-27-2015"``, ``"500.000000"``) is typed first, so that it names the same folder
     as the typed value of a DataFrame."""
     kind = _KINDS[name]
-    if isinstance(value, str) and kind != "str":
-        value = plain(typed_value(kind, value))
+    if isinstance(value, str) and kind != "str":  # the text itself where it types to nothing
+        typed = plain(typed_value(kind, value))
+        value = value if typed is None and value.strip() else typed
     if value is None:
         return "unknown"
     if kind == "date" and hasattr(value, "strftime"):
