@@ -44,6 +44,7 @@ from .config import Settings
 from .errors import MissingDependencyError
 from .retrieval.cache import CachedSeries, SeriesCache, atomic_path
 from .retrieval.download import series_requests
+from .retrieval.layouts import plain
 
 __all__ = ["COLUMNS", "CACHES", "map_series", "process_client", "read_results"]
 
@@ -58,7 +59,6 @@ CACHES = ("worker", "settings")
 _IN_FLIGHT = 2000
 #: The folder of a worker's own cache, under its ``local_directory``.
 WORKER_CACHE_NAME = "intake-tcia-cache"
-
 
 
 class _Client(Protocol):
@@ -371,12 +371,8 @@ def read_results(results: str | os.PathLike[str]) -> pd.DataFrame:
         for row in frame.to_dict("records"):
             text = row.get("result")
             row["result"] = json.loads(text) if isinstance(text, str) else None
-            rows.append({k: (None if _missing(v) else v) for k, v in row.items()})
+            rows.append({k: plain(v) for k, v in row.items()})
     return _table(sorted(rows, key=lambda r: r["SeriesInstanceUID"]))
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (np.ndim(value) == 0 and pd.isna(value))
 
 
 def _bar(enabled: bool, total: int, initial: int) -> Any:

@@ -254,7 +254,6 @@ def test_an_endless_answer_is_cut_at_max_answer_bytes(hostile, tmp_path):
     assert time.monotonic() - start < 10
 
 
-
 def test_sparse_rows_are_cut_when_their_columns_outgrow_max_answer_bytes(hostile, tmp_path):
     # each 20-byte row becomes a row of every getPatient column once parsed: the parsed size,
     # not only the bytes sent, must meet the cap, or memory grows several times faster than it
@@ -413,7 +412,6 @@ def test_the_cli_error_for_an_unknown_host_is_one_short_line(capsys, tmp_path, m
                  "collections"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown host" in err[0] and len(err[0]) < 200
-
 
 
 def test_tcia_fs_lists_no_instance_path_it_could_not_open(hostile, tmp_path):

@@ -405,8 +405,6 @@ def fetch_series(
             raise
 
 
-
-
 def _run_all(call: Callable[[IDCObject], None], objects: list[IDCObject], workers: int) -> None:
     """``call`` on every object in a pool of threads; the first failure stops the rest."""
     if not objects:

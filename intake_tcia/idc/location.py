@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._lazy import pandas as pd
 from ..errors import TCIABackendError, TCIAError, TCIAIntegrityError, TCIANotFoundError
+from ..retrieval.layouts import plain
 
 if TYPE_CHECKING:
     from .index import IDCIndex
@@ -133,13 +134,13 @@ def location_of(row: dict[str, Any], path: str) -> IDCLocation:
         problems.append(f"{path}: column {column} holds {row.get(column)!r}, {why}")
 
     count = row.get("instanceCount")
-    if _missing(count):
+    if plain(count) is None:
         count = None
     elif isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
         bad("instanceCount", "not a whole number >= 0")
         count = None
     size = row.get("series_size_MB")
-    if _missing(size):
+    if plain(size) is None:
         bad("series_size_MB", "no size to bound the series by")
         size = None
     elif (isinstance(size, bool) or not isinstance(size, numbers.Real)
@@ -155,15 +156,8 @@ def location_of(row: dict[str, Any], path: str) -> IDCLocation:
         row["SeriesInstanceUID"], str(bucket), f"{folder}/",
         instance_count=None if count is None else int(count),
         collection=row.get("Collection"),
-        release=int(release) if row.get("prior") and not _missing(release) else None,
+        release=int(release) if row.get("prior") and plain(release) is not None else None,
         size_mb=None if size is None else float(size),
         study_uid=study if isinstance(study, str) and study else None,
         problem="; ".join(problems) or None,
     )
-
-
-def _missing(value: Any) -> bool:
-    """None, pandas' NA, or a float NaN (a null of a float column)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return True
-    return type(value).__name__ == "NAType" and value is pd.NA  # pandas only when it is one

@@ -50,8 +50,6 @@ _UNANSWERED = {
 }
 
 
-
-
 def answer(index: IDCIndex, endpoint: str, params: dict[str, str]) -> pd.DataFrame:
     """The DataFrame NBIA's ``endpoint`` would answer to ``params`` (v4 names, validated).
 

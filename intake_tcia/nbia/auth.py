@@ -285,10 +285,6 @@ class _Both(AuthBase):
         return [s for auth in self._auths for s in auth.secrets()]
 
 
-
-
-
-
 def auth_for(
     schemes: dict[str, str], session: requests.Session, settings: Settings
 ) -> AuthBase | None:

@@ -167,37 +167,50 @@ class NBIABackend:
     def _metadata_of(self, uids: list[str]) -> pd.DataFrame:
         """getSeriesMetadata: UIDs sent 10,000 at a time, each batch to the host that holds it
         (one at a time to v1/v2 and legacy hosts, whose getSeriesMetaData takes one UID)."""
-        frames = [frame_from_csv("", SCHEMAS["getSeriesMetadata"])]
-        for host in self.settings.hosts:
+
+        def frames(host: str, asked: list[str]) -> list[pd.DataFrame]:
             if self.flavours[host].metadata_per_series:
-                frames += [self._metadata_of_one(host, uid) for uid in uids]
-            else:
-                frames += self.metadata_batches(host, uids)
-            found = set(pd.concat(frames)["SeriesInstanceUID"].dropna())
-            uids = [u for u in uids if u not in found]
-            if not uids:
-                break
-        return pd.concat(frames, ignore_index=True)
+                return [self._metadata_of_one(host, uid) for uid in asked]
+            return self.metadata_batches(host, asked)
+
+        found = self._on_holding_hosts(
+            uids, frames, lambda frame: frame["SeriesInstanceUID"].dropna().tolist())
+        return pd.concat([frame_from_csv("", SCHEMAS["getSeriesMetadata"]), *found],
+                         ignore_index=True)
 
     def series_records(self, series_uids: list[str]) -> list[dict[str, Any]]:
         """getSeriesMetadata rows as the server's text, one dict a series, with no frame built
         (what a download needs: folder names, sizes, counts). Hosts are asked as
         :meth:`query` asks them; v1/v2 hosts' rows come from their typed frames."""
-        uids, records = list(series_uids), []
-        for host in self.settings.hosts if uids else ():
+
+        def records(host: str, asked: list[str]) -> list[dict[str, Any]]:
             if self.flavours[host].metadata_per_series:
-                frame = pd.concat([self._metadata_of_one(host, uid) for uid in uids])
-                found = frame.to_dict("records")
-            else:
-                schema = SCHEMAS["getSeriesMetadata"]
-                found = [row for text in self._metadata_texts(host, uids)
-                         for row in records_from_csv(text, schema)]
-            records += found
-            answered = {row.get("SeriesInstanceUID") for row in found}
-            uids = [u for u in uids if u not in answered]
+                return [row for uid in asked
+                        for row in self._metadata_of_one(host, uid).to_dict("records")]
+            schema = SCHEMAS["getSeriesMetadata"]
+            return [row for text in self._metadata_texts(host, asked)
+                    for row in records_from_csv(text, schema)]
+
+        return self._on_holding_hosts(
+            list(series_uids), records, lambda row: [row.get("SeriesInstanceUID")])
+
+    def _on_holding_hosts(
+        self,
+        uids: list[str],
+        ask: Callable[[str, list[str]], list[T]],
+        uids_of: Callable[[T], list[Any]],
+    ) -> list[T]:
+        """``ask(host, uids)`` of each host in turn, for the series the hosts before it did not
+        answer (``uids_of`` an answer's part gives the series it holds); every part, in order."""
+        parts: list[T] = []
+        for host in self.settings.hosts:
             if not uids:
                 break
-        return records
+            found = ask(host, uids)
+            parts += found
+            answered = {uid for part in found for uid in uids_of(part)}
+            uids = [u for u in uids if u not in answered]
+        return parts
 
     def metadata_batches(self, host: str, uids: list[str]) -> list[pd.DataFrame]:
         """getSeriesMetadata (v4): POST the UIDs in batches, quoted CSV back."""

@@ -54,7 +54,6 @@ _SIZE_SLACK = 1 << 20
 _MD5_TABLE_LIMIT = 16 << 20
 
 
-
 def fetch_series(
     nbia: _Hosts,
     series_uid: str,
@@ -245,8 +244,6 @@ def extract_series(
     with open(zip_path, "rb") as f:
         write_zip(target, iter(lambda: f.read(_STREAM_CHUNK), b""), limit=limit)
     return target.complete()
-
-
 
 
 def _size_limit(nbia: _Hosts, uid: str, metadata: Mapping[str, Any]) -> tuple[int, int]:

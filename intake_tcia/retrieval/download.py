@@ -320,7 +320,6 @@ def series_requests(series: Any) -> list[SeriesRequest]:
     ]
 
 
-
 def _add_metadata(source: SeriesSource, requests: list[SeriesRequest], fields: set[str]) -> None:
     """Fill the layout fields missing from what was given or cached, in as few requests as
     possible (getSeriesMetadata, thousands of UIDs per request); sizes and counts become ints

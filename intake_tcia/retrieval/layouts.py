@@ -39,13 +39,11 @@ def plain(value: Any) -> Any:
     """A metadata value with missing values (NaN, NA, NaT) as None."""
     if isinstance(value, float):
         return None if value != value else value
-    if type(value).__module__.split(".")[0] in ("pandas", "numpy"):  # NA, NaT, float32 NaN
+    scalar = getattr(value, "ndim", 0) == 0  # arrays and frames are values, whatever they hold
+    if scalar and type(value).__module__.split(".")[0] in ("pandas", "numpy"):  # NA, NaT, NaN
         import pandas as pd
 
-        try:
-            return None if pd.isna(value) else value
-        except (TypeError, ValueError):  # list-likes
-            return value
+        return None if pd.isna(value) else value
     return value
 
 
