@@ -4,7 +4,7 @@
 series at a time, through the :class:`SeriesSource` it is given: streamed, checked, verified and
 published while it arrives), then fills a folder layout under ``dest`` from the cache without
 writing the bytes again (reflinks where the file system has them, else hard links, which the
-cache's records watch: :func:`intake_tcia.retrieval.cache.place_file`), and returns one status
+cache's records watch: :func:`intake_tcia.retrieval.files.place_file`), and returns one status
 row per series. It knows no backend: the client hands it its router.
 """
 
